@@ -1,0 +1,37 @@
+"""pyro_ssvi: Sparse Subspace Variational Inference for Bayesian neural networks in Pyro.
+
+Swap :class:`~pyro.infer.autoguide.AutoNormal` for :class:`AutoSparseNormal`
+and :class:`~pyro.infer.SVI` for :class:`SparseSVI`::
+
+    from pyro_ssvi import AutoSparseNormal, SparseSVI
+
+    guide = AutoSparseNormal(model, density=0.1)
+    svi = SparseSVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_steps=5000)
+    for step in range(5000):
+        svi.step(x, y)
+
+The posterior of every weight tensor lives on a fixed-size set of active
+coordinates that is reselected during training (Li, Miao, Qiu, Zhang,
+*Training Bayesian Neural Networks with Sparse Subspace Variational
+Inference*, ICLR 2024).
+"""
+
+from ._version import __version__
+from .criteria import CRITERIA
+from .distributions import SparseNormal
+from .guides import AutoSparseNormal
+from .initialization import init_to_kaiming
+from .schedules import SCHEDULES
+from .svi import ADDITIONS, SparseSVI, SubspaceUpdate
+
+__all__ = [
+    "ADDITIONS",
+    "AutoSparseNormal",
+    "CRITERIA",
+    "SCHEDULES",
+    "SparseNormal",
+    "SparseSVI",
+    "SubspaceUpdate",
+    "__version__",
+    "init_to_kaiming",
+]

@@ -1,0 +1,26 @@
+"""The one place where ``pyro_ssvi`` imports Pyro internals.
+
+Pyro's autoguide helpers below are not part of its documented public API, so
+they are imported here and nowhere else; a Pyro release that moves them breaks
+this file only.
+"""
+
+from __future__ import annotations
+
+from pyro.infer.autoguide.initialization import InitMessenger
+from pyro.infer.autoguide.utils import deep_setattr, helpful_support_errors
+from pyro.nn.module import _is_module_local_param_enabled
+from pyro.ops.tensor_utils import periodic_repeat
+
+__all__ = [
+    "InitMessenger",
+    "deep_setattr",
+    "helpful_support_errors",
+    "is_module_local_param_enabled",
+    "periodic_repeat",
+]
+
+
+def is_module_local_param_enabled() -> bool:
+    """Whether ``pyro.settings.set(module_local_params=True)`` is in force."""
+    return bool(_is_module_local_param_enabled())

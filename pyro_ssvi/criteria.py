@@ -1,0 +1,486 @@
+r"""Removal criteria for SSVI subspace reselection.
+
+At each subspace update SSVI keeps the active coordinates that score highest
+under a *removal criterion* and drops the rest (Li et al., 2024). A criterion
+is a plain function ``(loc, scale) -> Tensor`` of the mean :math:`\mu` and the
+standard deviation :math:`\sigma > 0` of independent Normal posteriors
+:math:`\theta \sim \mathcal{N}(\mu, \sigma^2)`, one per coordinate. It returns a
+float64 score of the same shape; a higher score means a more important
+coordinate. Most criteria are moments of the folded normal :math:`|\theta|`.
+
+Criteria are registered by name in :data:`CRITERIA`; :func:`removal_scores`
+validates a criterion's output and :func:`top_k` picks the kept positions with
+deterministic tie-breaking.
+
+Example::
+
+    from functools import partial
+    from pyro_ssvi.criteria import removal_scores, snr_exp_abs, top_k
+
+    scores = removal_scores("snr_abs", loc, scale)      # float64, loc.shape
+    keep = top_k(scores.flatten(), num_keep)             # sorted positions
+    scores = removal_scores(partial(snr_exp_abs, lam=2.0), loc, scale)
+
+References:
+    Li, Miao, Qiu, Zhang. *Training Bayesian Neural Networks with Sparse
+    Subspace Variational Inference*, ICLR 2024, arXiv:2402.11025.
+    Leone, Nelson, Nottingham. *The Folded Normal Distribution*,
+    Technometrics 3(4), 1961.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CRITERIA",
+    "DEFAULT_CRITERION",
+    "expected_abs",
+    "expected_exp_abs",
+    "get_criterion",
+    "mean_abs",
+    "removal_scores",
+    "snr",
+    "snr_abs",
+    "snr_exp_abs",
+    "top_k",
+]
+
+_SQRT_HALF = math.sqrt(0.5)
+_SQRT_HALF_PI = math.sqrt(0.5 * math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+# Above _R_ASYM, 1 - r*Phi(-r)/phi(r) is summed as its asymptotic series; the
+# erfcx form would lose about log10(r^2) digits to cancellation there.
+_R_ASYM = 20.0
+_NUM_ASYM_TERMS = 12  # first omitted term: 25!! / 20**24 < 1e-18
+# g(r) and Phi(-r) underflow to 0 in float64 long before this ratio.
+_R_CLAMP = 64.0
+# Below lam * scale = _U_SERIES, snr_exp_abs uses its cumulant expansion.
+_U_SERIES = 1e-3
+
+
+def _prepare(loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """Validates ``(loc, scale)`` and returns ``(|loc|, scale)`` in float64."""
+    for name, value in (("loc", loc), ("scale", scale)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value)!r}")
+        if not value.is_floating_point():
+            raise TypeError(
+                f"{name} must be a floating-point tensor, got dtype {value.dtype}"
+            )
+    if loc.shape != scale.shape:
+        raise ValueError(
+            f"loc and scale must have the same shape, got {tuple(loc.shape)} and "
+            f"{tuple(scale.shape)}"
+        )
+    scale = scale.to(torch.float64)
+    if bool((scale < 0).any()):
+        raise ValueError(
+            f"scale must be a standard deviation (>= 0), got min {scale.min().item()}; "
+            "pass e.g. softplus of the raw parameter"
+        )
+    return loc.to(torch.float64).abs(), scale
+
+
+def _check_lam(lam: float) -> float:
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+        raise TypeError(f"lam must be a real number, got {type(lam)!r}")
+    if not (math.isfinite(lam) and lam > 0):
+        raise ValueError(f"lam must be positive and finite, got {lam!r}")
+    return float(lam)
+
+
+def _g(r: Tensor) -> Tensor:
+    r"""Normal partial expectation :math:`g(r) = \phi(r) - r\Phi(-r)` for ``r >= 0``.
+
+    Uses :math:`\Phi(-r) = \phi(r)\sqrt{\pi/2}\,\mathrm{erfcx}(r/\sqrt2)` for
+    ``r <= 20`` and the series
+    :math:`1 - r\Phi(-r)/\phi(r) = \sum_{n\ge1}(-1)^{n+1}(2n-1)!!\,r^{-2n}` above.
+    """
+    phi = _INV_SQRT_2PI * torch.exp(-0.5 * r * r)
+    small = r <= _R_ASYM
+    r_lo = torch.where(small, r, torch.zeros_like(r))
+    direct = 1.0 - r_lo * _SQRT_HALF_PI * torch.special.erfcx(r_lo * _SQRT_HALF)
+    inv_r2 = 1.0 / torch.where(small, torch.full_like(r, _R_ASYM), r).square()
+    series = torch.zeros_like(r)
+    for n in reversed(range(_NUM_ASYM_TERMS)):  # Horner: 1 - 3/r^2 + 15/r^4 - ...
+        series = 1.0 - (2 * n + 3) * inv_r2 * series
+    return phi * torch.where(small, direct, inv_r2 * series)
+
+
+def _folded(loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns ``(|mu|, sigma, r, g(r))`` in float64, ``r = |mu| / sigma``."""
+    a, s = _prepare(loc, scale)
+    r = a / s
+    return a, s, r, _g(r)
+
+
+def _standard_var(r: Tensor, g: Tensor) -> Tensor:
+    """``Var|Z + r| = 1 - 4 g (r + g)``, in ``[1 - 2/pi, 1]``; finite at r = inf."""
+    return 1.0 - 4.0 * g * (r.clamp(max=_R_CLAMP) + g)
+
+
+def mean_abs(loc: Tensor, scale: Tensor) -> Tensor:
+    r"""Magnitude of the mean, :math:`|\mu|`.
+
+    Args:
+        loc: Posterior means :math:`\mu`.
+        scale: Posterior standard deviations :math:`\sigma` (validated only).
+
+    Returns:
+        Float64 tensor of ``loc.shape``.
+
+    References:
+        Li et al., 2024 (arXiv:2402.11025), reference-code name ``mean``.
+    """
+    a, _ = _prepare(loc, scale)
+    return a
+
+
+def snr(loc: Tensor, scale: Tensor) -> Tensor:
+    r"""Signal-to-noise ratio of :math:`\theta`, :math:`|\mu| / \sigma`.
+
+    Args:
+        loc: Posterior means :math:`\mu`.
+        scale: Posterior standard deviations :math:`\sigma > 0`.
+
+    Returns:
+        Float64 tensor of ``loc.shape``.
+
+    References:
+        Li et al., 2024 (arXiv:2402.11025), reference-code name ``snr``.
+    """
+    a, s = _prepare(loc, scale)
+    return a / s
+
+
+def expected_abs(loc: Tensor, scale: Tensor) -> Tensor:
+    r"""Folded-normal mean :math:`\mathbb{E}|\theta|`.
+
+    .. math::
+
+        \mathbb{E}|\theta| = \sigma\sqrt{2/\pi}\,e^{-\mu^2/2\sigma^2}
+            + \mu\,\mathrm{erf}\big(\mu/\sigma\sqrt2\big)
+            = |\mu| + 2\sigma\, g(r),\qquad g(r) = \phi(r) - r\,\Phi(-r),
+
+    with :math:`r = |\mu|/\sigma`, evaluated in the cancellation-free second form.
+
+    Args:
+        loc: Posterior means :math:`\mu`.
+        scale: Posterior standard deviations :math:`\sigma > 0`.
+
+    Returns:
+        Float64 tensor of ``loc.shape``.
+
+    References:
+        Li et al., 2024 (arXiv:2402.11025), reference-code name
+        ``E_mean_abs``; the folded normal distribution (Leone et al., 1961).
+    """
+    a, s, _, g = _folded(loc, scale)
+    return a + 2.0 * s * g
+
+
+def snr_abs(loc: Tensor, scale: Tensor) -> Tensor:
+    r"""Signal-to-noise ratio of :math:`|\theta|`, the default SSVI criterion.
+
+    .. math::
+
+        \mathrm{SNR}(|\theta|) = \frac{\mathbb{E}|\theta|}{\sqrt{\mathrm{Var}|\theta|}}
+            = \frac{r + 2g}{\sqrt{1 - 4g\,(r + g)}},
+
+    with :math:`r = |\mu|/\sigma` and :math:`g = g(r)` as in :func:`expected_abs`.
+    The variance :math:`\mathrm{Var}|\theta| = \sigma^2 - 2\sigma g\,
+    (\mathbb{E}|\theta| + |\mu|)` avoids the cancellation of
+    :math:`\mu^2 + \sigma^2 - (\mathbb{E}|\theta|)^2`; it lies in
+    :math:`[(1 - 2/\pi)\sigma^2, \sigma^2]`. The score is
+    :math:`\sqrt{2/\pi}/\sqrt{1 - 2/\pi} \approx 1.3236` at :math:`\mu = 0` and
+    tends to :math:`|\mu|/\sigma` as :math:`r \to \infty`.
+
+    Args:
+        loc: Posterior means :math:`\mu`.
+        scale: Posterior standard deviations :math:`\sigma > 0`.
+
+    Returns:
+        Float64 tensor of ``loc.shape``.
+
+    References:
+        Li et al., 2024 (arXiv:2402.11025), reference-code name
+        ``SNR_mean_abs``; the folded normal distribution (Leone et al., 1961).
+    """
+    _, _, r, g = _folded(loc, scale)
+    return (r + 2.0 * g) / torch.sqrt(_standard_var(r, g))
+
+
+def _log_mgf(a: Tensor, s: Tensor, lam: float) -> Tensor:
+    """``log E exp(lam |theta|)`` by logaddexp of the two log-Phi branches."""
+    u = lam * s
+    r = a / s
+    return 0.5 * u * u + torch.logaddexp(
+        lam * a + torch.special.log_ndtr(r + u), torch.special.log_ndtr(u - r) - lam * a
+    )
+
+
+def expected_exp_abs(loc: Tensor, scale: Tensor, lam: float = 1.0) -> Tensor:
+    r"""Folded-normal moment generating function :math:`\mathbb{E}e^{\lambda|\theta|}`.
+
+    .. math::
+
+        M(\lambda) = e^{\lambda\mu + \lambda^2\sigma^2/2}\,
+                \Phi(\mu/\sigma + \lambda\sigma)
+            + e^{-\lambda\mu + \lambda^2\sigma^2/2}\,
+                \Phi(-\mu/\sigma + \lambda\sigma),
+
+    summed in log space (``log_ndtr`` and ``logaddexp``), so only the final
+    ``exp`` can overflow, to ``inf``, once
+    :math:`\lambda|\mu| + \lambda^2\sigma^2/2 \gtrsim 709`. :math:`M \ge 1`.
+    Use ``functools.partial(expected_exp_abs, lam=2.0)`` for another
+    :math:`\lambda`; the :data:`CRITERIA` entry uses :math:`\lambda = 1`.
+
+    Args:
+        loc: Posterior means :math:`\mu`.
+        scale: Posterior standard deviations :math:`\sigma > 0`.
+        lam: :math:`\lambda > 0` (reference flag ``--lambda_exp``).
+
+    Returns:
+        Float64 tensor of ``loc.shape``.
+
+    Raises:
+        TypeError, ValueError: If ``lam`` is not a positive finite number.
+
+    References:
+        Li et al., 2024 (arXiv:2402.11025), reference-code name
+        ``E_exp_mean_abs``; the folded normal distribution (Leone et al., 1961).
+    """
+    lam = _check_lam(lam)
+    a, s = _prepare(loc, scale)
+    return torch.exp(_log_mgf(a, s, lam))
+
+
+def _folded_cumulants_34(r: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Third and fourth cumulants of :math:`|Z + r|`, :math:`Z \sim \mathcal{N}(0, 1)`.
+
+    Built from the moments of :math:`V = |Z + r| - r`, which stay of order one:
+    :math:`\mathbb{E}V^n = \mathbb{E}Z^n + (-1)^{n+1} 2\sum_{j\,\mathrm{odd}}
+    \binom{n}{j} r^{n-j} J_j` with the normal partial moments
+    :math:`J_j = \mathbb{E}[(-Z - r)_+^j]`, :math:`J_1 = g`,
+    :math:`J_{j+1} = j J_{j-1} - r J_j`. Their absolute error is a few ulps.
+    """
+    r = r.clamp(max=_R_CLAMP)  # g and Phi(-r) are exactly 0 beyond; avoids inf * 0
+    j2 = torch.special.ndtr(-r) - r * g
+    j3 = 2.0 * g - r * j2
+    m1 = 2.0 * g
+    m2 = 1.0 - 4.0 * r * g
+    m3 = 2.0 * (3.0 * r * r * g + j3)
+    m4 = 3.0 - 8.0 * r * (r * r * g + j3)
+    k3 = m3 - 3.0 * m2 * m1 + 2.0 * m1**3
+    k4 = m4 - 4.0 * m3 * m1 - 3.0 * m2 * m2 + 12.0 * m2 * m1 * m1 - 6.0 * m1**4
+    return k3, k4
+
+
+def _log_expm1_d_direct(r: Tensor, a: Tensor, u: Tensor, lam: float) -> Tensor:
+    """``log(exp(D) - 1)`` with ``D = u^2 + L(2u) - 2 L(u)`` evaluated directly."""
+    log_ndtr = torch.special.log_ndtr
+
+    def centered_log_mgf(v: Tensor, vr: Tensor) -> Tensor:  # L(v), vr = v * r
+        return torch.logaddexp(log_ndtr(r + v), log_ndtr(v - r) - 2.0 * vr)
+
+    # v * r = lam * |mu| for v = u: written so, it stays finite when sigma = 0.
+    d = u * u + centered_log_mgf(2 * u, 2 * lam * a) - 2 * centered_log_mgf(u, lam * a)
+    return torch.where(d > 1.0, d + torch.log1p(-torch.exp(-d)), d.expm1().log())
+
+
+def _log_expm1_d_series(r: Tensor, g: Tensor, u: Tensor) -> Tensor:
+    """``log(exp(D) - 1)`` with ``D`` from the cumulant series, for small ``u``."""
+    k3, k4 = _folded_cumulants_34(r, g)
+    log_d = 2.0 * torch.log(u) + torch.log(
+        _standard_var(r, g) + u * (k3 + (7.0 / 12.0) * k4 * u)
+    )
+    d = torch.exp(log_d)  # log(expm1(d)) = log(d) + d/2 + d^2/24 + O(d^4)
+    return log_d + d * (0.5 + d / 24.0)
+
+
+def snr_exp_abs(loc: Tensor, scale: Tensor, lam: float = 1.0) -> Tensor:
+    r"""Signal-to-noise ratio of :math:`e^{\lambda|\theta|}`.
+
+    .. math::
+
+        \mathrm{SNR}(e^{\lambda|\theta|}) = \frac{M(\lambda)}
+            {\sqrt{M(2\lambda) - M(\lambda)^2}} = \big(e^{D} - 1\big)^{-1/2},
+        \qquad D = \log M(2\lambda) - 2\log M(\lambda),
+
+    with :math:`M` as in :func:`expected_exp_abs`. Write :math:`r = |\mu|/\sigma`,
+    :math:`u = \lambda\sigma` and :math:`Y = |Z + r|`, so that
+    :math:`\lambda|\theta| = uY`. The terms linear in :math:`\lambda|\mu|`
+    cancel exactly, which keeps :math:`D` finite when :math:`M` overflows:
+
+    .. math::
+
+        D = u^2 + L(2u) - 2L(u),\qquad
+        L(v) = \log\big[\Phi(r + v) + e^{-2vr}\,\Phi(v - r)\big].
+
+    This form is used for :math:`u \ge 10^{-3}`. Its relative error is about
+    :math:`10^{-16}/u^2` (:math:`2\cdot10^{-10}` at the switch), so for smaller
+    :math:`u` (e.g. :math:`\sigma = 10^{-9}`, where the direct difference keeps
+    no correct digit) the cumulant expansion of the CGF of :math:`Y` is used,
+
+    .. math::
+
+        D = \sum_{n \ge 2} \frac{2^n - 2}{n!}\,\kappa_n(Y)\,u^n
+          = u^2\big(\kappa_2 + \kappa_3 u + \tfrac{7}{12}\kappa_4 u^2\big)
+            + O(u^5),
+
+    with :math:`\kappa_2 = \mathrm{Var}\,Y = 1 - 4g(r + g)` as in :func:`snr_abs`
+    (truncation error below :math:`10^{-10}` relative). Its leading term is the
+    delta method, :math:`\mathrm{SNR} \approx 1/(\lambda\sqrt{\mathrm{Var}|\theta|})`.
+    :math:`D` is carried as :math:`\log D` there, so the score is finite for any
+    :math:`\sigma > 0` down to about :math:`10^{-300}`; it underflows to 0 for
+    :math:`\lambda\sigma \gtrsim 38`.
+    Use ``functools.partial(snr_exp_abs, lam=2.0)`` for another :math:`\lambda`;
+    the :data:`CRITERIA` entry uses :math:`\lambda = 1`.
+
+    Args:
+        loc: Posterior means :math:`\mu`.
+        scale: Posterior standard deviations :math:`\sigma > 0`.
+        lam: :math:`\lambda > 0` (reference flag ``--lambda_exp``).
+
+    Returns:
+        Float64 tensor of ``loc.shape``.
+
+    Raises:
+        TypeError, ValueError: If ``lam`` is not a positive finite number.
+
+    References:
+        Li et al., 2024 (arXiv:2402.11025), reference-code name
+        ``SNR_exp_mean_abs``; the folded normal distribution (Leone et al., 1961).
+    """
+    lam = _check_lam(lam)
+    a, s, r, g = _folded(loc, scale)
+    u = lam * s
+    log_expm1_d = torch.empty_like(u)
+    series, direct = u < _U_SERIES, ~(u < _U_SERIES)  # NaN goes to direct
+    log_expm1_d[series] = _log_expm1_d_series(r[series], g[series], u[series])
+    log_expm1_d[direct] = _log_expm1_d_direct(r[direct], a[direct], u[direct], lam)
+    return torch.exp(-0.5 * log_expm1_d)
+
+
+Criterion = Callable[[Tensor, Tensor], Tensor]
+
+CRITERIA: dict[str, Criterion] = {
+    "mean_abs": mean_abs,
+    "snr": snr,
+    "expected_abs": expected_abs,
+    "snr_abs": snr_abs,
+    "expected_exp_abs": expected_exp_abs,
+    "snr_exp_abs": snr_exp_abs,
+}
+"""Removal criteria by name; the exp variants use ``lam=1``."""
+
+DEFAULT_CRITERION = "snr_abs"
+"""The paper's and the reference code's default, SNR of :math:`|\\theta|`."""
+
+
+def get_criterion(criterion: str | Criterion) -> Criterion:
+    """Resolves a criterion name or callable to a score function.
+
+    Args:
+        criterion: A key of :data:`CRITERIA`, or a callable
+            ``(loc, scale) -> Tensor`` returned as is, e.g.
+            ``functools.partial(snr_exp_abs, lam=2.0)``.
+
+    Returns:
+        The score function.
+
+    Raises:
+        ValueError: If ``criterion`` is an unknown name.
+        TypeError: If ``criterion`` is neither a string nor callable.
+    """
+    if isinstance(criterion, str):
+        try:
+            return CRITERIA[criterion]
+        except KeyError:
+            raise ValueError(
+                f"unknown removal criterion {criterion!r}; valid names are "
+                f"{sorted(CRITERIA)}, or pass a callable (loc, scale) -> Tensor"
+            ) from None
+    if callable(criterion):
+        return criterion
+    raise TypeError(
+        "criterion must be a name from CRITERIA or a callable (loc, scale) -> "
+        f"Tensor, got {type(criterion)!r}"
+    )
+
+
+def removal_scores(criterion: str | Criterion, loc: Tensor, scale: Tensor) -> Tensor:
+    """Scores coordinates for removal with a validated criterion.
+
+    Calls the criterion under ``torch.no_grad()``, checks that it returns a
+    tensor of ``loc.shape``, casts it to float64 and maps NaN to ``-inf``, so
+    NaN scores rank lowest and are removed first (the reference code maps NaN
+    to 0).
+
+    Args:
+        criterion: A key of :data:`CRITERIA` or a callable, see
+            :func:`get_criterion`.
+        loc: Posterior means :math:`\\mu`.
+        scale: Posterior standard deviations :math:`\\sigma`, same shape.
+
+    Returns:
+        Float64 tensor of ``loc.shape``; higher means keep.
+
+    Raises:
+        ValueError: If the criterion is unknown or returns the wrong shape.
+        TypeError: If the criterion is not resolvable or returns a non-tensor.
+    """
+    fn = get_criterion(criterion)
+    with torch.no_grad():
+        scores = fn(loc, scale)
+    name = getattr(fn, "__name__", repr(fn))
+    if not isinstance(scores, Tensor):
+        raise TypeError(f"criterion {name} must return a Tensor, got {type(scores)!r}")
+    if scores.shape != loc.shape:
+        raise ValueError(
+            f"criterion {name} returned shape {tuple(scores.shape)}, expected "
+            f"loc.shape {tuple(loc.shape)}; criteria must score every coordinate"
+        )
+    scores = scores.to(torch.float64)
+    return torch.where(torch.isnan(scores), -math.inf, scores)
+
+
+def top_k(scores: Tensor, k: int) -> Tensor:
+    """Positions of the ``k`` largest scores, with stable tie-breaking.
+
+    Among equal scores the lower position wins, so the selection is
+    deterministic across runs and devices. NaN counts as ``-inf``, and ``-inf``
+    entries are chosen only when fewer than ``k`` finite ones exist.
+
+    Args:
+        scores: 1-D tensor of scores.
+        k: Number of positions to keep, an integer in ``[0, scores.numel()]``.
+
+    Returns:
+        LongTensor of shape ``(k,)``, sorted ascending.
+
+    Raises:
+        TypeError: If ``k`` is not an int.
+        ValueError: If ``scores`` is not 1-D or ``k`` is out of range.
+    """
+    if isinstance(k, bool):
+        raise TypeError("k must be an int, got bool")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an int, got {type(k)!r}") from None
+    if scores.dim() != 1:
+        raise ValueError(
+            f"scores must be 1-D, got shape {tuple(scores.shape)}; flatten it first"
+        )
+    if not 0 <= k <= scores.numel():
+        raise ValueError(f"k must be in [0, {scores.numel()}], got {k}")
+    scores = torch.where(torch.isnan(scores), -math.inf, scores)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return order[:k].sort().values

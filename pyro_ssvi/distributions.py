@@ -1,0 +1,236 @@
+"""The sparse-subspace Normal distribution and its KL divergences.
+
+:class:`SparseNormal` is the variational family of SSVI for one weight tensor:
+independent Normals on a fixed set of ``k`` active coordinates, a point mass at
+zero everywhere else. It is what :class:`~pyro_ssvi.AutoSparseNormal` samples at
+each sparse site, directly under the site's name, so that
+:class:`~pyro.infer.TraceMeanField_ELBO` can use the KL divergences registered
+here.
+
+Example::
+
+    q = SparseNormal(loc, scale, indices, shape=(400, 784))
+    w = q.rsample()                   # (400, 784), zero off the active set
+    kl = kl_divergence(q, prior)      # summed over the k active coordinates
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from pyro.distributions import Independent, Normal, TorchDistribution
+from torch.distributions import constraints, register_kl
+
+__all__ = ["SparseNormal"]
+
+_HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
+
+
+class SparseNormal(TorchDistribution):
+    r"""Independent Normals on ``k`` active coordinates of a tensor, zero elsewhere.
+
+    .. math::
+
+        \theta_j \sim \mathcal{N}(\mu_j, \sigma_j^2) \text{ for } j \in A,
+        \qquad \theta_j = 0 \text{ for } j \notin A,
+
+    where :math:`A` (``indices``) indexes the flattened tensor of shape
+    ``shape``. The whole tensor is one event, so ``event_shape == shape``.
+
+    ``rsample`` returns the full tensor (zeros off the active set) and is
+    differentiable in ``loc`` and ``scale``. ``log_prob`` scores the active
+    entries only, which is the density of the active subspace; ``mean`` and
+    ``variance`` are dense tensors with zeros off the active set.
+
+    Args:
+        loc: Active means, shape ``batch_shape + (k,)``.
+        scale: Active standard deviations (positive), same shape as ``loc``.
+        indices: Flat indices of the active coordinates into the flattened
+            event, a 1-D integer tensor of length ``k``.
+        shape: The full event shape, with ``prod(shape) >= k``.
+        validate_args: As in :class:`torch.distributions.Distribution`.
+
+    Raises:
+        ValueError: If the shapes of ``loc``, ``scale``, ``indices`` and
+            ``shape`` disagree.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    has_rsample = True
+
+    def __init__(
+        self,
+        loc: torch.Tensor,
+        scale: torch.Tensor,
+        indices: torch.Tensor,
+        shape: Sequence[int],
+        validate_args: bool | None = None,
+    ) -> None:
+        shape = torch.Size(shape)
+        loc, scale = torch.broadcast_tensors(loc, scale)
+        if loc.dim() < 1:
+            raise ValueError("SparseNormal needs loc of shape batch_shape + (k,).")
+        if indices.dim() != 1 or indices.shape[0] != loc.shape[-1]:
+            raise ValueError(
+                f"SparseNormal: indices must be 1-D of length k={loc.shape[-1]} "
+                f"(the last dim of loc), got shape {tuple(indices.shape)}."
+            )
+        if indices.dtype not in (torch.int64, torch.int32):
+            raise ValueError("SparseNormal: indices must be an integer tensor.")
+        if loc.shape[-1] > shape.numel():
+            raise ValueError(
+                f"SparseNormal: k={loc.shape[-1]} active coordinates do not fit "
+                f"in shape {tuple(shape)}."
+            )
+        self.loc = loc
+        self.scale = scale
+        self.indices = indices
+        self._numel = shape.numel()
+        super().__init__(loc.shape[:-1], shape, validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self) -> constraints.Constraint:
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    @property
+    def num_active(self) -> int:
+        """The number ``k`` of active coordinates."""
+        return int(self.indices.shape[0])
+
+    def expand(self, batch_shape, _instance=None):  # type: ignore[no-untyped-def]
+        batch_shape = torch.Size(batch_shape)
+        new = self._get_checked_instance(SparseNormal, _instance)
+        k = self.loc.shape[-1]
+        new.loc = self.loc.expand(batch_shape + (k,))
+        new.scale = self.scale.expand(batch_shape + (k,))
+        new.indices = self.indices
+        new._numel = self._numel
+        super(SparseNormal, new).__init__(
+            batch_shape, self.event_shape, validate_args=False
+        )
+        new._validate_args = self._validate_args
+        return new
+
+    def scatter(self, active: torch.Tensor) -> torch.Tensor:
+        """Place active values into a zero tensor of the full event shape.
+
+        Args:
+            active: Values of the active coordinates, shape ``(..., k)``.
+
+        Returns:
+            A tensor of shape ``active.shape[:-1] + event_shape``, differentiable
+            in ``active``.
+        """
+        lead = active.shape[:-1]
+        dense = active.new_zeros(lead + (self._numel,))
+        dense = dense.index_copy(-1, self.indices, active)
+        return dense.reshape(lead + self.event_shape)
+
+    def gather(self, value: torch.Tensor) -> torch.Tensor:
+        """Read the active coordinates out of full-shape tensors.
+
+        Args:
+            value: Tensor of shape ``(...,) + event_shape``.
+
+        Returns:
+            Tensor of shape ``(..., k)``.
+        """
+        n = len(self.event_shape)
+        flat = value.reshape(value.shape[: value.dim() - n] + (self._numel,))
+        return flat.index_select(-1, self.indices)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)[: -len(self.event_shape) or None]
+        eps = torch.randn(
+            shape + (self.loc.shape[-1],), dtype=self.loc.dtype, device=self.loc.device
+        )
+        return self.scatter(self.loc + self.scale * eps)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        active = self.gather(value)
+        var = self.scale**2
+        lp = -((active - self.loc) ** 2) / (2 * var) - self.scale.log()
+        return (lp - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.scatter(self.loc)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self.scatter(self.loc)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.scatter(self.scale**2)
+
+    def entropy(self) -> torch.Tensor:
+        """Differential entropy of the active coordinates (shape ``batch_shape``)."""
+        return (_HALF_LOG_2PI_E + self.scale.log()).sum(-1)
+
+
+def _gather_param(
+    t: torch.Tensor, event_shape: torch.Size, indices: torch.Tensor
+) -> torch.Tensor:
+    """Values of a prior parameter at the active coordinates, shape ``(..., k)``.
+
+    Parameters that are constant over the event (the usual
+    ``Normal(0., s).expand(shape)``, whose strides are zero) are read once
+    instead of being materialised densely.
+    """
+    n = len(event_shape)
+    if t.dim() < n:
+        t = t.expand(event_shape)
+    lead = t.shape[: t.dim() - n]
+    sizes, strides = t.shape[t.dim() - n :], t.stride()[t.dim() - n :]
+    if all(st == 0 or sz == 1 for sz, st in zip(sizes, strides)):
+        return t[(Ellipsis,) + (0,) * n].unsqueeze(-1)
+    flat = t.expand(lead + event_shape).reshape(lead + (event_shape.numel(),))
+    return flat.index_select(-1, indices)
+
+
+def _unwrap_independent(q: torch.distributions.Distribution):  # type: ignore[no-untyped-def]
+    while isinstance(q, torch.distributions.Independent):
+        q = q.base_dist
+    return q
+
+
+def _kl_active_normal(
+    p: SparseNormal, loc_q: torch.Tensor, scale_q: torch.Tensor
+) -> torch.Tensor:
+    var_ratio = (p.scale / scale_q) ** 2
+    t1 = ((p.loc - loc_q) / scale_q) ** 2
+    return (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum(-1)
+
+
+def _kl_sparse_factorised(p: SparseNormal, q) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    if q.event_shape != p.event_shape and len(q.event_shape) != 0:
+        raise NotImplementedError
+    base = _unwrap_independent(q)
+    if base.event_shape != torch.Size():
+        raise NotImplementedError  # not factorised: let Pyro fall back to MC
+    if isinstance(base, torch.distributions.Normal):
+        loc_q = _gather_param(base.loc, p.event_shape, p.indices)
+        scale_q = _gather_param(base.scale, p.event_shape, p.indices)
+        return _kl_active_normal(p, loc_q, scale_q)
+    # Any other univariate factorised prior: analytic entropy of the active
+    # coordinates plus a one-draw reparameterised estimate of the cross-entropy,
+    # both restricted to the active set (an unbiased estimate of the KL).
+    dense = p.rsample()
+    n = len(p.event_shape)
+    log_p = base.log_prob(dense.expand(base.batch_shape[: -n or None] + dense.shape))
+    return -p.entropy() - p.gather(log_p).sum(-1)
+
+
+@register_kl(SparseNormal, Independent)
+def _kl_sparse_independent(p: SparseNormal, q: Independent) -> torch.Tensor:
+    return _kl_sparse_factorised(p, q)
+
+
+@register_kl(SparseNormal, Normal)
+def _kl_sparse_normal(p: SparseNormal, q: Normal) -> torch.Tensor:
+    return _kl_sparse_factorised(p, q)

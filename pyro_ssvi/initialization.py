@@ -1,0 +1,79 @@
+"""Initialisers for the means of network weights, in Pyro's ``init_to_*`` style.
+
+Pyro's default :func:`~pyro.infer.autoguide.init_to_feasible` starts every
+weight mean at exactly zero, which leaves a deep network's units symmetric and
+its activations vanishing. :func:`init_to_kaiming` draws fan-in scaled means
+instead. To start from the weights of a trained or freshly initialised torch
+network, pass them to Pyro's :func:`~pyro.infer.autoguide.init_to_value`
+(``pyro_ssvi.models`` records those weights for you).
+
+Example::
+
+    guide = AutoSparseNormal(model, density=0.1, init_loc_fn=init_to_kaiming)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import torch
+from pyro.distributions import constraints
+from pyro.infer.autoguide.initialization import init_to_feasible
+
+__all__ = ["init_to_kaiming"]
+
+
+def init_to_kaiming(
+    site: dict[str, Any] | None = None,
+    *,
+    gain: float = math.sqrt(2.0),
+    fallback: Callable[[dict[str, Any]], torch.Tensor] | None = init_to_feasible,
+) -> Any:
+    r"""Initialise weight-like sites with fan-in scaled Normal draws.
+
+    For a real-valued site whose value has at least two dimensions (a linear
+    weight ``(out, in)`` or a conv kernel ``(out, in, *kernel)``), returns a
+    draw of
+
+    .. math:: W_{ij} \sim \mathcal{N}\!\left(0, \frac{g^2}{\text{fan\_in}}\right),
+        \qquad \text{fan\_in} = \prod_{d \geq 1} \text{shape}_d,
+
+    the initialisation of He et al. (2015) with ``g = gain``. Every other site
+    (biases, scalars, constrained sites) is initialised by ``fallback``.
+
+    Args:
+        site: A Pyro sample site; omit it to get a configured initialiser.
+        gain: The gain ``g`` (``sqrt(2)`` suits ReLU networks, 1 linear ones).
+        fallback: Initialiser for the sites this one does not handle.
+
+    Returns:
+        The initial value, or a partially applied initialiser when ``site``
+        is None.
+
+    Raises:
+        ValueError: If ``gain`` is not positive.
+
+    References:
+        He, Zhang, Ren, Sun. *Delving Deep into Rectifiers*, ICCV 2015.
+    """
+    if not gain > 0:
+        raise ValueError(f"init_to_kaiming: gain must be > 0, got {gain!r}.")
+    if site is None:
+        return functools.partial(init_to_kaiming, gain=gain, fallback=fallback)
+    support = site["fn"].support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    shape = site["fn"].shape()
+    if len(shape) < 2 or support is not constraints.real:
+        if fallback is None:
+            raise ValueError(
+                f"init_to_kaiming cannot initialise site {site['name']!r}; "
+                "pass a fallback initialiser."
+            )
+        return fallback(site)
+    template = site["fn"].sample().detach()
+    fan_in = template[0].numel()
+    std = gain / math.sqrt(fan_in)
+    return torch.randn_like(template) * std

@@ -1,0 +1,155 @@
+"""Bayesian versions of ordinary torch networks, ready for ``AutoSparseNormal``.
+
+:func:`make_bayesian` turns any ``nn.Module`` into a :class:`~pyro.nn.PyroModule`
+whose linear and convolution weights carry ``Normal(0, prior_scale)`` priors;
+:class:`BayesianClassifier` adds a categorical likelihood scaled to the data
+set size, and remembers the network's own initial weights for the guide::
+
+    model = BayesianClassifier(mlp(64, [100], 10), num_data=len(x_train))
+    guide = AutoSparseNormal(model, density=0.1, init_loc_fn=model.init_loc_fn())
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer.autoguide import init_to_feasible, init_to_value
+from pyro.nn import PyroModule, PyroSample
+from pyro.nn.module import to_pyro_module_
+from torch import nn
+
+__all__ = ["BayesianClassifier", "make_bayesian", "mlp"]
+
+_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
+
+
+def _prior(shape: torch.Size) -> Callable[[PyroModule], dist.Distribution]:
+    # A callable prior reads its scale from the module's buffer at call time,
+    # so the prior follows the module across devices (.to(device)).
+    def prior(module: PyroModule) -> dist.Distribution:
+        scale = module._ssvi_prior_scale
+        return dist.Normal(torch.zeros_like(scale), scale).expand(shape).to_event(len(shape))
+
+    return prior
+
+
+def make_bayesian(
+    module: nn.Module,
+    *,
+    prior_scale: float = 1.0,
+    bayesian_bias: bool = True,
+    bayesian_norm: bool = False,
+    exclude: Iterable[str] = (),
+) -> dict[str, torch.Tensor]:
+    """Turn ``module`` in place into a Bayesian :class:`~pyro.nn.PyroModule`.
+
+    Every weight of a linear or convolution layer gets an i.i.d.
+    ``Normal(0, prior_scale)`` prior (a ``PyroSample`` site named by its module
+    path); biases too when ``bayesian_bias``; normalisation-layer affine
+    parameters when ``bayesian_norm`` (otherwise they stay point estimates that
+    SVI trains as ordinary parameters).
+
+    Args:
+        module: Any torch network; converted in place.
+        prior_scale: Standard deviation of the prior, > 0.
+        bayesian_bias: Put priors on linear/conv biases as well.
+        bayesian_norm: Put priors on normalisation-layer weights and biases.
+        exclude: Module paths (as in ``named_modules()``) left deterministic,
+            e.g. ``["conv1"]``.
+
+    Returns:
+        ``{parameter path: initial value}`` of every parameter that became a
+        sample site: the network's own weights, for
+        :func:`~pyro.infer.autoguide.init_to_value`.
+
+    Raises:
+        ValueError: If ``prior_scale`` is not positive or no parameter became
+            Bayesian.
+    """
+    if not prior_scale > 0:
+        raise ValueError(f"make_bayesian: prior_scale must be > 0, got {prior_scale!r}.")
+    excluded = set(exclude)
+    unknown = excluded - {name for name, _ in module.named_modules()}
+    if unknown:
+        raise ValueError(f"make_bayesian: exclude names unknown modules {sorted(unknown)}.")
+    to_pyro_module_(module)
+    initial: dict[str, torch.Tensor] = {}
+    for path, sub in module.named_modules():
+        if path in excluded or not isinstance(sub, (*_WEIGHT_LAYERS, *_NORM_LAYERS)):
+            continue
+        is_norm = isinstance(sub, _NORM_LAYERS)
+        names = ["weight", "bias"] if is_norm else ["weight"] + (["bias"] if bayesian_bias else [])
+        if is_norm and not bayesian_norm:
+            continue
+        for pname in names:
+            param = getattr(sub, pname, None)
+            if not isinstance(param, nn.Parameter):
+                continue
+            ref = param.detach().new_tensor(float(prior_scale))
+            if "_ssvi_prior_scale" not in sub._buffers:
+                sub.register_buffer("_ssvi_prior_scale", ref, persistent=False)
+            initial[f"{path}.{pname}" if path else pname] = param.detach().clone()
+            delattr(sub, pname)
+            setattr(sub, pname, PyroSample(_prior(param.shape)))
+    if not initial:
+        raise ValueError("make_bayesian: the module has no linear or conv parameter.")
+    return initial
+
+
+def mlp(
+    in_features: int, hidden: Sequence[int], out_features: int, *, flatten: bool = True
+) -> nn.Sequential:
+    """A ReLU multilayer perceptron ``in -> hidden... -> out`` (plain torch)."""
+    sizes = [in_features, *hidden, out_features]
+    layers: list[nn.Module] = [nn.Flatten()] if flatten else []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class BayesianClassifier(PyroModule):
+    """A Bayesian network with a categorical likelihood over ``num_data`` examples.
+
+    ``forward(x, y=None)`` returns the logits and observes ``y`` in a
+    ``pyro.plate("data", num_data)`` subsampled to the minibatch, so the
+    likelihood is scaled by ``num_data / len(x)`` and the ELBO is that of the
+    whole data set.
+
+    Args:
+        net: A torch network mapping inputs to logits; made Bayesian in place
+            by :func:`make_bayesian` with ``**bayes_kwargs``.
+        num_data: Size of the training set.
+        **bayes_kwargs: Passed to :func:`make_bayesian`.
+
+    Attributes:
+        initial_values: ``{site name: the network's own initial value}``.
+    """
+
+    def __init__(self, net: nn.Module, num_data: int, **bayes_kwargs: Any) -> None:
+        super().__init__()
+        if not isinstance(num_data, int) or num_data < 1:
+            raise ValueError(f"BayesianClassifier: num_data must be >= 1, got {num_data!r}.")
+        initial = make_bayesian(net, **bayes_kwargs)
+        self.net = net
+        self.num_data = num_data
+        self.initial_values = {f"net.{k}": v for k, v in initial.items()}
+
+    def init_loc_fn(
+        self, fallback: Callable[[dict[str, Any]], torch.Tensor] | None = init_to_feasible
+    ) -> Callable[[dict[str, Any]], torch.Tensor]:
+        """Initialiser that starts every weight mean at the network's own weights."""
+        values = {k: v for k, v in self.initial_values.items()}
+        return init_to_value(values=values, fallback=fallback)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.net(x)
+        idx = torch.arange(x.shape[0], device=x.device)
+        with pyro.plate("data", self.num_data, subsample=idx):
+            pyro.sample("obs", dist.Categorical(logits=logits), obs=y)
+        return logits
