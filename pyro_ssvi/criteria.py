@@ -10,7 +10,10 @@ coordinate. Most criteria are moments of the folded normal :math:`|\theta|`.
 
 Criteria are registered by name in :data:`CRITERIA`; :func:`removal_scores`
 validates a criterion's output and :func:`top_k` picks the kept positions with
-deterministic tie-breaking.
+deterministic tie-breaking. ``scale == 0`` (a point mass, as for inactive
+entries in the reference code) gives the limiting score when :math:`\mu \ne 0`
+and NaN when :math:`\mu = \sigma = 0`; :func:`removal_scores` maps NaN to
+``-inf``, so such entries rank last. A negative ``scale`` raises ``ValueError``.
 
 Example::
 
@@ -339,7 +342,11 @@ def snr_exp_abs(loc: Tensor, scale: Tensor, lam: float = 1.0) -> Tensor:
     delta method, :math:`\mathrm{SNR} \approx 1/(\lambda\sqrt{\mathrm{Var}|\theta|})`.
     :math:`D` is carried as :math:`\log D` there, so the score is finite for any
     :math:`\sigma > 0` down to about :math:`10^{-300}`; it underflows to 0 for
-    :math:`\lambda\sigma \gtrsim 38`.
+    :math:`\lambda\sigma \gtrsim 38`. Because the score is close to
+    :math:`1/(\lambda\sigma)` for small :math:`\lambda\sigma`, it ranks mostly by
+    :math:`\sigma`; at fixed :math:`\sigma` it even falls, by up to a factor
+    :math:`\sqrt{1 - 2/\pi} \approx 0.60`, as :math:`|\mu|/\sigma` grows from 0
+    to :math:`\infty`, because :math:`\mathrm{Var}|\theta|` grows.
     Use ``functools.partial(snr_exp_abs, lam=2.0)`` for another :math:`\lambda`;
     the :data:`CRITERIA` entry uses :math:`\lambda = 1`.
 
