@@ -230,19 +230,31 @@ class SparseSVI(SVI):
     ) -> tuple[float, set[torch.Tensor], list[dict[str, torch.Tensor]]]:
         with self._capturing(capture) as captures:
             with poutine.trace(param_only=True) as param_capture:
-                loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+                try:
+                    loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+                except ValueError as e:
+                    # Pyro's validation rejects NaN/inf distribution parameters
+                    # before a loss exists; report it like a non-finite loss.
+                    if "invalid values" not in str(e):
+                        raise
+                    self._raise_non_finite("not finite", param_capture.trace, e)
+        loss = torch_item(loss)
+        if not math.isfinite(loss):
+            self._raise_non_finite(loss, param_capture.trace)
         params = {
             site["value"].unconstrained() for site in param_capture.trace.nodes.values()
         }
-        loss = torch_item(loss)
-        if not math.isfinite(loss):
-            zero_grads(params)
-            raise FloatingPointError(
-                f"SparseSVI: the loss is {loss} at step {self.step_count + 1}; no "
-                "parameter or subspace was changed. Lower the learning rate, check "
-                "the data for NaN/inf, or use a smaller init_scale."
-            )
         return loss, params, captures
+
+    def _raise_non_finite(
+        self, loss: Any, trace: Any, cause: BaseException | None = None
+    ) -> None:
+        zero_grads({site["value"].unconstrained() for site in trace.nodes.values()})
+        raise FloatingPointError(
+            f"SparseSVI: the loss is {loss} at step {self.step_count + 1}; no "
+            "parameter or subspace was changed. Lower the learning rate, check "
+            "the data for NaN/inf, or use a smaller init_scale."
+        ) from cause
 
     def step(self, *args: Any, **kwargs: Any) -> float:
         """Take one SVI step, then reselect the subspaces if one is due.

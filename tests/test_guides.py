@@ -1,0 +1,321 @@
+"""AutoSparseNormal: site selection, sampling, introspection, composition, state."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from common import LinearRegression, classification_data, tiny_classifier
+from pyro import poutine
+from pyro.infer import Predictive, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoGuideList, AutoNormal, init_to_value
+from pyro.nn import PyroModule, PyroSample
+
+from pyro_ssvi import AutoSparseNormal, SparseNormal
+from pyro_ssvi.guides import DEFAULT_MIN_SPARSE_NUMEL
+
+X, Y = classification_data()
+
+
+def _guide(density=0.3, **kwargs):
+    model = tiny_classifier()
+    guide = AutoSparseNormal(model, density=density, **kwargs)
+    guide.setup(X, Y)
+    return model, guide
+
+
+def _off_active(guide, name, value):
+    mask = torch.ones(value.numel(), dtype=torch.bool)
+    mask[guide.active_indices()[name]] = False
+    return value.reshape(-1)[mask]
+
+
+# ------------------------------------------------------------- site selection
+def test_default_rule_weights_sparse_biases_dense():
+    _, guide = _guide()
+    assert guide.sparse_site_names() == ["net.0.weight", "net.2.weight"]
+    for name, m in guide._meta.items():
+        assert m["sparse"] == name.endswith("weight")
+
+
+@pytest.mark.parametrize("density", [0.01, 0.1, 0.3, 0.5, 1.0])
+def test_active_count_is_rounded_density(density):
+    _, guide = _guide(density)
+    for name, k in guide.num_active().items():
+        numel = guide.site_shape(name).numel()
+        assert k == max(1, round(density * numel))
+    total = sum(guide.site_shape(n).numel() for n in guide.sparse_site_names())
+    assert guide.density == sum(guide.num_active().values()) / total
+
+
+def test_large_vector_site_is_sparse_by_default():
+    class Wide(PyroModule):
+        def __init__(self):
+            super().__init__()
+            n = DEFAULT_MIN_SPARSE_NUMEL + 1
+            self.v = PyroSample(dist.Normal(0.0, 1.0).expand([n]).to_event(1))
+            self.small = PyroSample(dist.Normal(0.0, 1.0).expand([7]).to_event(1))
+
+        def forward(self):
+            return self.v.sum() + self.small.sum()
+
+    guide = AutoSparseNormal(Wide(), density=0.5).setup()
+    assert guide.sparse_site_names() == ["v"]
+
+
+def test_sparse_sites_by_name_and_predicate():
+    model = tiny_classifier()
+    guide = AutoSparseNormal(model, sparse_sites=["net.2.weight"]).setup(X, Y)
+    assert guide.sparse_site_names() == ["net.2.weight"]
+    pyro.clear_param_store()
+    guide = AutoSparseNormal(
+        tiny_classifier(), sparse_sites=lambda name, site: name.startswith("net.0")
+    ).setup(X, Y)
+    assert guide.sparse_site_names() == ["net.0.weight", "net.0.bias"]
+
+
+# ------------------------------------------------------------------ sampling
+def test_samples_directly_at_site_with_zeros_off_active_set():
+    _, guide = _guide()
+    trace = poutine.trace(guide).get_trace(X, Y)
+    sample_sites = [n for n, s in trace.nodes.items() if s["type"] == "sample"]
+    assert sample_sites == ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"]
+    for name in guide.sparse_site_names():
+        site = trace.nodes[name]
+        assert isinstance(site["fn"], SparseNormal)
+        assert site["value"].shape == guide.site_shape(name)
+        assert torch.all(_off_active(guide, name, site["value"]) == 0)
+
+
+def test_mean_field_elbo_kl_is_exact_and_deterministic():
+    """With no observations the loss is the KL, which must not fluctuate."""
+
+    class PriorOnly(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.w = PyroSample(dist.Normal(0.0, 2.0).expand([3, 4]).to_event(2))
+
+        def forward(self):
+            return self.w
+
+    model = PriorOnly()
+    guide = AutoSparseNormal(model, density=0.5, init_scale=0.3)
+    elbo = TraceMeanField_ELBO()
+    losses = {elbo.loss(model, guide) for _ in range(5)}
+    assert len(losses) == 1
+    post = guide.get_posterior("w")
+    expected = torch.distributions.kl_divergence(
+        dist.Normal(post.loc, post.scale), dist.Normal(0.0, 2.0)
+    ).sum()
+    assert losses.pop() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_initial_active_set_is_seeded_and_uniform():
+    def first_layer_indices(seed):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        return _guide(0.25)[1].active_indices()["net.0.weight"]
+
+    assert torch.equal(first_layer_indices(3), first_layer_indices(3))
+    assert not torch.equal(first_layer_indices(3), first_layer_indices(4))
+    # Inclusion frequency of each of the 48 coordinates over n seeds is
+    # Binomial(n, k/48)/n; allow 5 standard errors.
+    n = 300
+    counts = torch.zeros(48)
+    for seed in range(n):
+        counts[first_layer_indices(seed)] += 1
+    p = 12 / 48
+    assert torch.all((counts / n - p).abs() < 5 * math.sqrt(p * (1 - p) / n))
+
+
+def test_init_loc_fn_values_are_gathered_at_active_set():
+    model = tiny_classifier()
+    values = {"net.0.weight": torch.arange(48.0).reshape(8, 6)}
+    guide = AutoSparseNormal(
+        model, density=0.25, init_loc_fn=init_to_value(values=values)
+    ).setup(X, Y)
+    loc, _ = guide._get_loc_and_scale("net.0.weight")
+    idx = guide.active_indices()["net.0.weight"]
+    assert torch.equal(loc.detach(), idx.float())
+
+
+# ------------------------------------------------------------- introspection
+def test_median_quantiles_and_posterior():
+    _, guide = _guide()
+    med = guide.median()
+    q = guide.quantiles([0.1, 0.5, 0.9])
+    for name in guide._meta:
+        assert med[name].shape == guide.site_shape(name)
+        assert q[name].shape == (3,) + guide.site_shape(name)
+        assert torch.allclose(q[name][1], med[name], atol=1e-6)
+        assert torch.all(q[name][0] <= q[name][2])
+    for name in guide.sparse_site_names():
+        assert torch.all(_off_active(guide, name, med[name]) == 0)
+        assert torch.all(_off_active(guide, name, q[name][2]) == 0)
+        post = guide.get_posterior(name)
+        assert torch.equal(post.mean, med[name])
+    assert isinstance(guide.get_posterior("net.0.bias"), dist.Independent)
+    with pytest.raises(KeyError, match="no site 'nope'"):
+        guide.get_posterior("nope")
+
+
+def test_num_variational_params_counts_active_and_dense():
+    _, guide = _guide(0.25)
+    expected = 2 * (12 + 6 + 8 + 3)  # (loc, scale) x (active w1, w2, dense b1, b2)
+    assert guide.num_variational_params() == expected
+    assert sum(p.numel() for p in guide.parameters()) == expected
+
+
+def test_unbuilt_guide_says_what_to_do():
+    guide = AutoSparseNormal(tiny_classifier())
+    with pytest.raises(RuntimeError, match="call guide.setup"):
+        guide.active_indices()
+
+
+# ---------------------------------------------------------------- composition
+def test_predictive_with_return_sites():
+    model, guide = _guide()
+    out = Predictive(model, guide=guide, num_samples=4, return_sites=("obs",))(X)
+    assert out["obs"].shape == (4, len(X))
+
+
+@pytest.mark.filterwarnings("ignore:Failed to verify mean field restriction")
+def test_inside_auto_guide_list_with_block():
+    model = tiny_classifier()
+    is_weight = lambda msg: msg["name"].endswith("weight")  # noqa: E731
+    guide = AutoGuideList(model)
+    guide.append(AutoSparseNormal(poutine.block(model, expose_fn=is_weight)))
+    guide.append(AutoNormal(poutine.block(model, hide_fn=is_weight)))
+    elbo = TraceMeanField_ELBO()
+    assert math.isfinite(elbo.loss(model, guide, X, Y))
+    med = guide.median()
+    assert sorted(med) == ["net.0.bias", "net.0.weight", "net.2.bias", "net.2.weight"]
+    assert guide[0].sparse_site_names() == ["net.0.weight", "net.2.weight"]
+
+
+def test_module_local_params_leave_the_global_store_empty():
+    pyro.settings.set(module_local_params=True)
+    model, guide = _guide()
+    TraceMeanField_ELBO().loss(model, guide, X, Y)
+    assert len(pyro.get_param_store()) == 0
+    assert guide.num_variational_params() > 0
+
+
+def test_stale_global_param_store_is_refused():
+    model, guide = _guide()
+    TraceMeanField_ELBO().loss(model, guide, X, Y)  # registers its params
+    with pytest.raises(ValueError, match="pyro.clear_param_store"):
+        _guide()
+
+
+# ------------------------------------------------------------------- state
+def _roundtrip(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_state_dict_roundtrip_into_fresh_guide_before_first_call():
+    _, guide = _guide()
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(torch.randn_like(p))
+    state = _roundtrip(guide.state_dict())
+    assert "indices.net.0.weight" in state
+    pyro.clear_param_store()
+    fresh = AutoSparseNormal(tiny_classifier(), density=0.3)
+    fresh.load_state_dict(state)
+    saved, loaded = guide.median(), fresh.median()  # before any call
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    assert fresh.active_indices().keys() == guide.active_indices().keys()
+    fresh(X, Y)  # the loaded guide then runs against the model
+    assert all(torch.equal(saved[k], fresh.median()[k]) for k in saved)
+
+
+def test_state_dict_load_into_built_guide_and_mismatches():
+    _, guide = _guide()
+    state = guide.state_dict()
+    pyro.clear_param_store()
+    _, other = _guide()
+    other.load_state_dict(state)
+    assert all(
+        torch.equal(a, b) for a, b in zip(guide.parameters(), other.parameters())
+    )
+    pyro.clear_param_store()
+    _, denser = _guide(density=0.6)
+    with pytest.raises(ValueError, match="different density"):
+        denser.load_state_dict(state)
+    pyro.clear_param_store()
+    wrong = AutoSparseNormal(LinearRegression(6))
+    wrong.setup(torch.zeros(3, 6))
+    with pytest.raises(ValueError, match="do not match"):
+        wrong.load_state_dict(state)
+    with pytest.raises(ValueError, match="saved from an AutoSparseNormal"):
+        AutoSparseNormal(tiny_classifier()).load_state_dict({})
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("density", [0.0, -0.1, 1.5, float("nan")])
+def test_density_out_of_range(density):
+    with pytest.raises(ValueError, match=r"density must be in \(0, 1\]"):
+        AutoSparseNormal(tiny_classifier(), density=density)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(density="0.1"), TypeError, "density must be a float"),
+        (dict(init_scale=0.0), ValueError, "init_scale must be > 0"),
+        (dict(sparse_sites="net.0.weight"), TypeError, "not a string"),
+        (dict(min_sparse_numel=0), ValueError, "min_sparse_numel"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        AutoSparseNormal(tiny_classifier(), **kwargs)
+
+
+def test_no_eligible_site_is_refused():
+    class Small(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.b = PyroSample(dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+
+        def forward(self):
+            return self.b
+
+    with pytest.raises(ValueError, match="no latent site is sparse"):
+        AutoSparseNormal(Small()).setup()
+
+
+def test_non_factorised_prior_on_requested_site_is_refused():
+    class Correlated(PyroModule):
+        def __init__(self):
+            super().__init__()
+            cov = torch.eye(4) + 0.5
+            self.w = PyroSample(dist.MultivariateNormal(torch.zeros(4), cov))
+
+        def forward(self):
+            return self.w
+
+    with pytest.raises(ValueError, match="does not factorise"):
+        AutoSparseNormal(Correlated(), sparse_sites=["w"]).setup()
+
+
+def test_unknown_sparse_site_names_are_listed():
+    with pytest.raises(ValueError, match="not latent sites"):
+        AutoSparseNormal(tiny_classifier(), sparse_sites=["fc9.weight"]).setup(X, Y)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_to_cuda_moves_indices_and_samples_on_device():
+    _, guide = _guide()
+    guide.cuda()
+    assert all(i.is_cuda for i in guide.active_indices().values())
+    assert all(v.is_cuda for v in guide.median().values())
