@@ -1,4 +1,4 @@
-"""pyro_ssvi: Sparse Subspace Variational Inference for Bayesian neural networks in Pyro.
+"""pyro_ssvi: Sparse Subspace Variational Inference for Bayesian networks in Pyro.
 
 Swap :class:`~pyro.infer.autoguide.AutoNormal` for :class:`AutoSparseNormal`
 and :class:`~pyro.infer.SVI` for :class:`SparseSVI`::

@@ -141,7 +141,9 @@ class SparseNormal(TorchDistribution):
         flat = value.reshape(value.shape[: value.dim() - n] + (self._numel,))
         return flat.index_select(-1, self.indices)
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def rsample(  # type: ignore[override]
+        self, sample_shape: torch.Size = torch.Size()
+    ) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)[: -len(self.event_shape) or None]
         eps = torch.randn(
             shape + (self.loc.shape[-1],), dtype=self.loc.dtype, device=self.loc.device
@@ -193,7 +195,9 @@ def _gather_param(
     return flat.index_select(-1, indices)
 
 
-def _unwrap_independent(q: torch.distributions.Distribution):  # type: ignore[no-untyped-def]
+def _unwrap_independent(
+    q: torch.distributions.Distribution,
+) -> torch.distributions.Distribution:
     while isinstance(q, torch.distributions.Independent):
         q = q.base_dist
     return q
@@ -207,7 +211,9 @@ def _kl_active_normal(
     return (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum(-1)
 
 
-def _kl_sparse_factorised(p: SparseNormal, q) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _kl_sparse_factorised(
+    p: SparseNormal, q: torch.distributions.Distribution
+) -> torch.Tensor:
     if q.event_shape != p.event_shape and len(q.event_shape) != 0:
         raise NotImplementedError
     base = _unwrap_independent(q)

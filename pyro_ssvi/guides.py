@@ -21,7 +21,6 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.transforms import biject_to
-from pyro.distributions.util import sum_rightmost
 from pyro.infer.autoguide import AutoGuide
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import Distribution
@@ -325,9 +324,9 @@ class AutoSparseNormal(AutoGuide):
         ]
         if taken:
             raise ValueError(
-                f"AutoSparseNormal: Pyro's global param store already holds {taken[0]!r} "
-                "from another guide, whose values would be paired with this guide's "
-                "new active indices. Call pyro.clear_param_store() before building a "
+                "AutoSparseNormal: Pyro's global param store already holds "
+                f"{taken[0]!r} from another guide, whose values would be paired "
+                "with this guide's new active indices. Call pyro.clear_param_store() before building a "
                 "new guide, or enable pyro.settings.set(module_local_params=True)."
             )
 
@@ -392,7 +391,8 @@ class AutoSparseNormal(AutoGuide):
         self._require_params()
         if name not in self._meta:
             raise KeyError(
-                f"AutoSparseNormal has no site {name!r}; sites are {sorted(self._meta)}."
+                f"AutoSparseNormal has no site {name!r}; "
+                f"sites are {sorted(self._meta)}."
             )
         meta = self._meta[name]
         loc, scale = self._get_loc_and_scale(name)
@@ -431,7 +431,8 @@ class AutoSparseNormal(AutoGuide):
                 for frame in site["cond_indep_stack"]:
                     if frame.vectorized:
                         stack.enter_context(plates[frame.name])
-                value = pyro.sample(name, self.get_posterior(name))
+                posterior: Any = self.get_posterior(name)
+                value = pyro.sample(name, posterior)
             capture = self._grad_capture
             if capture is not None and self._meta[name]["sparse"] and value.requires_grad:
                 value.register_hook(self._grad_hook(capture, name))
@@ -619,11 +620,7 @@ class AutoSparseNormal(AutoGuide):
             for name in self._meta:
                 fullname = f"{self._pyro_name}.{tree}.{name}"
                 if fullname in store:
-                    prefix, _, leaf = name.rpartition(".")
-                    module = getattr(self, tree)
-                    if prefix:
-                        module = attrgetter(prefix)(module)
-                    param = getattr(module, leaf + "_unconstrained")
+                    param = self._unconstrained(tree, name)
                     store._params[fullname] = param
                     store._param_to_name[param] = fullname
 
@@ -634,6 +631,11 @@ class AutoSparseNormal(AutoGuide):
         These are the very ``Parameter`` objects Pyro's optimisers hold, so
         editing them in place keeps optimiser state attached.
         """
-        with self._pyro_context:
-            loc, scale = self._get_loc_and_scale(name)
-        return loc.unconstrained(), scale.unconstrained()
+        return self._unconstrained("locs", name), self._unconstrained("scales", name)
+
+    def _unconstrained(self, tree: str, name: str) -> torch.nn.Parameter:
+        prefix, _, leaf = name.rpartition(".")
+        module = getattr(self, tree)
+        if prefix:
+            module = attrgetter(prefix)(module)
+        return getattr(module, leaf + "_unconstrained")

@@ -94,7 +94,8 @@ def make_bayesian(
                 sub.register_buffer("_ssvi_prior_scale", ref, persistent=False)
             initial[f"{path}.{pname}" if path else pname] = param.detach().clone()
             delattr(sub, pname)
-            setattr(sub, pname, PyroSample(_prior(param.shape)))
+            prior: Any = _prior(param.shape)
+            setattr(sub, pname, PyroSample(prior))
     if not initial:
         raise ValueError("make_bayesian: the module has no linear or conv parameter.")
     return initial

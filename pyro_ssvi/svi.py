@@ -148,9 +148,11 @@ class SparseSVI(SVI):
                 stacklevel=2,
             )
         super().__init__(model, guide, optim, loss, **kwargs)
-        self._sparse_guides = [
-            m for m in guide.modules() if isinstance(m, AutoSparseNormal)
-        ] if isinstance(guide, torch.nn.Module) else []
+        self._sparse_guides = (
+            [m for m in guide.modules() if isinstance(m, AutoSparseNormal)]
+            if isinstance(guide, torch.nn.Module)
+            else []
+        )
         if not self._sparse_guides:
             raise TypeError(
                 "SparseSVI needs an AutoSparseNormal guide (alone or inside an "
@@ -165,10 +167,16 @@ class SparseSVI(SVI):
                 "or pass a callable (site_name, posterior) -> scores."
             )
         if not isinstance(addition, str) and not callable(addition):
-            raise TypeError(f"SparseSVI: addition must be a name or callable, got {addition!r}.")
+            raise TypeError(
+                f"SparseSVI: addition must be a name or callable, got {addition!r}."
+            )
         self.addition = addition
-        if isinstance(drop_fraction, bool) or not isinstance(drop_fraction, (int, float)):
-            raise TypeError(f"SparseSVI: drop_fraction must be a float, got {drop_fraction!r}.")
+        if isinstance(drop_fraction, bool) or not isinstance(
+            drop_fraction, (int, float)
+        ):
+            raise TypeError(
+                f"SparseSVI: drop_fraction must be a float, got {drop_fraction!r}."
+            )
         if not 0.0 <= drop_fraction < 1.0:
             raise ValueError(
                 f"SparseSVI: drop_fraction must be in [0, 1), got {drop_fraction!r}; "
@@ -242,7 +250,8 @@ class SparseSVI(SVI):
         if not math.isfinite(loss):
             self._raise_non_finite(loss, param_capture.trace)
         params = {
-            site["value"].unconstrained() for site in param_capture.trace.nodes.values()
+            site["value"].unconstrained()  # type: ignore[union-attr]
+            for site in param_capture.trace.nodes.values()
         }
         return loss, params, captures
 
@@ -307,7 +316,9 @@ class SparseSVI(SVI):
             grads = captures[i] if captures else {}
             prefix = "" if len(self._sparse_guides) == 1 else f"{guide._pyro_name}."
             for name in guide.sparse_site_names():
-                n_drop, n_new = self._reselect_site(guide, name, fraction, grads.get(name))
+                n_drop, n_new = self._reselect_site(
+                    guide, name, fraction, grads.get(name)
+                )
                 dropped[prefix + name] = n_drop
                 swapped[prefix + name] = n_new
         record = SubspaceUpdate(self.step_count, fraction, dropped, swapped)
@@ -330,8 +341,8 @@ class SparseSVI(SVI):
         scores = self.addition(name, post).detach().clone()  # type: ignore[operator]
         if scores.shape != (numel,):
             raise ValueError(
-                f"SparseSVI: the addition callable returned shape {tuple(scores.shape)} "
-                f"for site {name!r}; expected ({numel},)."
+                "SparseSVI: the addition callable returned shape "
+                f"{tuple(scores.shape)} for site {name!r}; expected ({numel},)."
             )
         return scores.to(torch.float64)
 
