@@ -280,9 +280,7 @@ class AutoSparseNormal(AutoGuide):
             meta[name] = {
                 "sparse": sparse,
                 "shape": list(value.shape),
-                "event_dim": site["fn"].event_dim
-                + unconstrained.dim()
-                - value.dim(),
+                "event_dim": site["fn"].event_dim + unconstrained.dim() - value.dim(),
                 "support": _support_name(site["fn"].support),
             }
         if not any(m["sparse"] for m in meta.values()):
@@ -326,8 +324,9 @@ class AutoSparseNormal(AutoGuide):
             raise ValueError(
                 "AutoSparseNormal: Pyro's global param store already holds "
                 f"{taken[0]!r} from another guide, whose values would be paired "
-                "with this guide's new active indices. Call pyro.clear_param_store() before building a "
-                "new guide, or enable pyro.settings.set(module_local_params=True)."
+                "with this guide's new active indices. Call pyro.clear_param_store() "
+                "before building a new guide, or enable "
+                "pyro.settings.set(module_local_params=True)."
             )
 
     def _create_params(self, sites: Mapping[str, dict[str, Any]]) -> None:
@@ -354,9 +353,13 @@ class AutoSparseNormal(AutoGuide):
                         init_loc = periodic_repeat(init_loc, full_size, dim)
                 init_loc = init_loc.contiguous()
             init_scale = torch.full_like(init_loc, self._init_scale)
-            deep_setattr(self.locs, name, PyroParam(init_loc, constraints.real, event_dim))
             deep_setattr(
-                self.scales, name, PyroParam(init_scale, self.scale_constraint, event_dim)
+                self.locs, name, PyroParam(init_loc, constraints.real, event_dim)
+            )
+            deep_setattr(
+                self.scales,
+                name,
+                PyroParam(init_scale, self.scale_constraint, event_dim),
             )
 
     # ---------------------------------------------------------------- sampling
@@ -434,7 +437,11 @@ class AutoSparseNormal(AutoGuide):
                 posterior: Any = self.get_posterior(name)
                 value = pyro.sample(name, posterior)
             capture = self._grad_capture
-            if capture is not None and self._meta[name]["sparse"] and value.requires_grad:
+            if (
+                capture is not None
+                and self._meta[name]["sparse"]
+                and value.requires_grad
+            ):
                 value.register_hook(self._grad_hook(capture, name))
             result[name] = value
         return result
@@ -601,7 +608,9 @@ class AutoSparseNormal(AutoGuide):
                     )
                 _deep_register_buffer(self.indices, name, torch.empty_like(idx))
             deep_setattr(
-                self.locs, name, PyroParam(torch.zeros_like(loc), constraints.real, event_dim)
+                self.locs,
+                name,
+                PyroParam(torch.zeros_like(loc), constraints.real, event_dim),
             )
             init_scale = torch.ones_like(scale)
             deep_setattr(
@@ -625,7 +634,9 @@ class AutoSparseNormal(AutoGuide):
                     store._param_to_name[param] = fullname
 
     # ------------------------------------------------------ subspace editing
-    def unconstrained_params(self, name: str) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+    def unconstrained_params(
+        self, name: str
+    ) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
         """The trainable tensors ``(loc, unconstrained scale)`` of a site.
 
         These are the very ``Parameter`` objects Pyro's optimisers hold, so

@@ -24,7 +24,13 @@ from torch import nn
 __all__ = ["BayesianClassifier", "make_bayesian", "mlp"]
 
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
+_NORM_LAYERS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.GroupNorm,
+    nn.LayerNorm,
+)
 
 
 def _prior(shape: torch.Size) -> Callable[[PyroModule], dist.Distribution]:
@@ -32,7 +38,11 @@ def _prior(shape: torch.Size) -> Callable[[PyroModule], dist.Distribution]:
     # so the prior follows the module across devices (.to(device)).
     def prior(module: PyroModule) -> dist.Distribution:
         scale = module._ssvi_prior_scale
-        return dist.Normal(torch.zeros_like(scale), scale).expand(shape).to_event(len(shape))
+        return (
+            dist.Normal(torch.zeros_like(scale), scale)
+            .expand(shape)
+            .to_event(len(shape))
+        )
 
     return prior
 
@@ -71,18 +81,26 @@ def make_bayesian(
             Bayesian.
     """
     if not prior_scale > 0:
-        raise ValueError(f"make_bayesian: prior_scale must be > 0, got {prior_scale!r}.")
+        raise ValueError(
+            f"make_bayesian: prior_scale must be > 0, got {prior_scale!r}."
+        )
     excluded = set(exclude)
     unknown = excluded - {name for name, _ in module.named_modules()}
     if unknown:
-        raise ValueError(f"make_bayesian: exclude names unknown modules {sorted(unknown)}.")
+        raise ValueError(
+            f"make_bayesian: exclude names unknown modules {sorted(unknown)}."
+        )
     to_pyro_module_(module)
     initial: dict[str, torch.Tensor] = {}
     for path, sub in module.named_modules():
         if path in excluded or not isinstance(sub, (*_WEIGHT_LAYERS, *_NORM_LAYERS)):
             continue
         is_norm = isinstance(sub, _NORM_LAYERS)
-        names = ["weight", "bias"] if is_norm else ["weight"] + (["bias"] if bayesian_bias else [])
+        names = (
+            ["weight", "bias"]
+            if is_norm
+            else ["weight"] + (["bias"] if bayesian_bias else [])
+        )
         if is_norm and not bayesian_norm:
             continue
         for pname in names:
@@ -135,14 +153,17 @@ class BayesianClassifier(PyroModule):
     def __init__(self, net: nn.Module, num_data: int, **bayes_kwargs: Any) -> None:
         super().__init__()
         if not isinstance(num_data, int) or num_data < 1:
-            raise ValueError(f"BayesianClassifier: num_data must be >= 1, got {num_data!r}.")
+            raise ValueError(
+                f"BayesianClassifier: num_data must be >= 1, got {num_data!r}."
+            )
         initial = make_bayesian(net, **bayes_kwargs)
         self.net = net
         self.num_data = num_data
         self.initial_values = {f"net.{k}": v for k, v in initial.items()}
 
     def init_loc_fn(
-        self, fallback: Callable[[dict[str, Any]], torch.Tensor] | None = init_to_feasible
+        self,
+        fallback: Callable[[dict[str, Any]], torch.Tensor] | None = init_to_feasible,
     ) -> Callable[[dict[str, Any]], torch.Tensor]:
         """Initialiser that starts every weight mean at the network's own weights."""
         values = {k: v for k, v in self.initial_values.items()}
