@@ -26,6 +26,7 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import torch_item, zero_grads
 from pyro.optim import PyroOptim
+from pyro.poutine.messenger import Messenger
 
 from .criteria import get_criterion, removal_scores, top_k
 from .distributions import SparseNormal
@@ -59,6 +60,23 @@ class SubspaceUpdate(NamedTuple):
     drop_fraction: float
     num_dropped: dict[str, int]
     num_swapped: dict[str, int]
+
+
+class _LatentScale(Messenger):
+    """Multiply the scale of every latent (unobserved) sample site by ``weight``.
+
+    Applied around both model and guide, this scales the KL term of the ELBO
+    (exactly, under :class:`~pyro.infer.TraceMeanField_ELBO`) and leaves the
+    likelihood alone: KL tempering and annealing in Pyro's own terms.
+    """
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def _pyro_sample(self, msg: dict[str, Any]) -> None:
+        if not msg["is_observed"]:
+            msg["scale"] = msg["scale"] * self.weight
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -113,6 +131,11 @@ class SparseSVI(SVI):
         stop_updates_at: Step from which no more updates happen. Default:
             ``floor(0.75 * num_steps)`` as in the reference implementation.
         num_steps: Planned number of training steps (sets the default stop).
+        kl_weight: Weight of the KL term: a float >= 0, or a callable of the
+            1-based step number (for annealing). Implemented by scaling every
+            latent site of model and guide, so the loss is
+            ``-E[log p(y|theta)] + kl_weight * KL(q || p)``. Default 1 (the
+            ELBO). The reference SSVI runs use ``0.01 * min(2e/E, 1)``.
         **kwargs: Passed to :class:`pyro.infer.SVI`.
 
     Raises:
@@ -135,6 +158,7 @@ class SparseSVI(SVI):
         drop_schedule: str | Callable[[float], float] = "cosine",
         stop_updates_at: int | None = None,
         num_steps: int | None = None,
+        kl_weight: float | Callable[[int], float] = 1.0,
         **kwargs: Any,
     ) -> None:
         if loss is None:
@@ -198,6 +222,17 @@ class SparseSVI(SVI):
             )
         self.num_steps = num_steps  # type: ignore[assignment]
         self.stop_updates_at = stop_updates_at
+        if not callable(kl_weight):
+            if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)):
+                raise TypeError(
+                    "SparseSVI: kl_weight must be a float or a callable step -> "
+                    f"float, got {kl_weight!r}."
+                )
+            if not (math.isfinite(kl_weight) and kl_weight >= 0):
+                raise ValueError(
+                    f"SparseSVI: kl_weight must be finite and >= 0, got {kl_weight!r}."
+                )
+        self.kl_weight = kl_weight
         self.step_count = 0
         self.updates: list[SubspaceUpdate] = []
 
@@ -233,10 +268,30 @@ class SparseSVI(SVI):
             for g in self._sparse_guides:
                 g._grad_capture = None
 
+    def current_kl_weight(self, step: int | None = None) -> float:
+        """The KL weight at ``step`` (default: the step about to be taken)."""
+        step = self.step_count + 1 if step is None else step
+        weight = self.kl_weight
+        return float(weight(step)) if callable(weight) else float(weight)
+
+    @contextmanager
+    def _kl_scaled(self) -> Iterator[None]:
+        weight = self.current_kl_weight()
+        if weight == 1.0:
+            yield
+            return
+        with _LatentScale(weight):
+            yield
+
+    def evaluate_loss(self, *args: Any, **kwargs: Any) -> float:
+        """The loss (with the current KL weight) without taking a step."""
+        with self._kl_scaled():
+            return super().evaluate_loss(*args, **kwargs)
+
     def _loss_and_grads(
         self, capture: bool, args: tuple, kwargs: dict
     ) -> tuple[float, set[torch.Tensor], list[dict[str, torch.Tensor]]]:
-        with self._capturing(capture) as captures:
+        with self._capturing(capture) as captures, self._kl_scaled():
             with poutine.trace(param_only=True) as param_capture:
                 try:
                     loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)

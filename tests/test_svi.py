@@ -372,3 +372,42 @@ def test_state_dict_roundtrip():
     assert other.step_count == 5 and other.updates == svi.updates
     with pytest.raises(ValueError, match="expects keys"):
         other.load_state_dict({"step": 1})
+
+
+# ---------------------------------------------------------------- KL weight
+def _exact_kl(guide):
+    """Closed-form KL of every site against the models' Normal(0, 1) priors."""
+    total = 0.0
+    for name in guide._meta:
+        loc, scale = (t.detach() for t in guide._get_loc_and_scale(name))
+        q, p = torch.distributions.Normal(loc, scale), torch.distributions.Normal(0, 1)
+        total += torch.distributions.kl_divergence(q, p).sum().item()
+    return total
+
+
+def test_kl_weight_scales_exactly_the_kl_term():
+    _, guide, svi = _svi(kl_weight=0.25)
+    guide.setup(X, Y)
+    pyro.set_rng_seed(7)
+    weighted = svi.evaluate_loss(X, Y)
+    svi.kl_weight = 1.0
+    pyro.set_rng_seed(7)
+    unweighted = svi.evaluate_loss(X, Y)
+    # Same noise draws, so the likelihood terms cancel: the difference is 0.75 KL.
+    assert unweighted - weighted == pytest.approx(0.75 * _exact_kl(guide), rel=1e-4)
+
+
+def test_kl_weight_callable_receives_the_step():
+    seen = []
+
+    def weight(step):
+        seen.append(step)
+        return min(1.0, step / 4)
+
+    _, _, svi = _svi(kl_weight=weight)
+    for _ in range(3):
+        svi.step(X, Y)
+    assert seen == [1, 2, 3]
+    assert svi.current_kl_weight() == 1.0  # step 4
+    with pytest.raises(ValueError, match="kl_weight must be finite and >= 0"):
+        _svi(kl_weight=-1.0)
