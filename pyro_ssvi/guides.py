@@ -140,6 +140,8 @@ class AutoSparseNormal(AutoGuide):
             above.
         min_sparse_numel: Size above which a one-dimensional site is sparse by
             default.
+        dense_sites: Names of sites kept dense whatever ``sparse_sites`` says,
+            e.g. a network's first convolution, which SSVI keeps dense.
         create_plates: As in :class:`~pyro.infer.autoguide.AutoNormal`.
 
     Raises:
@@ -166,6 +168,7 @@ class AutoSparseNormal(AutoGuide):
         init_scale: float = 0.01,
         sparse_sites: Collection[str] | Callable[[str, dict], bool] | None = None,
         min_sparse_numel: int = DEFAULT_MIN_SPARSE_NUMEL,
+        dense_sites: Collection[str] = (),
         create_plates: Callable[..., Any] | None = None,
     ) -> None:
         if isinstance(density, bool) or not isinstance(density, (int, float)):
@@ -209,7 +212,13 @@ class AutoSparseNormal(AutoGuide):
         self.target_density = float(density)
         self.init_loc_fn = init_loc_fn
         self._init_scale = float(init_scale)
+        if isinstance(dense_sites, str) or not isinstance(dense_sites, Collection):
+            raise TypeError(
+                "AutoSparseNormal: dense_sites must be a collection of site names, "
+                f"got {dense_sites!r}."
+            )
         self._sparse_sites = sparse_sites
+        self.dense_sites = frozenset(dense_sites)
         self.min_sparse_numel = min_sparse_numel
         self._meta: dict[str, dict[str, Any]] = {}
         self._grad_capture: dict[str, torch.Tensor] | None = None
@@ -228,6 +237,8 @@ class AutoSparseNormal(AutoGuide):
         return self
 
     def _site_is_sparse(self, name: str, site: dict[str, Any]) -> bool:
+        if name in self.dense_sites:
+            return False
         value = site["value"]
         eligible, why = self._eligibility(site)
         rule = self._sparse_sites
@@ -264,11 +275,14 @@ class AutoSparseNormal(AutoGuide):
             raise ValueError(
                 "AutoSparseNormal: the model has no latent sample sites to infer."
             )
+        named = {"dense_sites": self.dense_sites}
         if self._sparse_sites is not None and not callable(self._sparse_sites):
-            unknown = sorted(set(self._sparse_sites) - set(sites))
+            named["sparse_sites"] = frozenset(self._sparse_sites)
+        for arg, names in named.items():
+            unknown = sorted(set(names) - set(sites))
             if unknown:
                 raise ValueError(
-                    f"AutoSparseNormal: sparse_sites names {unknown} are not latent "
+                    f"AutoSparseNormal: {arg} names {unknown} are not latent "
                     f"sites of the model; latent sites are {sorted(sites)}."
                 )
         meta = {}

@@ -16,12 +16,23 @@ from typing import Any, Callable, Iterable, Sequence
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer.autoguide import init_to_feasible, init_to_value
+from pyro.infer.autoguide import init_to_feasible
 from pyro.nn import PyroModule, PyroSample
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
-__all__ = ["BayesianClassifier", "make_bayesian", "mlp"]
+__all__ = [
+    "BayesianClassifier",
+    "DENSE_PARAMETERS_ATTR",
+    "lenet",
+    "make_bayesian",
+    "mlp",
+    "resnet18_cifar",
+]
+
+#: Attribute a network may set to a tuple of parameter paths that SSVI should
+#: keep dense (Bayesian, but not sparse), e.g. ``("conv1.weight",)``.
+DENSE_PARAMETERS_ATTR = "ssvi_dense_parameters"
 
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM_LAYERS = (
@@ -132,6 +143,69 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+def lenet(
+    in_channels: int = 1, num_classes: int = 10, input_size: int = 28
+) -> nn.Sequential:
+    """A LeNet-5 style CNN (plain torch): two 5x5 convs with max-pooling, 3 FCs.
+
+    ``conv(in, 6, 5, pad 2) -> pool -> conv(6, 16, 5) -> pool -> 120 -> 84 ->
+    num_classes`` with ReLUs. The first convolution (150 weights for MNIST) is
+    marked to stay dense under SSVI, as the reference keeps its stem dense.
+
+    Args:
+        in_channels: Input channels (1 for MNIST, 3 for CIFAR).
+        num_classes: Number of output logits.
+        input_size: Height and width of the (square) input, at least 8.
+
+    Returns:
+        The network; ``net.ssvi_dense_parameters == ("0.weight",)``.
+    """
+    if input_size < 8:
+        raise ValueError(f"lenet: input_size must be >= 8, got {input_size}.")
+    side = ((input_size // 2) - 4) // 2
+    net = nn.Sequential(
+        nn.Conv2d(in_channels, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * side * side, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, num_classes),
+    )
+    setattr(net, DENSE_PARAMETERS_ATTR, ("0.weight",))
+    return net
+
+
+def resnet18_cifar(num_classes: int = 10) -> nn.Module:
+    """The CIFAR variant of ResNet-18 used by the SSVI paper (plain torch).
+
+    Built from :func:`torchvision.models.resnet18` with a 3x3 stride-1 stem and
+    no max-pooling (11.17M conv and linear weights for 10 classes); the stem
+    convolution is marked to stay dense under SSVI, as in the reference
+    implementation. Batch norms stay deterministic under
+    :func:`make_bayesian`'s defaults, as in the reference.
+
+    Args:
+        num_classes: Number of output logits.
+
+    Returns:
+        The network; ``net.ssvi_dense_parameters == ("conv1.weight",)``.
+    """
+    from torchvision.models import resnet18
+
+    net = resnet18(num_classes=num_classes)
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.maxpool = nn.Identity()  # type: ignore[assignment]
+    setattr(net, DENSE_PARAMETERS_ATTR, ("conv1.weight",))
+    return net
+
+
 class BayesianClassifier(PyroModule):
     """A Bayesian network with a categorical likelihood over ``num_data`` examples.
 
@@ -148,6 +222,9 @@ class BayesianClassifier(PyroModule):
 
     Attributes:
         initial_values: ``{site name: the network's own initial value}``.
+        dense_sites: Site names the network asks to keep dense under SSVI
+            (from its ``ssvi_dense_parameters`` attribute); pass them to
+            ``AutoSparseNormal(..., dense_sites=model.dense_sites)``.
     """
 
     def __init__(self, net: nn.Module, num_data: int, **bayes_kwargs: Any) -> None:
@@ -156,18 +233,32 @@ class BayesianClassifier(PyroModule):
             raise ValueError(
                 f"BayesianClassifier: num_data must be >= 1, got {num_data!r}."
             )
+        dense = tuple(getattr(net, DENSE_PARAMETERS_ATTR, ()))
         initial = make_bayesian(net, **bayes_kwargs)
         self.net = net
         self.num_data = num_data
         self.initial_values = {f"net.{k}": v for k, v in initial.items()}
+        self.dense_sites = tuple(f"net.{k}" for k in dense if k in initial)
 
     def init_loc_fn(
         self,
         fallback: Callable[[dict[str, Any]], torch.Tensor] | None = init_to_feasible,
     ) -> Callable[[dict[str, Any]], torch.Tensor]:
-        """Initialiser that starts every weight mean at the network's own weights."""
-        values = {k: v for k, v in self.initial_values.items()}
-        return init_to_value(values=values, fallback=fallback)
+        """Initialiser that starts every weight mean at the network's own weights.
+
+        Values are moved to the device of each site's prior, so the guide's
+        parameters land where the model lives.
+        """
+        values = self.initial_values
+
+        def init(site: dict[str, Any]) -> torch.Tensor:
+            if site["name"] in values:
+                return values[site["name"]].to(site["fn"].mean.device)
+            if fallback is None:
+                raise ValueError(f"no initial value for site {site['name']!r}")
+            return fallback(site)
+
+        return init
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.net(x)

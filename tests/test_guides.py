@@ -319,3 +319,13 @@ def test_to_cuda_moves_indices_and_samples_on_device():
     guide.cuda()
     assert all(i.is_cuda for i in guide.active_indices().values())
     assert all(v.is_cuda for v in guide.median().values())
+
+
+def test_dense_sites_override_the_default_rule():
+    model = tiny_classifier()
+    guide = AutoSparseNormal(model, dense_sites=["net.0.weight"]).setup(X, Y)
+    assert guide.sparse_site_names() == ["net.2.weight"]
+    with pytest.raises(ValueError, match="dense_sites names"):
+        AutoSparseNormal(tiny_classifier(), dense_sites=["nope"]).setup(X, Y)
+    with pytest.raises(TypeError, match="dense_sites must be a collection"):
+        AutoSparseNormal(tiny_classifier(), dense_sites="net.0.weight")
