@@ -1,70 +1,393 @@
-"""Streaming prediction with a trained guide: mean weights or Monte Carlo.
+r"""Streaming posterior predictive of a classifier: mean weights or Monte Carlo.
 
-Only running sums are kept, never the posterior samples, so memory does not
-grow with ``num_samples``::
+Only running sums over posterior samples are kept, never the samples or their
+traces, so memory grows with the number of inputs but not with
+``num_samples`` (unlike :class:`pyro.infer.Predictive`, which holds every
+sample)::
 
-    probs = predict_proba(model, guide, x_test, num_samples=20)
+    pred = predict(model, guide, (x_test, y_test), num_samples=20)
+    pred.probs            # (N, C) mean predictive probabilities
+    evaluate(model, guide, test_loader, ood_data=ood_loader)
+    # {'accuracy': ..., 'nll': ..., 'ece': ..., 'marginal_ce': ..., 'ood_auroc': ...}
+
+The model must return logits from ``model(x)``; it may also take ``y=None``
+(as :class:`~pyro_ssvi.models.BayesianClassifier` does).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import AutoGuide
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-__all__ = ["predict_proba"]
+from .metrics import _entropy, classification_metrics
+
+__all__ = ["Prediction", "evaluate", "predict", "predict_proba"]
+
+Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 
 
-@torch.no_grad()
-def predict_proba(
-    model: Callable[..., torch.Tensor],
+class Prediction(NamedTuple):
+    """Posterior predictive summaries of a data set, on the CPU.
+
+    Attributes:
+        probs: Mean predictive probabilities :math:`\\bar p(y \\mid x)`,
+            shape ``(N, C)``.
+        mean_entropy: Mean over posterior samples of each sample's predictive
+            entropy, shape ``(N,)``; with mean weights, the entropy of
+            ``probs``. For :func:`~pyro_ssvi.metrics.mutual_information`.
+        labels: The labels the data came with, int64, shape ``(N,)``, or None
+            when the data had none.
+    """
+
+    probs: torch.Tensor
+    mean_entropy: torch.Tensor
+    labels: torch.Tensor | None
+
+
+# ------------------------------------------------------------------- batching
+def _split(tensors: tuple[torch.Tensor, ...], batch_size: int) -> Iterator[Batch]:
+    for start in range(0, len(tensors[0]), batch_size):
+        chunk = [t[start : start + batch_size] for t in tensors]
+        yield chunk[0], (chunk[1] if len(chunk) > 1 else None)
+
+
+def _unpack(item: Any, position: int) -> Batch:
+    if isinstance(item, torch.Tensor):
+        return item, None
+    if isinstance(item, (tuple, list)) and 1 <= len(item) <= 2:
+        if all(isinstance(t, torch.Tensor) for t in item):
+            return item[0], (item[1] if len(item) == 2 else None)
+    raise ValueError(
+        f"batch {position} of data must be a tensor x or a pair (x, y) of tensors, "
+        f"got {type(item).__name__}"
+        + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else "")
+        + "."
+    )
+
+
+def _batches(data: Any, batch_size: int) -> Iterator[Batch]:
+    """Normalise ``data`` to an iterator of ``(x, y or None)`` batches."""
+    if isinstance(data, torch.Tensor):
+        yield from _split((data,), batch_size)
+    elif (
+        isinstance(data, tuple)
+        and len(data) == 2
+        and all(isinstance(t, torch.Tensor) for t in data)
+    ):
+        if len(data[0]) != len(data[1]):
+            raise ValueError(
+                f"data (x, y) have different lengths {len(data[0])} and {len(data[1])}."
+            )
+        yield from _split(data, batch_size)
+    elif isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        yield from _batches(DataLoader(data, batch_size=batch_size), batch_size)
+    elif isinstance(data, Iterable):
+        for position, item in enumerate(data):
+            yield _unpack(item, position)
+    else:
+        raise TypeError(
+            "data must be a tensor of inputs, a tuple (x, y) of tensors, a Dataset, "
+            f"or an iterable (e.g. DataLoader) of x or (x, y) batches; got {data!r}."
+        )
+
+
+# ----------------------------------------------------------------- prediction
+def _default_device(guide: Any) -> torch.device | None:
+    if isinstance(guide, torch.nn.Module):
+        for tensor in (*guide.parameters(), *guide.buffers()):
+            return tensor.device
+    return None
+
+
+@contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Put an ``nn.Module`` model in eval mode, restoring every submodule after."""
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    modes = [m.training for m in modules]
+    try:
+        if modules:
+            model.eval()
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+
+
+def _check_logits(logits: Any, x: torch.Tensor) -> torch.Tensor:
+    if (
+        not isinstance(logits, torch.Tensor)
+        or logits.dim() != 2
+        or len(logits) != len(x)
+    ):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else logits
+        raise ValueError(
+            f"model(x) must return logits of shape ({len(x)}, num_classes) for a "
+            f"batch of {len(x)} inputs, got {shape!r}."
+        )
+    return logits
+
+
+def _draw(model: Callable[..., Any], guide: Any, x: torch.Tensor) -> torch.Tensor:
+    """Probabilities under one weight draw from the guide, shared by the batch."""
+    guide_trace = poutine.trace(guide).get_trace(x)
+    logits = _check_logits(poutine.replay(model, trace=guide_trace)(x), x)
+    return torch.softmax(logits, dim=-1)
+
+
+def _mc_batch(
+    model: Callable[..., Any], guide: Any, x: torch.Tensor, num_samples: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means over ``num_samples`` draws of the probabilities and their entropies."""
+    sum_probs = _draw(model, guide, x)
+    sum_entropy = _entropy(sum_probs)
+    for _ in range(num_samples - 1):
+        probs = _draw(model, guide, x)
+        sum_probs = sum_probs + probs
+        sum_entropy = sum_entropy + _entropy(probs)
+    return sum_probs / num_samples, sum_entropy / num_samples
+
+
+def _check_options(num_samples: int, batch_size: int) -> None:
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+def _require_setup(guide: Any) -> None:
+    if isinstance(guide, AutoGuide) and guide.prototype_trace is None:
+        raise ValueError(
+            f"{type(guide).__name__} has not been run on the model yet (a new or "
+            "freshly loaded autoguide), so sampling it would trace the model "
+            "without labels. Call guide.setup(x, y) (AutoSparseNormal) or "
+            "guide(x, y) once with a labelled batch first."
+        )
+
+
+def _predict_batches(
+    model: Callable[..., Any],
     guide: Any,
-    x: torch.Tensor,
+    data: Any,
+    *,
+    num_samples: int,
+    mean_weights: bool,
+    batch_size: int,
+    device: torch.device | str | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Yield ``(mean probs, mean entropy, labels or None)`` per batch, on the CPU.
+
+    The caller must hold ``torch.no_grad()`` and :func:`_eval_mode`.
+    """
+    _check_options(num_samples, batch_size)
+    if not mean_weights:
+        _require_setup(guide)
+    device = _default_device(guide) if device is None else torch.device(device)
+    median = None
+    for x, y in _batches(data, batch_size):
+        x = x if device is None else x.to(device)
+        if not mean_weights:
+            probs, entropy = _mc_batch(model, guide, x, num_samples)
+        else:
+            if median is None:
+                median = {k: v.to(x.device) for k, v in guide.median(x).items()}
+            logits = _check_logits(poutine.condition(model, data=median)(x), x)
+            probs = torch.softmax(logits, dim=-1)
+            entropy = _entropy(probs)
+        labels = None if y is None else y.detach().to("cpu", torch.int64)
+        yield probs.detach().cpu(), entropy.detach().cpu(), labels
+
+
+def predict(
+    model: Callable[..., Any],
+    guide: Any,
+    data: Any,
     *,
     num_samples: int = 10,
-    batch_size: int = 1024,
     mean_weights: bool = False,
+    batch_size: int = 1000,
+    device: torch.device | str | None = None,
+) -> Prediction:
+    r"""Posterior predictive probabilities of a classifier, batch by batch.
+
+    Monte Carlo (default): for every batch, ``num_samples`` weight draws
+    :math:`\theta_s \sim q` are taken by tracing the guide, and the model is
+    replayed against each; one draw is shared by all inputs of the batch (as
+    in the SSVI reference evaluation), and fresh draws are taken per batch.
+
+    .. math::
+        \bar p(y \mid x) = \frac1S \sum_{s=1}^S \operatorname{softmax}
+        f_{\theta_s}(x), \qquad
+        \bar H(x) = \frac1S \sum_{s=1}^S H[\operatorname{softmax} f_{\theta_s}(x)]
+
+    Only the running sums are kept. With ``mean_weights=True`` there is a
+    single deterministic pass with the model conditioned on
+    ``guide.median()`` (the reference code's per-epoch evaluation).
+
+    The model is put in eval mode (batch norm, dropout) for the call and its
+    modes restored afterwards; everything runs under ``torch.no_grad()``.
+
+    Args:
+        model: Pyro model; ``model(x)`` returns logits of shape ``(B, C)``.
+        guide: The trained guide. Autoguides must have been run (or set up)
+            on the model already.
+        data: A tensor of inputs; a tuple ``(x, y)`` of tensors; a map-style
+            ``Dataset`` of ``(x, y)`` items; or an iterable such as a
+            ``DataLoader`` of ``x`` or ``(x, y)`` batches (consumed in its own
+            batches). ``batch_size`` splits tensors and datasets only.
+        num_samples: Number ``S`` of posterior draws per batch (ignored with
+            ``mean_weights``).
+        mean_weights: Predict once with the guide's median weights.
+        batch_size: Inputs per forward pass for tensor or dataset ``data``.
+        device: Where to run the model; default: the device of the guide's
+            parameters (inputs are left where they are if it has none).
+
+    Returns:
+        A :class:`Prediction`, tensors on the CPU.
+
+    Raises:
+        ValueError: For non-positive ``num_samples`` / ``batch_size``, empty
+            data, batches of the wrong form, labels on only some batches, a
+            model output that is not ``(B, C)`` logits, or an autoguide that
+            was never run on the model (for Monte Carlo).
+        TypeError: For ``data`` of an unsupported type.
+
+    Example::
+
+        pred = predict(model, guide, x_test, num_samples=50)
+        pred.probs.argmax(-1)
+    """
+    batches = _predict_batches(
+        model,
+        guide,
+        data,
+        num_samples=num_samples,
+        mean_weights=mean_weights,
+        batch_size=batch_size,
+        device=device,
+    )
+    probs: list[torch.Tensor] = []
+    entropies: list[torch.Tensor] = []
+    labels: list[torch.Tensor | None] = []
+    with torch.no_grad(), _eval_mode(model):
+        for position, (batch_probs, batch_entropy, batch_labels) in enumerate(batches):
+            if position and (batch_labels is None) != (labels[0] is None):
+                raise ValueError(
+                    f"batch {position} of data has "
+                    f"{'no ' if batch_labels is None else ''}labels unlike the first "
+                    "batch; give labels for every batch or for none."
+                )
+            probs.append(batch_probs)
+            entropies.append(batch_entropy)
+            labels.append(batch_labels)
+    if not probs:
+        raise ValueError("data is empty: there is nothing to predict.")
+    first = labels[0]
+    return Prediction(
+        torch.cat(probs),
+        torch.cat(entropies),
+        None if first is None else torch.cat([y for y in labels if y is not None]),
+    )
+
+
+def predict_proba(
+    model: Callable[..., Any],
+    guide: Any,
+    x: Any,
+    *,
+    num_samples: int = 10,
+    mean_weights: bool = False,
+    batch_size: int = 1000,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    r"""Posterior predictive class probabilities of a classifier model.
-
-    The model must return logits from ``model(x)``. With ``mean_weights`` the
-    prediction uses the guide's ``median()`` weights (one deterministic pass,
-    what the SSVI reference code reports during training); otherwise
-
-    .. math:: \bar p(y \mid x) = \frac{1}{S} \sum_{s=1}^{S}
-        \operatorname{softmax} f_{\theta_s}(x), \qquad \theta_s \sim q,
-
-    with one weight draw per sample shared across the batch.
+    """Mean predictive probabilities only: ``predict(...).probs``.
 
     Args:
         model: Pyro model returning logits.
         guide: The trained guide.
-        x: Inputs, batched along the first dimension.
-        num_samples: Number ``S`` of posterior draws (ignored with
-            ``mean_weights``).
+        x: Inputs, or any ``data`` accepted by :func:`predict`.
+        num_samples: Posterior draws per batch.
+        mean_weights: Use the guide's median weights.
         batch_size: Inputs per forward pass.
-        mean_weights: Predict with the posterior median weights.
+        device: Where to run the model.
 
     Returns:
-        Probabilities of shape ``(len(x), num_classes)``.
+        Probabilities of shape ``(N, C)``, on the CPU.
+
+    Raises:
+        ValueError: As :func:`predict`.
+        TypeError: As :func:`predict`.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}.")
-    chunks = []
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size]
-        if mean_weights:
-            logits = poutine.condition(model, data=guide.median())(xb)
-            chunks.append(torch.softmax(logits, -1))
-            continue
-        total = None
-        for _ in range(num_samples):
-            guide_trace = poutine.trace(guide).get_trace(xb)
-            logits = poutine.replay(model, trace=guide_trace)(xb)
-            p = torch.softmax(logits, -1)
-            total = p if total is None else total + p
-        chunks.append(total / num_samples)
-    return torch.cat(chunks)
+    return predict(
+        model,
+        guide,
+        x,
+        num_samples=num_samples,
+        mean_weights=mean_weights,
+        batch_size=batch_size,
+        device=device,
+    ).probs
+
+
+def evaluate(
+    model: Callable[..., Any],
+    guide: Any,
+    data: Any,
+    *,
+    ood_data: Any = None,
+    num_samples: int = 10,
+    mean_weights: bool = False,
+    batch_size: int = 1000,
+    device: torch.device | str | None = None,
+    num_bins: int = 15,
+) -> dict[str, float]:
+    """Predict on labelled data (and optionally OOD data) and compute all metrics.
+
+    Args:
+        model: Pyro model returning logits.
+        guide: The trained guide.
+        data: Labelled data in any form :func:`predict` accepts that carries
+            labels: ``(x, y)`` tensors, a dataset or a loader of ``(x, y)``.
+        ood_data: Out-of-distribution inputs (labels, if any, are ignored).
+        num_samples: Posterior draws per batch (ignored with ``mean_weights``).
+        mean_weights: Use the guide's median weights.
+        batch_size: Inputs per forward pass for tensor or dataset data.
+        device: Where to run the model.
+        num_bins: Bins of both calibration errors.
+
+    Returns:
+        ``accuracy``, ``nll``, ``brier``, ``ece`` (Guo, top-label L1, equal
+        width), ``marginal_ce`` (Kumar et al., debiased class-marginal L2,
+        the reference code's "ECE"), ``entropy`` (mean predictive entropy)
+        and ``mutual_information`` (mean); with ``ood_data`` also
+        ``ood_auroc`` and ``ood_aupr`` (by entropy) and
+        ``ood_auroc_maxprob`` and ``ood_aupr_maxprob``. See
+        :mod:`pyro_ssvi.metrics`.
+
+    Raises:
+        ValueError: If ``data`` has no labels, or as :func:`predict`.
+        TypeError: As :func:`predict`.
+    """
+    options: dict[str, Any] = dict(
+        num_samples=num_samples,
+        mean_weights=mean_weights,
+        batch_size=batch_size,
+        device=device,
+    )
+    pred = predict(model, guide, data, **options)
+    if pred.labels is None:
+        raise ValueError(
+            "evaluate needs labelled data: pass (x, y) tensors, a dataset of (x, y) "
+            "items or a loader of (x, y) batches."
+        )
+    probs_ood = None if ood_data is None else predict(model, guide, ood_data, **options)
+    return classification_metrics(
+        pred.probs,
+        pred.labels,
+        pred.mean_entropy,
+        probs_ood=None if probs_ood is None else probs_ood.probs,
+        num_bins=num_bins,
+    )
