@@ -1,4 +1,4 @@
-"""Data sets that ship with the package or its dependencies (no download).
+"""scikit-learn's bundled 8x8 digits, split into train and test (no download).
 
 Example::
 
@@ -25,6 +25,9 @@ def load_digits_split(
     Returns:
         ``(x_train, y_train, x_test, y_test)``; images as float32 in [0, 1]
         of shape ``(N, 1, 8, 8)``, labels as int64.
+
+    Raises:
+        ValueError: If ``test_fraction`` is not in (0, 1).
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}.")
