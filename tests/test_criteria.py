@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from functools import partial
 
 import pytest
@@ -403,11 +402,8 @@ def _random_posterior(
 @pytest.mark.parametrize("name", sorted(CRITERIA))
 def test_criterion_contract(name):
     loc, scale = _random_posterior(0, (1000, 1000))
-    removal_scores(name, loc[:10], scale[:10])  # warm up
-    start = time.perf_counter()
+    # Speed is measured in benchmarks/, not asserted here (shared, noisy CPUs).
     scores = removal_scores(name, loc, scale)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"{name} took {elapsed:.2f}s on 10^6 coordinates"
     assert scores.shape == loc.shape and scores.dtype == F64
     assert torch.isfinite(scores).all()
     again = removal_scores(name, *_random_posterior(0, (1000, 1000)))

@@ -10,7 +10,9 @@ import pytest
 
 MODULES = [
     "pyro_ssvi",
+    "pyro_ssvi.checkpoint",
     "pyro_ssvi.criteria",
+    "pyro_ssvi.data",
     "pyro_ssvi.distributions",
     "pyro_ssvi.guides",
     "pyro_ssvi.initialization",
