@@ -127,10 +127,6 @@ def _check_scores(scores: Any, name: str) -> torch.Tensor:
     return scores.to(_F64)
 
 
-def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    return torch.nn.functional.one_hot(labels, num_classes).to(_F64)
-
-
 # --------------------------------------------------------- accuracy and scores
 def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
     r"""Fraction of examples whose most probable class is the label.
@@ -197,8 +193,9 @@ def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
         ValueError: For malformed inputs.
     """
     probs, labels = _check_inputs(probs, labels)
-    diff = probs.to(_F64) - _one_hot(labels, probs.shape[1])
-    return diff.square().sum(-1).mean().item()
+    probs = probs.to(_F64)
+    p_label = probs.gather(1, labels[:, None]).squeeze(1)
+    return (probs.square().sum(-1) - 2 * p_label + 1).mean().item()
 
 
 # ---------------------------------------------------------------- top-label ECE
@@ -285,42 +282,73 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> float:
 
 
 # -------------------------------------------------- class-marginal L2 error
-def _equal_mass_edges(sorted_col: torch.Tensor, num_bins: int) -> torch.Tensor:
-    """``calibration.get_equal_bins``: midpoints between equal-count groups."""
-    n = sorted_col.numel()
+#: Columns are binned in chunks of about this many elements, to bound memory.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _equal_mass_edges(sorted_rows: torch.Tensor, num_bins: int) -> torch.Tensor:
+    """``calibration.get_equal_bins`` per row (before deduplication).
+
+    The sorted values are cut into ``min(num_bins, n)`` groups as by
+    ``numpy.array_split`` (the first ``n % bins`` groups one longer); the edges
+    are the midpoints between neighbouring groups, then 1.
+    """
+    n = sorted_rows.shape[1]
     num_bins = min(num_bins, n)
-    q, r = divmod(n, num_bins)  # np.array_split: the first r groups get q + 1
+    q, r = divmod(n, num_bins)
     sizes = torch.full((num_bins,), q, dtype=torch.int64)
     sizes[:r] += 1
-    ends = sizes.cumsum(0)[:-1].to(sorted_col.device)
-    mids = (sorted_col[ends - 1] + sorted_col[ends]) / 2.0
-    return torch.unique(torch.cat([mids, mids.new_ones(1)]))
+    ends = sizes.cumsum(0)[:-1].to(sorted_rows.device)
+    mids = (sorted_rows[:, ends - 1] + sorted_rows[:, ends]) / 2.0
+    return torch.cat([mids, mids.new_ones(len(mids), 1)], 1)
 
 
-def _discrete_edges(sorted_unique: torch.Tensor) -> torch.Tensor:
-    """``calibration.get_discrete_bins``: one bin per distinct value."""
-    mids = (sorted_unique[:-1] + sorted_unique[1:]) / 2.0
-    return torch.cat([mids, mids.new_ones(1)])
+def _discrete_edges(col: torch.Tensor) -> torch.Tensor:
+    """``calibration.get_discrete_bins``: midpoints between distinct values, then 1."""
+    unique = torch.unique(col)
+    return torch.cat([(unique[:-1] + unique[1:]) / 2.0, unique.new_ones(1)])
 
 
-def _binned_ce(
-    col: torch.Tensor, hits: torch.Tensor, edges: torch.Tensor, p: float, debias: bool
+def _binned_errors(
+    rows: torch.Tensor,
+    hits: torch.Tensor,
+    edges: torch.Tensor,
+    p: float,
+    debias: bool,
 ) -> torch.Tensor:
-    """One class's binned calibration error (``unbiased_l2_ce`` or ``plugin_ce``)."""
-    num_bins = edges.numel()
-    idx = torch.searchsorted(edges, col, side="left").clamp_max(num_bins - 1)
-    count = torch.bincount(idx, minlength=num_bins).to(_F64)
+    """Binned calibration error of each row (``unbiased_l2_ce`` or ``plugin_ce``).
+
+    ``rows`` and ``hits`` are ``(R, N)``, ``edges`` ``(R, K)`` with repeats
+    allowed: a repeated edge only adds an empty bin, and values above the
+    largest edge join its (first) bin, as the package's deduplicated edges
+    and ``fast_bin`` do.
+    """
+    num_rows, k = edges.shape
+    edges = edges.sort(dim=1).values
+    top = torch.searchsorted(edges, edges[:, -1:].contiguous(), side="left")
+    idx = torch.minimum(torch.searchsorted(edges, rows, side="left"), top)
+    flat = (idx + k * torch.arange(num_rows, device=idx.device)[:, None]).flatten()
+
+    def per_bin(weights: torch.Tensor | None = None) -> torch.Tensor:
+        total = torch.bincount(flat, weights, minlength=num_rows * k)
+        return total.view(num_rows, k).to(_F64)
+
+    count = per_bin()
     safe = count.clamp_min(1)
-    mean_prob = torch.bincount(idx, weights=col, minlength=num_bins) / safe
-    mean_hit = torch.bincount(idx, weights=hits, minlength=num_bins) / safe
-    weight = count / col.numel()
+    mean_prob, mean_hit = per_bin(rows.flatten()) / safe, per_bin(hits.flatten()) / safe
+    weight = count / rows.shape[1]
     if debias:
         err = (mean_prob - mean_hit).square()
         err = err - mean_hit * (1.0 - mean_hit) / (count - 1.0).clamp_min(1)
-        err = torch.where(count >= 2, err, torch.zeros_like(err))
-        return (weight * err).sum().clamp_min(0.0) ** 0.5
+        err = torch.where(count >= 2, err, 0.0)
+        return (weight * err).sum(1).clamp_min(0.0) ** 0.5
     err = torch.where(count > 0, (mean_prob - mean_hit).abs() ** p, 0.0)
-    return (weight * err).sum() ** (1.0 / p)
+    return (weight * err).sum(1) ** (1.0 / p)
+
+
+def _class_rows(probs: torch.Tensor, chunk: slice) -> torch.Tensor:
+    """Columns ``chunk`` of ``probs`` as contiguous float64 rows."""
+    return probs[:, chunk].T.contiguous().to(_F64)
 
 
 def marginal_calibration_error(
@@ -384,20 +412,32 @@ def marginal_calibration_error(
         raise ValueError(
             f"debias=True is only supported with p=2, got p={p!r}; pass debias=False."
         )
-    probs = probs.to(_F64)
-    hits = _one_hot(labels, probs.shape[1])
-    n = probs.shape[0]
-    columns = [torch.unique(probs[:, c]) for c in range(probs.shape[1])]
-    discrete = all(u.numel() < n / 4.0 for u in columns)
-    errors = []
-    for c, unique in enumerate(columns):
-        col = probs[:, c].contiguous()
-        if discrete:
-            edges = _discrete_edges(unique)
-        else:
-            edges = _equal_mass_edges(col.sort().values, num_bins)
-        errors.append(_binned_ce(col, hits[:, c], edges, p, debias))
-    return (torch.stack(errors) ** p).mean().item() ** (1.0 / p)
+    n, num_classes = probs.shape
+    step = max(1, _CHUNK_ELEMENTS // n)
+    chunks = [slice(c, c + step) for c in range(0, num_classes, step)]
+    equal_mass, discrete = [], True
+    for chunk in chunks:
+        sorted_rows = _class_rows(probs, chunk).sort(dim=1).values
+        num_unique = 1 + (sorted_rows[:, 1:] != sorted_rows[:, :-1]).sum(1)
+        discrete = discrete and bool((num_unique < n / 4.0).all())
+        equal_mass.append(_equal_mass_edges(sorted_rows, num_bins))
+    if discrete:
+        columns = [_discrete_edges(probs[:, c].to(_F64)) for c in range(num_classes)]
+        edges = torch.nn.utils.rnn.pad_sequence(columns, True, padding_value=1.0)
+    else:
+        edges = torch.cat(equal_mass)
+    classes = torch.arange(num_classes, device=probs.device)
+    errors = [
+        _binned_errors(
+            _class_rows(probs, chunk),
+            (labels == classes[chunk, None]).to(_F64),
+            edges[chunk],
+            p,
+            debias,
+        )
+        for chunk in chunks
+    ]
+    return (torch.cat(errors) ** p).mean().item() ** (1.0 / p)
 
 
 # ------------------------------------------------------------------ uncertainty

@@ -118,7 +118,8 @@ def _eval_mode(model: Any) -> Iterator[None]:
             module.train(mode)
 
 
-def _check_logits(logits: Any, x: torch.Tensor) -> torch.Tensor:
+def _softmax(logits: Any, x: torch.Tensor) -> torch.Tensor:
+    """Checked ``softmax(logits)``, in at least float32 (half-precision models)."""
     if (
         not isinstance(logits, torch.Tensor)
         or logits.dim() != 2
@@ -129,14 +130,14 @@ def _check_logits(logits: Any, x: torch.Tensor) -> torch.Tensor:
             f"model(x) must return logits of shape ({len(x)}, num_classes) for a "
             f"batch of {len(x)} inputs, got {shape!r}."
         )
-    return logits
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    return torch.softmax(logits, dim=-1, dtype=dtype)
 
 
 def _draw(model: Callable[..., Any], guide: Any, x: torch.Tensor) -> torch.Tensor:
     """Probabilities under one weight draw from the guide, shared by the batch."""
     guide_trace = poutine.trace(guide).get_trace(x)
-    logits = _check_logits(poutine.replay(model, trace=guide_trace)(x), x)
-    return torch.softmax(logits, dim=-1)
+    return _softmax(poutine.replay(model, trace=guide_trace)(x), x)
 
 
 def _mc_batch(
@@ -183,6 +184,11 @@ def _predict_batches(
     The caller must hold ``torch.no_grad()`` and :func:`_eval_mode`.
     """
     _check_options(num_samples, batch_size)
+    if mean_weights and not callable(getattr(guide, "median", None)):
+        raise TypeError(
+            "mean_weights=True needs a guide with a median() method (an autoguide), "
+            f"got {type(guide).__name__}."
+        )
     if not mean_weights:
         _require_setup(guide)
     device = _default_device(guide) if device is None else torch.device(device)
@@ -194,8 +200,7 @@ def _predict_batches(
         else:
             if median is None:
                 median = {k: v.to(x.device) for k, v in guide.median(x).items()}
-            logits = _check_logits(poutine.condition(model, data=median)(x), x)
-            probs = torch.softmax(logits, dim=-1)
+            probs = _softmax(poutine.condition(model, data=median)(x), x)
             entropy = _entropy(probs)
         labels = None if y is None else y.detach().to("cpu", torch.int64)
         yield probs.detach().cpu(), entropy.detach().cpu(), labels
@@ -253,7 +258,8 @@ def predict(
             data, batches of the wrong form, labels on only some batches, a
             model output that is not ``(B, C)`` logits, or an autoguide that
             was never run on the model (for Monte Carlo).
-        TypeError: For ``data`` of an unsupported type.
+        TypeError: For ``data`` of an unsupported type, or ``mean_weights``
+            with a guide that has no ``median()``.
 
     Example::
 

@@ -152,6 +152,33 @@ def test_marginal_ce_by_hand_discrete_outputs():
         assert value == pytest.approx(expected, rel=1e-12)
 
 
+def test_marginal_ce_discrete_columns_with_different_value_counts():
+    # Columns with 2, 2 and 3 distinct values (< 16 / 4): each class is scored
+    # on its own bins, so the error is the RMS of the per-class errors, and a
+    # class's error equals that of the binary problem (1 - p_c, p_c) vs y == c.
+    rows = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.3, 0.5], [0.2, 0.6, 0.2]], dtype=F64)
+    pick = torch.tensor([0, 1, 2, 0, 0, 1, 2, 2, 0, 1, 1, 0, 2, 0, 1, 0])
+    labels = torch.tensor([0, 2, 1, 0, 1, 2, 1, 0, 0, 2, 1, 0, 1, 0, 2, 1])
+    probs = rows[pick]
+    per_class = [
+        marginal_calibration_error(_binary(probs[:, c].tolist()), (labels == c).long())
+        for c in range(3)
+    ]
+    expected = math.sqrt(sum(e**2 for e in per_class) / 3)
+    assert marginal_calibration_error(probs, labels) == pytest.approx(expected)
+    assert max(per_class) > 0
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_marginal_ce_chunking_does_not_change_the_result(monkeypatch, discrete):
+    probs, labels = _random_probs(40, 7, seed=4, temperature=3.0)
+    if discrete:  # 3 distinct rows: at most 3 < 40 / 4 values per column
+        probs = probs[torch.arange(40) % 3]
+    expected = marginal_calibration_error(probs, labels, num_bins=4)
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 80)  # 2 classes per chunk
+    assert marginal_calibration_error(probs, labels, num_bins=4) == expected
+
+
 def test_marginal_ce_plugin_by_hand():
     # Six identical rows [0.1, 0.9], all labels 0: one bin per class with
     # |0.1 - 1| = |0.9 - 0| = 0.9, for every p, debiased or not.

@@ -220,6 +220,26 @@ def test_guide_must_be_set_up_and_loaded_guides_work_after_setup():
     assert predict(model, fresh, x, num_samples=2).probs.shape == (N, C)
 
 
+def test_plain_function_guide_for_monte_carlo_only():
+    model, guide, x, _ = _setup()
+
+    def function_guide(inputs):
+        return guide(inputs)
+
+    pyro.set_rng_seed(4)
+    pred = predict(model, function_guide, x, num_samples=3)
+    pyro.set_rng_seed(4)
+    assert torch.equal(pred.probs, predict(model, guide, x, num_samples=3).probs)
+    with pytest.raises(TypeError, match="median"):
+        predict(model, function_guide, x, mean_weights=True)
+
+
+def test_float64_model_gives_float64_probabilities(float64):
+    model, guide, x, _ = _setup()
+    pred = predict(model, guide, x.double(), num_samples=2)
+    assert pred.probs.dtype == pred.mean_entropy.dtype == torch.float64
+
+
 # ---------------------------------------------------------------- validation
 def test_invalid_arguments():
     model, guide, x, y = _setup()
