@@ -92,6 +92,19 @@ def _deep_register_buffer(root: PyroModule, name: str, tensor: torch.Tensor) -> 
     module.register_buffer(leaf, tensor, persistent=True)
 
 
+def _compact_indices(
+    module: torch.nn.Module, state_dict: dict[str, Any], prefix: str, local: Any
+) -> None:
+    """Store active indices as int32 in state dicts (half the bytes of int64).
+
+    Loading copies them back into the int64 buffers.
+    """
+    for key, value in state_dict.items():
+        if key.startswith(prefix + "indices.") and value.dtype == torch.int64:
+            if value.numel() and int(value.max()) < 2**31:
+                state_dict[key] = value.to(torch.int32)
+
+
 class AutoSparseNormal(AutoGuide):
     r"""Mean-field Normal guide restricted to a fixed-size sparse subspace per site.
 
@@ -223,6 +236,7 @@ class AutoSparseNormal(AutoGuide):
         self._meta: dict[str, dict[str, Any]] = {}
         self._grad_capture: dict[str, torch.Tensor] | None = None
         super().__init__(InitMessenger(init_loc_fn)(model), create_plates=create_plates)
+        self.register_state_dict_post_hook(_compact_indices)
 
     # ------------------------------------------------------------------ setup
     def setup(self, *args: Any, **kwargs: Any) -> "AutoSparseNormal":
@@ -620,7 +634,8 @@ class AutoSparseNormal(AutoGuide):
                         f"AutoSparseNormal.load_state_dict: site {name!r} needs "
                         "indices of the same length as its loc."
                     )
-                _deep_register_buffer(self.indices, name, torch.empty_like(idx))
+                empty = torch.empty(idx.shape, dtype=torch.int64, device=idx.device)
+                _deep_register_buffer(self.indices, name, empty)
             deep_setattr(
                 self.locs,
                 name,

@@ -26,11 +26,11 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import torch_item, zero_grads
 from pyro.optim import PyroOptim
-from pyro.poutine.messenger import Messenger
 
 from .criteria import get_criterion, removal_scores, top_k
 from .distributions import SparseNormal
 from .guides import AutoSparseNormal
+from .poutine import LatentScaleMessenger
 from .schedules import get_schedule
 
 __all__ = ["ADDITIONS", "SparseSVI", "SubspaceUpdate"]
@@ -60,23 +60,6 @@ class SubspaceUpdate(NamedTuple):
     drop_fraction: float
     num_dropped: dict[str, int]
     num_swapped: dict[str, int]
-
-
-class _LatentScale(Messenger):
-    """Multiply the scale of every latent (unobserved) sample site by ``weight``.
-
-    Applied around both model and guide, this scales the KL term of the ELBO
-    (exactly, under :class:`~pyro.infer.TraceMeanField_ELBO`) and leaves the
-    likelihood alone: KL tempering and annealing in Pyro's own terms.
-    """
-
-    def __init__(self, weight: float) -> None:
-        super().__init__()
-        self.weight = weight
-
-    def _pyro_sample(self, msg: dict[str, Any]) -> None:
-        if not msg["is_observed"]:
-            msg["scale"] = msg["scale"] * self.weight
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -280,7 +263,7 @@ class SparseSVI(SVI):
         if weight == 1.0:
             yield
             return
-        with _LatentScale(weight):
+        with LatentScaleMessenger(weight):
             yield
 
     def evaluate_loss(self, *args: Any, **kwargs: Any) -> float:
