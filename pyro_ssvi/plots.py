@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -100,18 +101,22 @@ def _rows(rows: Any, name: str, required: str) -> list[Mapping[str, Any]]:
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping) or required not in row:
             raise ValueError(f"{name}[{i}] must be a dict with a {required!r} key.")
+        if not _is_number(row[required]):
+            raise ValueError(
+                f"{name}[{i}][{required!r}] must be a number, got {row[required]!r}."
+            )
     return rows
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _series(
     rows: Sequence[Mapping[str, Any]], x: str, y: str
 ) -> tuple[list[float], list[float]]:
     """``(x, y)`` pairs of the rows that have a numeric ``y``."""
-    pairs = [
-        (float(row[x]), float(row[y]))
-        for row in rows
-        if isinstance(row.get(y), (int, float)) and not isinstance(row.get(y), bool)
-    ]
+    pairs = [(float(row[x]), float(row[y])) for row in rows if _is_number(row.get(y))]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -343,6 +348,8 @@ def plot_swap_fraction(
     for i, update in enumerate(updates):
         step = float(_update_field(update, "step", i))
         swapped = _update_field(update, "num_swapped", i)
+        if not isinstance(swapped, Mapping):
+            raise ValueError(f"updates[{i}].num_swapped must be a dict site -> int.")
         unknown = sorted(set(swapped) - set(sizes))
         if unknown:
             raise ValueError(f"updates[{i}] names sites {unknown} not in num_active.")

@@ -28,7 +28,7 @@ from .metrics import _entropy, classification_metrics
 
 __all__ = ["Prediction", "evaluate", "predict", "predict_proba"]
 
-Batch = tuple[torch.Tensor, "torch.Tensor | None"]
+_Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 
 
 class Prediction(NamedTuple):
@@ -50,13 +50,13 @@ class Prediction(NamedTuple):
 
 
 # ------------------------------------------------------------------- batching
-def _split(tensors: tuple[torch.Tensor, ...], batch_size: int) -> Iterator[Batch]:
+def _split(tensors: tuple[torch.Tensor, ...], batch_size: int) -> Iterator[_Batch]:
     for start in range(0, len(tensors[0]), batch_size):
         chunk = [t[start : start + batch_size] for t in tensors]
         yield chunk[0], (chunk[1] if len(chunk) > 1 else None)
 
 
-def _unpack(item: Any, position: int) -> Batch:
+def _unpack(item: Any, position: int) -> _Batch:
     if isinstance(item, torch.Tensor):
         return item, None
     if isinstance(item, (tuple, list)) and 1 <= len(item) <= 2:
@@ -70,7 +70,7 @@ def _unpack(item: Any, position: int) -> Batch:
     )
 
 
-def _batches(data: Any, batch_size: int) -> Iterator[Batch]:
+def _batches(data: Any, batch_size: int) -> Iterator[_Batch]:
     """Normalise ``data`` to an iterator of ``(x, y or None)`` batches."""
     if isinstance(data, torch.Tensor):
         yield from _split((data,), batch_size)

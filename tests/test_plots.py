@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,7 +57,7 @@ def test_training_curves(tmp_path):
 
 
 def test_training_curves_wrap_to_two_rows(tmp_path):
-    row = {k: 0.5 for k in plots.TRAINING_CURVES}
+    row = {k: np.float32(0.5) for k in plots.TRAINING_CURVES}  # numpy scalars
     history = [{"epoch": e, **row} for e in range(3)]
     path = plots.plot_training_curves(history, str(tmp_path / "curves.png"))
     _check_png(path, 3 * 4.0, 2 * 3.0)
@@ -153,11 +154,18 @@ def test_failed_write_leaves_no_temporary_file(tmp_path):
         (lambda p: plots.plot_swap_fraction([{"step": 1}], {"a": 1}, p), "num_swapped"),
         (
             lambda p: plots.plot_swap_fraction(
+                [{"step": 1, "num_swapped": 3}], {"a": 1}, p
+            ),
+            "must be a dict",
+        ),
+        (
+            lambda p: plots.plot_swap_fraction(
                 [{"step": 1, "num_swapped": {"z": 1}}], {"a": 1}, p
             ),
             r"\['z'\]",
         ),
         (lambda p: plots.plot_density_tradeoff([{"acc": 1}], p), "'density'"),
+        (lambda p: plots.plot_density_tradeoff([{"density": "a"}], p), "number"),
         (lambda p: plots.plot_density_tradeoff([{"density": 0.0}], p), "> 0"),
         (lambda p: plots.plot_density_tradeoff([{"density": 0.1}], p), "none of"),
         (
