@@ -14,17 +14,16 @@ function is called::
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint import atomic_write
 from .metrics import auroc, ece, reliability_bins
 
 __all__ = [
@@ -64,20 +63,10 @@ def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> Any:
 
 
 def _save(fig: Any, path: _PathLike) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically; return the path."""
+    """Write ``fig`` as a PNG at ``path`` atomically, creating its directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
 
 
 def _vector(values: Any, name: str) -> torch.Tensor:
@@ -331,17 +320,21 @@ def plot_swap_fraction(
         updates: Records with ``step`` and ``num_swapped`` (``{site: int}``),
             such as :class:`~pyro_ssvi.SubspaceUpdate`, or dicts with those
             keys. With none, the figure says so.
-        num_active: ``{site: k}``, the size of each site's active set.
+        num_active: ``{site: k}``, the size of each site's active set; may be
+            empty when there are no updates (e.g. a dense guide).
         path: Where to write the PNG.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ValueError: For an empty or non-positive ``num_active``, records
-            without the fields, or a swapped count for an unknown site.
+        ValueError: For a non-positive ``num_active``, records without the
+            fields, or a swapped count for a site not in ``num_active``.
     """
-    sizes = _site_counts(num_active, "num_active")
+    if isinstance(num_active, Mapping) and not num_active:
+        sizes: dict[str, int] = {}  # no sparse site: fine if there is no update
+    else:
+        sizes = _site_counts(num_active, "num_active")
     if not all(sizes.values()):
         raise ValueError(f"num_active must be positive, got {sizes}.")
     series: dict[str, tuple[list[float], list[float]]] = {s: ([], []) for s in sizes}

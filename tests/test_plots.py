@@ -101,6 +101,8 @@ def test_swap_fraction_accepts_dicts_and_no_updates(tmp_path):
     )
     (tmp_path / "s.png").unlink()
     _check_png(plots.plot_swap_fraction([], {"a": 10}, tmp_path / "s.png"), 6.0, 3.5)
+    (tmp_path / "s.png").unlink()
+    _check_png(plots.plot_swap_fraction([], {}, tmp_path / "s.png"), 6.0, 3.5)
 
 
 def test_density_tradeoff(tmp_path):
@@ -149,7 +151,13 @@ def test_failed_write_leaves_no_temporary_file(tmp_path):
         (lambda p: plots.plot_layer_density({"a": 1}, {"b": 2}, p), "same sites"),
         (lambda p: plots.plot_layer_density({"a": 3}, {"a": 2}, p), "num_active <="),
         (lambda p: plots.plot_layer_density({"a": 1.5}, {"a": 2}, p), "int >= 0"),
-        (lambda p: plots.plot_swap_fraction([], {}, p), "non-empty"),
+        (lambda p: plots.plot_swap_fraction([], [], p), "non-empty"),
+        (
+            lambda p: plots.plot_swap_fraction(
+                [{"step": 1, "num_swapped": {"a": 1}}], {}, p
+            ),
+            r"\['a'\] not in num_active",
+        ),
         (lambda p: plots.plot_swap_fraction([], {"a": 0}, p), "positive"),
         (lambda p: plots.plot_swap_fraction([{"step": 1}], {"a": 1}, p), "num_swapped"),
         (
