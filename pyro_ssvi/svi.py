@@ -392,7 +392,23 @@ class SparseSVI(SVI):
         fraction: float,
         grad: torch.Tensor | None,
     ) -> tuple[int, int]:
-        post = guide.get_posterior(name)
+        loc_u, scale_u = guide.unconstrained_params(name)
+        if not (
+            bool(torch.isfinite(loc_u).all()) and bool(torch.isfinite(scale_u).all())
+        ):
+            raise FloatingPointError(
+                f"SparseSVI: the parameters of site {name!r} are not finite at step "
+                f"{self.step_count}; the subspace was not changed. Lower the learning "
+                "rate or use a smaller init_scale."
+            )
+        try:
+            post = guide.get_posterior(name)
+        except ValueError as e:  # e.g. a scale that underflowed to 0
+            raise FloatingPointError(
+                f"SparseSVI: the posterior of site {name!r} is invalid at step "
+                f"{self.step_count} ({str(e).splitlines()[0]}); lower the "
+                "learning rate."
+            ) from e
         assert isinstance(post, SparseNormal)
         idx = guide._get_indices(name)
         k = idx.numel()
@@ -408,7 +424,6 @@ class SparseSVI(SVI):
         # Where each new coordinate sat in the old active set, if it was active.
         old_pos = torch.searchsorted(idx, new_idx).clamp_(max=k - 1)
         was_active = idx[old_pos] == new_idx
-        loc_u, scale_u = guide.unconstrained_params(name)
         new_scale = scale_u[keep_pos].mean()
         loc_u.copy_(torch.where(was_active, loc_u[old_pos], torch.zeros_like(loc_u)))
         scale_u.copy_(torch.where(was_active, scale_u[old_pos], new_scale))

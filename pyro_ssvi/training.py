@@ -35,13 +35,19 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_json
 
 __all__ = [
+    "ConfigError",
     "MODELS",
-    "RunDirError",
+    "PLOTS",
     "Run",
+    "RunDirError",
     "TrainConfig",
     "TrainingDiverged",
     "build_run",
+    "evaluate_predictions",
     "evaluate_run",
+    "num_variational_params",
+    "prepare_run_dir",
+    "resolve_device",
     "train",
 ]
 
@@ -60,6 +66,10 @@ PLOTS = (
     "layer_density.png",
     "swap_fraction.png",
 )
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid (the message names the flag)."""
 
 
 class RunDirError(ValueError):
@@ -183,20 +193,20 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown configuration keys {unknown}")
+            raise ConfigError(f"unknown configuration keys {unknown}")
         return cls(**values)
 
 
 def _choice(name: str, value: Any, options: Any) -> None:
     if value not in options:
-        raise ValueError(f"--{name} must be one of {sorted(options)}, got {value!r}")
+        raise ConfigError(f"--{name} must be one of {sorted(options)}, got {value!r}")
 
 
 def _positive(name: str, value: Any, *, minimum: float = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"--{name} must be a number, got {value!r}")
+        raise ConfigError(f"--{name} must be a number, got {value!r}")
     if not (math.isfinite(value) and value >= minimum):
-        raise ValueError(f"--{name} must be >= {minimum}, got {value!r}")
+        raise ConfigError(f"--{name} must be >= {minimum}, got {value!r}")
 
 
 def _validate(c: TrainConfig) -> None:
@@ -216,14 +226,14 @@ def _validate(c: TrainConfig) -> None:
     _choice("optimizer", c.optimizer, OPTIMIZERS)
     _choice("lr-schedule", c.lr_schedule, LR_SCHEDULES)
     if not (isinstance(c.density, (int, float)) and 0.0 < c.density <= 1.0):
-        raise ValueError(
+        raise ConfigError(
             f"--density must be in (0, 1], got {c.density!r}; e.g. 0.1 keeps 10% "
             "of each weight tensor, 1.0 trains densely"
         )
     if not 0.0 <= c.drop_fraction < 1.0:
-        raise ValueError(f"--drop-fraction must be in [0, 1), got {c.drop_fraction}")
+        raise ConfigError(f"--drop-fraction must be in [0, 1), got {c.drop_fraction}")
     if not 0.0 <= c.stop_updates_at <= 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"--stop-updates-at is a fraction of training in [0, 1], "
             f"got {c.stop_updates_at}"
         )
@@ -239,7 +249,7 @@ def _validate(c: TrainConfig) -> None:
             _positive(name.replace("_", "-"), getattr(c, name))
     _positive("num-workers", c.num_workers, minimum=0)
     if not (c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")):
-        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {c.device!r}")
+        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {c.device!r}")
 
 
 # --------------------------------------------------------------------- runs
@@ -487,7 +497,14 @@ def _restore(run: Run, state: dict[str, Any]) -> None:
         raise CheckpointError(
             f"the checkpoint does not fit this model and guide: {e}"
         ) from e
-    run.optim.set_state(state["optimizer"])
+    # Pyro restores each optimiser's param_groups, lr included, when it first
+    # creates the optimiser: give them the lr of the epoch that comes next.
+    next_lr = _lr_at(run.config, int(state["epoch"]) + 1)
+    optimizer_state = state["optimizer"]
+    for opt_state in optimizer_state.values():
+        for group in opt_state.get("param_groups", []):
+            group["lr"] = next_lr
+    run.optim.set_state(optimizer_state)
     if state["svi"]:
         run.svi.load_state_dict(state["svi"])
     run.epoch = int(state["epoch"])
@@ -538,11 +555,15 @@ def _batches(
     return iter(loader), len(loader)
 
 
-def _set_lr(run: Run, epoch: int) -> float:
-    c = run.config
-    lr = c.lr
+def _lr_at(c: TrainConfig, epoch: int) -> float:
+    """Learning rate of a 1-based epoch (cosine: from ``lr`` towards 0)."""
     if c.lr_schedule == "cosine":
-        lr = c.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / c.epochs))
+        return c.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / c.epochs))
+    return c.lr
+
+
+def _set_lr(run: Run, epoch: int) -> float:
+    lr = _lr_at(run.config, epoch)
     run.optim.pt_optim_args["lr"] = lr  # optimisers created later start here
     for optimizer in run.optim.optim_objs.values():
         for group in getattr(optimizer, "param_groups", []):
@@ -575,6 +596,25 @@ def _train_epoch(run: Run, epoch: int, bar: Any) -> float:
             inner.set_postfix(loss=f"{total / count:.4g}", refresh=False)
     inner.close()
     return total / max(count, 1)
+
+
+def _check_finite(run: Run, epoch: int) -> None:
+    """Refuse to evaluate or checkpoint parameters that have diverged.
+
+    Checks each Pyro parameter's constrained value against its constraint, so
+    a scale whose softplus underflowed to 0 counts as diverged too.
+    """
+    for path, module in run.guide.named_modules():
+        for name, (constraint, _) in getattr(module, "_pyro_params", {}).items():
+            with torch.no_grad():
+                value = getattr(module, name)
+                ok = torch.isfinite(value).all() and constraint.check(value).all()
+            if not bool(ok):
+                raise TrainingDiverged(
+                    f"training diverged in epoch {epoch}: guide parameter "
+                    f"{path}.{name} left its support. The last good checkpoint "
+                    f"(after epoch {run.epoch}) is kept; lower --lr or --init-scale."
+                )
 
 
 def _progress(enabled: bool, **kwargs: Any) -> Any:
@@ -704,6 +744,7 @@ def train(
         lr = _set_lr(run, epoch)
         epoch_start = time.perf_counter()
         train_loss = _train_epoch(run, epoch, bar if progress else None)
+        _check_finite(run, epoch)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -836,10 +877,9 @@ def _final_evaluation(run: Run, out: Path) -> dict[str, Any]:
             labels=(c.dataset, str(metrics["ood_dataset"])),
         )
     plots.plot_layer_density(active, numel, pdir / "layer_density.png")
+    sparse_active = run.guide.num_active() if hasattr(run.guide, "num_active") else {}
     plots.plot_swap_fraction(
-        getattr(run.svi, "updates", []),
-        {n: k for n, k in active.items() if k < numel[n]},
-        pdir / "swap_fraction.png",
+        getattr(run.svi, "updates", []), sparse_active, pdir / "swap_fraction.png"
     )
     return metrics
 

@@ -11,14 +11,21 @@ import pytest
 MODULES = [
     "pyro_ssvi",
     "pyro_ssvi.checkpoint",
+    "pyro_ssvi.cli",
+    "pyro_ssvi.compare",
     "pyro_ssvi.criteria",
     "pyro_ssvi.data",
     "pyro_ssvi.distributions",
     "pyro_ssvi.guides",
     "pyro_ssvi.initialization",
+    "pyro_ssvi.metrics",
     "pyro_ssvi.models",
+    "pyro_ssvi.plots",
+    "pyro_ssvi.poutine",
+    "pyro_ssvi.predict",
     "pyro_ssvi.schedules",
     "pyro_ssvi.svi",
+    "pyro_ssvi.training",
 ]
 
 

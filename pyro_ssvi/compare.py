@@ -1,0 +1,131 @@
+"""Dense VI versus SSVI at several densities, on the same data and budget.
+
+Each variant is an ordinary run directory under the comparison directory
+(``autonormal/``, ``ssvi-d0.1/``, ...); the table goes to ``comparison.md``
+and ``comparison.json``, the trade-off plot to ``density_tradeoff.png``::
+
+    table = compare({"epochs": 15}, [0.1, 0.05], "runs/compare")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from .checkpoint import atomic_write, write_json
+
+__all__ = ["COLUMNS", "compare", "markdown_table"]
+
+#: Columns of the comparison table: (metrics key, header, format).
+COLUMNS = (
+    ("test_accuracy", "accuracy", "{:.4f}"),
+    ("test_nll", "NLL", "{:.4f}"),
+    ("test_ece", "ECE", "{:.4f}"),
+    ("ood_auroc", "OOD AUROC", "{:.4f}"),
+    ("num_variational_params", "variational params", "{:,}"),
+    ("checkpoint_bytes", "checkpoint (MB)", "{:.2f}"),
+    ("wall_time_s", "wall time (s)", "{:.0f}"),
+)
+
+
+def _cell(key: str, fmt: str, row: dict[str, Any]) -> str:
+    value = row.get(key)
+    if value is None:
+        return "n/a"
+    if key == "checkpoint_bytes":
+        value = value / 1e6
+    return fmt.format(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of comparison rows (``variant`` plus :data:`COLUMNS`).
+
+    A ``params vs dense`` column gives each row's variational parameters as a
+    fraction of the dense-VI row's, when there is one.
+    """
+    dense = next((r for r in rows if r["variant"] == "dense VI (AutoNormal)"), None)
+    headers = ["method", "density"] + [h for _, h, _ in COLUMNS]
+    if dense:
+        headers.append("params vs dense")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [row["variant"], f"{row['density']:.2f}"]
+        cells += [_cell(k, f, row) for k, _, f in COLUMNS]
+        if dense:
+            ratio = row["num_variational_params"] / dense["num_variational_params"]
+            cells.append(f"{ratio:.3f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _variants(
+    densities: Sequence[float], dense: bool
+) -> list[tuple[str, str, dict[str, Any]]]:
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    if dense:
+        out.append(("autonormal", "dense VI (AutoNormal)", {"guide": "autonormal"}))
+    for d in densities:
+        out.append((f"ssvi-d{d:g}", f"SSVI d={d:g}", {"guide": "ssvi", "density": d}))
+    return out
+
+
+def compare(
+    settings: dict[str, Any],
+    densities: Sequence[float],
+    output_dir: str | os.PathLike,
+    *,
+    dense: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> str:
+    """Train each variant with the same settings and tabulate the results.
+
+    Args:
+        settings: :class:`~pyro_ssvi.training.TrainConfig` fields shared by all
+            variants (``guide`` and ``density`` are set per variant).
+        densities: SSVI densities to run.
+        output_dir: Directory of the comparison.
+        dense: Include dense VI (Pyro's ``AutoNormal`` + ``SVI``).
+        overwrite: Replace earlier runs in ``output_dir``.
+        resume: Skip finished variants and resume unfinished ones.
+        progress: Show progress bars.
+
+    Returns:
+        The Markdown table (also written to ``comparison.md``).
+
+    Raises:
+        ValueError: For bad settings or no variant at all.
+    """
+    from .training import TrainConfig, train
+
+    variants = _variants(densities, dense)
+    if not variants:
+        raise ValueError("compare: nothing to run (no densities and --no-dense)")
+    out = Path(output_dir)
+    configs = [TrainConfig(**{**settings, **extra}) for _, _, extra in variants]
+    rows = []
+    for (name, label, _), config in zip(variants, configs):
+        run_dir = out / name
+        done = run_dir / "metrics.json"
+        if resume and done.is_file():
+            metrics = json.loads(done.read_text())
+        else:
+            again = resume and (run_dir / "checkpoint.pt").is_file()
+            metrics = train(
+                config, run_dir, overwrite=overwrite, resume=again, progress=progress
+            )
+        rows.append({"variant": label, "run_dir": str(run_dir), **metrics})
+    table = markdown_table(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "comparison.md", lambda fh: fh.write(table.encode()))
+    write_json(out / "comparison.json", rows)
+    from .plots import plot_density_tradeoff
+
+    plot_density_tradeoff(
+        [r for r in rows if r.get("guide") == "ssvi"] or rows,
+        out / "density_tradeoff.png",
+    )
+    return table

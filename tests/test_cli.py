@@ -1,0 +1,217 @@
+"""The pyro-ssvi command, in process, on small slices of the real embedded data."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from data_fixtures import cifar_batch, write_cifar_pickle
+
+from pyro_ssvi.checkpoint import load_checkpoint
+from pyro_ssvi.cli import main
+from pyro_ssvi.training import PLOTS, TrainConfig, TrainingDiverged, train
+
+# 512 MNIST training images, 256 test and OOD images, a few subspace updates.
+TINY = [
+    "--train-limit", "512", "--test-limit", "256", "--batch-size", "64",
+    "--update-every", "3", "--num-samples", "3", "--lr", "0.01", "--no-progress",
+]  # fmt: skip
+TINY_CONFIG = dict(
+    train_limit=512,
+    test_limit=256,
+    batch_size=64,
+    update_every=3,
+    num_samples=3,
+    lr=0.01,
+)
+FINAL_KEYS = {
+    "test_accuracy",
+    "test_nll",
+    "test_ece",
+    "ood_auroc",
+    "density",
+    "num_variational_params",
+    "wall_time_s",
+}
+
+
+def _metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_train_writes_a_complete_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "2", "--output-dir", str(out), *TINY]) == 0
+    metrics = _metrics(out)
+    assert FINAL_KEYS <= set(metrics)
+    assert metrics["density"] == pytest.approx(0.1, abs=1e-3)
+    assert 0.5 < metrics["ood_auroc"] <= 1 and 0.3 < metrics["test_accuracy"] <= 1
+    assert metrics["num_updates"] == 3  # steps 3, 6 and 9 of 16 (updates stop at 12)
+    config = json.loads((out / "config.json").read_text())
+    assert config["density"] == 0.1 and config["epochs"] == 2
+    rows = [
+        json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    updates = json.loads((out / "subspace_updates.json").read_text())
+    assert [u["step"] for u in updates] == [3, 6, 9]
+    for name in PLOTS:
+        assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "test accuracy" in capsys.readouterr().out
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
+    config = TrainConfig(epochs=3, **TINY_CONFIG)
+    full = train(config, tmp_path / "full", progress=False)
+    assert train(config, tmp_path / "cut", progress=False, stop_after_epoch=1) == {}
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    argv = ["train", "--output-dir", str(tmp_path / "cut"), "--resume", "--no-progress"]
+    assert main(argv) == 0
+    resumed = _metrics(tmp_path / "cut")
+    for key in ("test_accuracy", "test_nll", "test_ece", "ood_auroc", "density"):
+        assert resumed[key] == full[key], key
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["guide"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["guide"]
+    assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
+
+
+def test_existing_run_is_refused_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--epochs", "1", "--output-dir", str(out), *TINY]
+    assert main(args) == 0
+    before = _metrics(out)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--overwrite" in err
+    assert err.count("\n") == 1 and _metrics(out) == before
+    assert main([*args, "--overwrite", "--seed", "1"]) == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 1
+
+
+def test_resume_refuses_other_settings_and_missing_checkpoints(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(TrainConfig(epochs=2, **TINY_CONFIG), out, progress=False, stop_after_epoch=1)
+    assert (
+        main(["train", "--output-dir", str(out), "--resume", "--density", "0.2"]) == 1
+    )
+    assert "--density 0.2 differs from the run's saved 0.1" in capsys.readouterr().err
+    assert main(["train", "--output-dir", str(tmp_path / "new"), "--resume"]) == 1
+    assert "no checkpoint.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "vgg"], "--model must be one of"),
+        (["--dataset", "imagenet"], "--dataset must be one of"),
+        (["--removal", "snr_mean_abs"], "--removal must be one of"),
+        (["--density", "0"], "--density must be in (0, 1]"),
+        (["--density", "1.5"], "--density must be in (0, 1]"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+        (["--dataset", "cifar10"], "cifar-10-batches-py"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_1(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    assert main(["train", "--output-dir", str(out), *TINY, *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pyro-ssvi: error: ") and message in err
+    assert err.count("\n") == 1
+    assert not (out / "metrics.json").exists()
+
+
+def test_output_path_that_cannot_be_a_directory(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a directory")
+    assert main(["train", "--output-dir", str(blocker), *TINY]) == 1
+    assert "is not a directory" in capsys.readouterr().err
+    assert main(["train", "--output-dir", str(blocker / "run"), *TINY]) == 1
+    assert "cannot create --output-dir" in capsys.readouterr().err
+
+
+def test_divergence_stops_with_the_epoch_and_no_torn_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--output-dir", str(out), "--optimizer", "sgd", "--lr", "1e12"]
+    assert main([*argv, *TINY]) == 1
+    err = capsys.readouterr().err
+    match = re.search(r"training diverged in epoch (\d+)", err)
+    assert match and err.count("\n") == 1
+    assert (out / "config.json").exists() and not (out / "metrics.json").exists()
+    bad_epoch = int(match.group(1))
+    if bad_epoch > 1:  # the checkpoint kept is the last one whose values were valid
+        assert load_checkpoint(out / "checkpoint.pt")["epoch"] == bad_epoch - 1
+    else:
+        assert not (out / "checkpoint.pt").exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        config = TrainConfig(**{**TINY_CONFIG, "optimizer": "sgd", "lr": 1e12})
+        train(config, tmp_path / "lib", progress=False)
+
+
+def test_evaluate_reproduces_mean_weight_metrics(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(TrainConfig(epochs=1, **TINY_CONFIG), out, progress=False)
+    saved = _metrics(out)
+    capsys.readouterr()
+    report = tmp_path / "eval.json"
+    argv = ["evaluate", str(out / "checkpoint.pt"), "--num-samples", "2"]
+    assert main([*argv, "--output", str(report)]) == 0
+    metrics = json.loads(report.read_text())
+    assert metrics["num_samples"] == 2
+    for key in ("test_accuracy_mean_weights", "test_nll_mean_weights"):
+        assert metrics[key] == pytest.approx(saved[key], abs=1e-6)
+    assert "test_accuracy:" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--dataset", "cifar10"]) == 1
+    assert "does not fit a model trained on mnist" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nope")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_compare_writes_a_side_by_side_table(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--densities", "0.1", "0.5", "--epochs", "1"]
+    assert main([*argv, "--output-dir", str(out), *TINY]) == 0
+    rows = json.loads((out / "comparison.json").read_text())
+    assert [r["variant"] for r in rows] == [
+        "dense VI (AutoNormal)",
+        "SSVI d=0.1",
+        "SSVI d=0.5",
+    ]
+    dense, d01, d05 = (r["num_variational_params"] for r in rows)
+    assert d01 < d05 < dense and d01 / dense < 0.12
+    table = (out / "comparison.md").read_text()
+    assert table.count("\n") == 5 and "| SSVI d=0.1 | 0.10 |" in table
+    assert (out / "density_tradeoff.png").exists()
+    # Finished variants are reused on --resume.
+    stamp = (out / "autonormal" / "metrics.json").stat().st_mtime_ns
+    assert main([*argv, "--output-dir", str(out), "--resume", *TINY]) == 0
+    assert (out / "autonormal" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_cifar_resnet18_end_to_end_on_tiny_cifar_files(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data" / "cifar-10-batches-py"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        images = rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, 4)
+        write_cifar_pickle(root / name, cifar_batch(images, labels, "labels", name))
+    meta = {"label_names": [f"c{i}" for i in range(10)], "num_cases_per_batch": 4}
+    write_cifar_pickle(root / "batches.meta", meta)
+    out = tmp_path / "run"
+    argv = [
+        "train", "--model", "resnet18", "--dataset", "cifar10",
+        "--data-dir", str(tmp_path / "data"), "--ood-dataset", "none",
+        "--epochs", "1", "--batch-size", "10", "--num-samples", "2",
+        "--augment", "--output-dir", str(out), "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    metrics = _metrics(out)
+    assert metrics["num_weights"] == 11_164_352 and metrics["ood_auroc"] is None
+    assert metrics["density"] == pytest.approx(0.1, abs=1e-4)
