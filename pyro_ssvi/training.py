@@ -322,7 +322,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _load_data(c: TrainConfig, train: bool) -> tuple[Any, Any, Any]:
-    from .data import DATASETS, default_ood, load_dataset
+    from .data import DATASETS, load_dataset
 
     opts: dict[str, Any] = dict(data_dir=c.data_dir, download=c.download)
     train_data = (
@@ -331,7 +331,7 @@ def _load_data(c: TrainConfig, train: bool) -> tuple[Any, Any, Any]:
         else None
     )
     test_data = load_dataset(c.dataset, "test", limit=c.test_limit, **opts)
-    ood_name = default_ood(c.dataset) if c.ood_dataset is None else c.ood_dataset
+    ood_name = _ood_name(c)
     ood_data = None
     if ood_name not in (None, "none"):
         info, ood_info = DATASETS[c.dataset], DATASETS[ood_name]
@@ -885,6 +885,12 @@ def evaluate_predictions(
     return metrics, pred, ood
 
 
+def _ood_name(c: TrainConfig) -> str | None:
+    from .data import default_ood
+
+    return default_ood(c.dataset) if c.ood_dataset is None else c.ood_dataset
+
+
 def _final_evaluation(run: Run, out: Path) -> dict[str, Any]:
     from . import plots
     from .metrics import predictive_entropy
@@ -897,7 +903,7 @@ def _final_evaluation(run: Run, out: Path) -> dict[str, Any]:
             "model": c.model,
             "dataset": c.dataset,
             "guide": c.guide,
-            "ood_dataset": None if ood is None else (c.ood_dataset or "default"),
+            "ood_dataset": None if ood is None else _ood_name(c),
             "density": _density(run),
             "num_variational_params": num_variational_params(run.guide),
             "num_weights": sum(numel.values()),
