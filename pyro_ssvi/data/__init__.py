@@ -28,6 +28,7 @@ from __future__ import annotations
 from ._digits import load_digits_split
 from ._load import load_dataset
 from ._registry import DATASETS, DatasetInfo, default_ood
+from ._synthetic import write_synthetic_cifar
 
 __all__ = [
     "DATASETS",
@@ -35,4 +36,5 @@ __all__ = [
     "default_ood",
     "load_dataset",
     "load_digits_split",
+    "write_synthetic_cifar",
 ]
