@@ -19,6 +19,7 @@ Inference*, ICLR 2024).
 from ._version import __version__
 from .criteria import CRITERIA
 from .distributions import SparseNormal
+from .elbo import TraceSparseMeanField_ELBO
 from .guides import AutoSparseNormal
 from .initialization import init_to_kaiming
 from .schedules import SCHEDULES
@@ -32,6 +33,7 @@ __all__ = [
     "SparseNormal",
     "SparseSVI",
     "SubspaceUpdate",
+    "TraceSparseMeanField_ELBO",
     "__version__",
     "init_to_kaiming",
 ]

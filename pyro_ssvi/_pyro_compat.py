@@ -8,17 +8,23 @@ this file only.
 from __future__ import annotations
 
 from pyro.infer.autoguide.initialization import InitMessenger
+from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
 from pyro.infer.autoguide.utils import deep_setattr, helpful_support_errors
 from pyro.nn.module import _is_module_local_param_enabled
 from pyro.ops.tensor_utils import periodic_repeat
+from pyro.poutine.util import prune_subsample_sites
 
 __all__ = [
     "InitMessenger",
+    "check_mean_field_requirement",
     "deep_setattr",
     "helpful_support_errors",
     "is_module_local_param_enabled",
     "periodic_repeat",
+    "prune_subsample_sites",
 ]
+
+check_mean_field_requirement = _check_mean_field_requirement
 
 
 def is_module_local_param_enabled() -> bool:

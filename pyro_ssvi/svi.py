@@ -4,7 +4,7 @@ Used exactly like :class:`pyro.infer.SVI`::
 
     guide = AutoSparseNormal(model, density=0.1)
     svi = SparseSVI(model, guide, pyro.optim.Adam({"lr": 1e-3}),
-                    TraceMeanField_ELBO(), num_steps=5000)
+                    num_steps=5000)
     for step in range(5000):
         loss = svi.step(x, y)
     svi.num_updates, svi.updates[-1]
@@ -23,12 +23,13 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.util import torch_item, zero_grads
 from pyro.optim import PyroOptim
 
 from .criteria import get_criterion, removal_scores, top_k
 from .distributions import SparseNormal
+from .elbo import TraceSparseMeanField_ELBO
 from .guides import AutoSparseNormal
 from .poutine import LatentScaleMessenger
 from .schedules import get_schedule
@@ -101,7 +102,9 @@ class SparseSVI(SVI):
         guide: An ``AutoSparseNormal`` or a guide containing one.
         optim: A :class:`pyro.optim.PyroOptim` (Adam, ClippedAdam, SGD, a
             ``PyroLRScheduler``, ...).
-        loss: An ELBO; default :class:`~pyro.infer.TraceMeanField_ELBO`, which
+        loss: An ELBO; default
+            :class:`~pyro_ssvi.elbo.TraceSparseMeanField_ELBO` (Pyro's
+            ``TraceMeanField_ELBO`` without the unused log-densities), which
             uses the analytic KL on the active set.
         update_every: Steps between subspace updates.
         removal: A criterion name from :data:`pyro_ssvi.criteria.CRITERIA`
@@ -145,7 +148,7 @@ class SparseSVI(SVI):
         **kwargs: Any,
     ) -> None:
         if loss is None:
-            loss = TraceMeanField_ELBO()
+            loss = TraceSparseMeanField_ELBO()
         elif type(loss) is Trace_ELBO:
             warnings.warn(
                 "SparseSVI with Trace_ELBO estimates the KL by Monte Carlo and scores "

@@ -16,6 +16,8 @@ MODULES = [
     "pyro_ssvi.criteria",
     "pyro_ssvi.data",
     "pyro_ssvi.distributions",
+    "pyro_ssvi.elbo",
+    "pyro_ssvi.flops",
     "pyro_ssvi.guides",
     "pyro_ssvi.initialization",
     "pyro_ssvi.metrics",

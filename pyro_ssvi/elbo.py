@@ -1,0 +1,119 @@
+"""A mean-field ELBO that computes only the log-densities it uses.
+
+Pyro's :class:`~pyro.infer.TraceMeanField_ELBO` scores every site of the model
+and the guide (``compute_log_prob`` / ``compute_score_parts``) before it knows
+which of them the loss needs. For a Bayesian network whose weights all have an
+analytic KL, those scores are never used, yet the prior's ``log_prob`` of every
+dense weight tensor (and the support check of Pyro's validation) costs about
+as much as the network's forward pass. :class:`TraceSparseMeanField_ELBO`
+returns the same loss and gradients and scores only observed sites, plus the
+latent sites whose KL divergence is not available, when the loss reaches them::
+
+    svi = SparseSVI(model, guide, optim, TraceSparseMeanField_ELBO())
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pyro import poutine
+from pyro.distributions.kl import kl_divergence
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import TraceMeanField_ELBO
+from pyro.infer.util import is_validation_enabled, torch_item
+from pyro.util import check_model_guide_match, check_site_shape
+
+from ._pyro_compat import check_mean_field_requirement, prune_subsample_sites
+
+__all__ = ["TraceSparseMeanField_ELBO"]
+
+
+def _score_parts(site: dict[str, Any]) -> Any:
+    """Score parts of one guide site, computed on demand and memoised."""
+    if "score_parts" not in site:
+        parts = site["fn"].score_parts(site["value"], *site["args"], **site["kwargs"])
+        site["score_parts"] = parts.scale_and_mask(site["scale"], site["mask"])
+    return site["score_parts"]
+
+
+def _check_shape(site: Any, max_plate_nesting: float) -> None:
+    """Pyro's plate/shape check, from the batch shape when ``log_prob`` is unset."""
+    if "log_prob" not in site:  # the shape log_prob would have, at no cost
+        shape = site["fn"].batch_shape
+        site = {**site, "log_prob": torch.zeros(()).expand(shape)}
+    check_site_shape(site, max_plate_nesting)  # type: ignore[arg-type]
+
+
+class TraceSparseMeanField_ELBO(TraceMeanField_ELBO):
+    """:class:`~pyro.infer.TraceMeanField_ELBO` without the unused log-densities.
+
+    The loss is identical: for each latent site the analytic
+    ``KL(q || p)`` when it is registered, else the Monte Carlo term
+    ``log p(z) - log q(z)``; plus the log-likelihood of observed sites. Only
+    the observed sites are scored up front; the Monte Carlo fallback scores
+    its site when it is reached. With Pyro's validation enabled the same
+    model/guide and shape checks run as in Pyro.
+
+    It accepts every argument of :class:`~pyro.infer.TraceMeanField_ELBO`
+    (``num_particles``, ``vectorize_particles``, ...), and is the default loss
+    of :class:`~pyro_ssvi.SparseSVI`.
+    """
+
+    def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
+        guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
+        model_trace = poutine.trace(
+            poutine.replay(model, trace=guide_trace), graph_type="flat"
+        ).get_trace(*args, **kwargs)
+        validate = is_validation_enabled()
+        if validate:
+            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
+        guide_trace = prune_subsample_sites(guide_trace)
+        model_trace = prune_subsample_sites(model_trace)
+        model_trace.compute_log_prob(site_filter=lambda _, site: site["is_observed"])
+        if validate:
+            for trace in (model_trace, guide_trace):
+                for site in trace.nodes.values():
+                    if site["type"] == "sample":
+                        _check_shape(site, self.max_plate_nesting)
+            check_mean_field_requirement(model_trace, guide_trace)
+        return model_trace, guide_trace
+
+    def _differentiable_loss_particle(
+        self, model_trace: Any, guide_trace: Any
+    ) -> tuple[Any, Any]:
+        elbo_particle: Any = 0
+        for name, model_site in model_trace.nodes.items():
+            if model_site["type"] != "sample":
+                continue
+            if model_site["is_observed"]:
+                elbo_particle = elbo_particle + model_site["log_prob_sum"]
+                continue
+            guide_site = guide_trace.nodes[name]
+            if is_validation_enabled() and not guide_site["fn"].has_rsample:
+                raise NotImplementedError(
+                    f"All distributions in the guide must be fully reparameterized; "
+                    f"site {name!r} is not."
+                )
+            try:
+                kl = kl_divergence(guide_site["fn"], model_site["fn"])
+            except NotImplementedError:
+                model_trace.compute_log_prob(site_filter=lambda n, _: n == name)
+                entropy = _score_parts(guide_site).entropy_term
+                elbo_particle = (
+                    elbo_particle + model_site["log_prob_sum"] - entropy.sum()
+                )
+                continue
+            kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
+            if torch.is_tensor(kl):
+                elbo_particle = elbo_particle - kl.sum()
+            else:
+                numel = torch.Size(guide_site["fn"].batch_shape).numel()
+                elbo_particle = elbo_particle - kl * numel
+        for name, guide_site in guide_trace.nodes.items():
+            if guide_site["type"] == "sample" and name not in model_trace.nodes:
+                elbo_particle = (
+                    elbo_particle - _score_parts(guide_site).entropy_term.sum()
+                )
+        loss = -torch_item(elbo_particle)
+        return loss, -elbo_particle
