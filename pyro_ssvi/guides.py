@@ -34,6 +34,7 @@ from ._pyro_compat import (
 )
 from .distributions import SparseNormal
 from .initialization import init_to_kaiming
+from .poutine import LazyWeight
 
 __all__ = ["AutoSparseNormal", "DEFAULT_MIN_SPARSE_NUMEL"]
 
@@ -463,16 +464,26 @@ class AutoSparseNormal(AutoGuide):
                     if frame.vectorized:
                         stack.enter_context(plates[frame.name])
                 posterior: Any = self.get_posterior(name)
-                value = pyro.sample(name, posterior)
+                infer: Any = self._infer(name)
+                value = pyro.sample(name, posterior, infer=infer)
             capture = self._grad_capture
-            if (
-                capture is not None
-                and self._meta[name]["sparse"]
-                and value.requires_grad
-            ):
-                value.register_hook(self._grad_hook(capture, name))
+            if capture is not None and self._meta[name]["sparse"]:
+                if isinstance(value, LazyWeight):  # local reparameterisation
+                    value.capture_gradient(capture)
+                elif value.requires_grad:
+                    value.register_hook(self._grad_hook(capture, name))
             result[name] = value
         return result
+
+    def _infer(self, name: str) -> dict[str, Any]:
+        """Weight sites (real, at least 2-D) may be locally reparameterised."""
+        meta = self._meta[name]
+        weight = meta["sparse"] or (
+            len(meta["shape"]) >= 2
+            and meta["event_dim"] == len(meta["shape"])
+            and _base_support(self._support(name)) is constraints.real
+        )
+        return {"lrt": True} if weight else {}
 
     @staticmethod
     def _grad_hook(
