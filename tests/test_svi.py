@@ -411,3 +411,13 @@ def test_kl_weight_callable_receives_the_step():
     assert svi.current_kl_weight() == 1.0  # step 4
     with pytest.raises(ValueError, match="kl_weight must be finite and >= 0"):
         _svi(kl_weight=-1.0)
+
+
+def test_trains_with_module_local_params():
+    pyro.settings.set(module_local_params=True)
+    _, guide, svi = _svi(update_every=5, num_steps=60)
+    before = [p.detach().clone() for p in guide.parameters()]
+    losses = [svi.step(X, Y) for _ in range(60)]
+    assert len(pyro.get_param_store()) == 0
+    assert all(not torch.equal(a, b) for a, b in zip(before, guide.parameters()))
+    assert sum(losses[-10:]) < sum(losses[:10]) and svi.num_updates == 8  # stop: 45
