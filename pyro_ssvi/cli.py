@@ -45,6 +45,10 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
     "momentum": (float, "SGD momentum"),
     "weight_decay": (float, "weight decay"),
     "lr_schedule": (str, "cosine (per epoch) or constant"),
+    "sparse_compute": (
+        str,
+        "with --lrt, sparse kernels for sparse linear layers: auto, on, off",
+    ),
     "prior_scale": (float, "standard deviation of the Normal weight prior"),
     "init_scale": (float, "initial posterior standard deviation"),
     "kl_weight": (float, "weight of the KL term (1 = the ELBO)"),
@@ -62,6 +66,7 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
 _BOOL_FLAGS = {
     "download": "download missing data sets (needs internet)",
     "augment": "random crops (and flips where they keep the label)",
+    "lrt": "local reparameterisation of linear and conv layers (SSVI guide)",
 }
 
 
@@ -207,6 +212,7 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         ("density", metrics["density"]),
         ("variational parameters", metrics["num_variational_params"]),
         ("checkpoint size (MB)", metrics["checkpoint_bytes"] / 1e6),
+        ("training FLOPs, dense VI / this run", metrics.get("train_flops_ratio")),
         ("subspace updates", metrics.get("num_updates")),
         ("wall time (s)", metrics["wall_time_s"]),
     ]

@@ -108,6 +108,7 @@ MODELS: dict[str, Callable[[Any], torch.nn.Module]] = {
 GUIDES = ("ssvi", "autonormal")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
+SPARSE_COMPUTE: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,9 @@ class TrainConfig:
         optimizer: ``"adam"`` or ``"sgd"`` (momentum ``momentum``).
         lr, momentum, weight_decay: Optimiser settings.
         lr_schedule: ``"cosine"`` (per epoch, to 0) or ``"constant"``.
+        lrt: Local reparameterisation of linear and convolution layers.
+        sparse_compute: With ``lrt``, sparse kernels for sparse linear layers:
+            ``"auto"`` (timed once per layer), ``"on"`` or ``"off"``.
         prior_scale: Standard deviation of the Normal weight prior.
         init_scale: Initial posterior standard deviation.
         kl_weight: Weight of the KL term (1 = the ELBO).
@@ -172,6 +176,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
+    lrt: bool = False
+    sparse_compute: str = "auto"
     prior_scale: float = 1.0
     init_scale: float = 0.01
     kl_weight: float = 1.0
@@ -232,6 +238,7 @@ def _validate(c: TrainConfig) -> None:
     _choice("drop-schedule", c.drop_schedule, SCHEDULES)
     _choice("optimizer", c.optimizer, OPTIMIZERS)
     _choice("lr-schedule", c.lr_schedule, LR_SCHEDULES)
+    _choice("sparse-compute", c.sparse_compute, SPARSE_COMPUTE)
     if not (isinstance(c.density, (int, float)) and 0.0 < c.density <= 1.0):
         raise ConfigError(
             f"--density must be in (0, 1], got {c.density!r}; e.g. 0.1 keeps 10% "
@@ -255,6 +262,12 @@ def _validate(c: TrainConfig) -> None:
         if getattr(c, name) is not None:
             _positive(name.replace("_", "-"), getattr(c, name))
     _positive("num-workers", c.num_workers, minimum=0)
+    if c.lrt and c.guide != "ssvi":
+        raise ConfigError(
+            "--lrt needs --guide ssvi (Pyro's AutoNormal samples auxiliary sites "
+            "that cannot be locally reparameterised); for dense VI with LRT use "
+            "--guide ssvi --density 1.0"
+        )
     if not (c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")):
         raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {c.device!r}")
 
@@ -437,6 +450,8 @@ def build_run(
             stop_updates_at=int(c.stop_updates_at * run.total_steps),
             num_steps=run.total_steps,
             kl_weight=run.kl_weight,
+            local_reparameterization=c.lrt,
+            sparse_compute=SPARSE_COMPUTE[c.sparse_compute],
         )
     else:
         run.svi = SVI(model, guide, optim, loss)
@@ -614,17 +629,25 @@ def _train_epoch(run: Run, epoch: int, bar: Any) -> float:
     """
     from pyro import poutine
 
+    from .poutine import LatentScaleMessenger
+
     batches, num_batches = _batches(run, epoch)
     per_example = poutine.scale(scale=1.0 / run.num_data)
     total, count = 0.0, 0
     inner = _progress(
         bar is not None, total=num_batches, desc=f"epoch {epoch}", leave=False
     )
-    for x, y in batches:
+    sparse = hasattr(run.svi, "update_subspace")  # SparseSVI weights its own KL
+    for i, (x, y) in enumerate(batches):
         x, y = x.to(run.device, non_blocking=True), y.to(run.device)
+        step = (epoch - 1) * run.steps_per_epoch + i + 1
+        kl = LatentScaleMessenger(1.0 if sparse else run.kl_weight(step))
         try:
-            with per_example:
-                total += run.svi.step(x, y)
+            with per_example, kl:
+                loss = run.svi.step(x, y)
+            if not math.isfinite(loss):  # SparseSVI raises; plain SVI returns it
+                raise FloatingPointError(f"the loss is {loss} at step {step}.")
+            total += loss
         except FloatingPointError as e:
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch}: {e} {_kept(run)}"
@@ -885,6 +908,34 @@ def evaluate_predictions(
     return metrics, pred, ood
 
 
+def _flops(run: Run, active: dict[str, int], numel: dict[str, int]) -> dict[str, float]:
+    """Training and inference FLOPs of this run versus dense VI (spec §8)."""
+    from .data import DATASETS
+    from .flops import flops_report, layer_costs
+
+    c = run.config
+    costs = layer_costs(run.model, DATASETS[c.dataset].input_shape)
+    report = flops_report(
+        costs,
+        {n: active[n] / numel[n] for n in active if n in costs},
+        num_examples=run.num_data,
+        epochs=c.epochs,
+        batch_size=c.batch_size,
+        update_every=c.update_every,
+        stop_fraction=c.stop_updates_at,
+        dense_layers=[n for n in getattr(run.model, "dense_sites", ()) if n in costs],
+        lrt=c.lrt,
+    )
+    return {
+        "train_flops": report.train_flops_ssvi,
+        "train_flops_dense_vi": report.train_flops_dense_vi,
+        "train_flops_ratio": report.train_ratio,
+        "train_flops_ratio_proportional": report.train_ratio_proportional,
+        "inference_flops": report.inference_flops_sparse,
+        "inference_flops_dense": report.inference_flops_dense,
+    }
+
+
 def _ood_name(c: TrainConfig) -> str | None:
     from .data import default_ood
 
@@ -917,6 +968,10 @@ def _final_evaluation(run: Run, out: Path) -> dict[str, Any]:
             "device": str(run.device),
         }
     )
+    metrics.update(_flops(run, active, numel))
+    lrt = getattr(run.svi, "lrt", None)
+    if lrt is not None:
+        metrics["lrt_paths"] = dict(lrt.decisions)
     pdir = out / "plots"
     plots.plot_training_curves(run.history, pdir / "training_curves.png")
     plots.plot_reliability(pred.probs, pred.labels, pdir / "reliability.png")

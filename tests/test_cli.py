@@ -215,3 +215,31 @@ def test_cifar_resnet18_end_to_end_on_tiny_cifar_files(tmp_path):
     metrics = _metrics(out)
     assert metrics["num_weights"] == 11_164_352 and metrics["ood_auroc"] is None
     assert metrics["density"] == pytest.approx(0.1, abs=1e-4)
+
+
+def test_lrt_flops_and_sparse_paths_in_the_report(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--epochs", "1", "--output-dir", str(out), "--lrt", *TINY]
+    assert main([*argv, "--sparse-compute", "on"]) == 0
+    metrics = _metrics(out)
+    assert set(metrics["lrt_paths"].values()) == {"sparse"}
+    # MLP 784-400-400-10 at density 0.1: 10x fewer forward MACs, less the
+    # dense-gradient growth overhead, paid every 3 steps here (spec section 8).
+    assert metrics["train_flops_ratio_proportional"] == pytest.approx(10.0, rel=1e-3)
+    assert 1.0 < metrics["train_flops_ratio"] < 10.0
+    assert metrics["inference_flops_dense"] / metrics["inference_flops"] == (
+        pytest.approx(10.0, rel=1e-3)
+    )
+
+
+def test_dense_baseline_honours_kl_weight_and_refuses_lrt(tmp_path, capsys):
+    losses = []
+    for weight in ("0", "1"):
+        out = tmp_path / f"kl{weight}"
+        argv = ["train", "--guide", "autonormal", "--epochs", "1", *TINY]
+        assert main([*argv, "--kl-weight", weight, "--output-dir", str(out)]) == 0
+        row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        losses.append(row["train_loss"])
+    assert losses[0] < losses[1]  # the KL term is there only with weight 1
+    assert main(["train", "--guide", "autonormal", "--lrt", *TINY]) == 1
+    assert "--lrt needs --guide ssvi" in capsys.readouterr().err
