@@ -26,8 +26,10 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.util import torch_item, zero_grads
 from pyro.optim import PyroOptim
+from torch.nn.parallel import DistributedDataParallel
 
 from .criteria import get_criterion, removal_scores, top_k
+from .distributed import all_reduce_mean_, check_indices_agree, is_distributed
 from .distributions import SparseNormal
 from .elbo import TraceSparseMeanField_ELBO
 from .guides import AutoSparseNormal
@@ -61,6 +63,20 @@ class SubspaceUpdate(NamedTuple):
     drop_fraction: float
     num_dropped: dict[str, int]
     num_swapped: dict[str, int]
+
+
+def _trainable(param_trace: Any) -> set[torch.Tensor]:
+    """The leaf tensors behind the param sites of a ``param_only`` trace.
+
+    Constrained Pyro params expose their leaf via ``.unconstrained()``; plain
+    ``nn.Parameter``s of a ``PyroModule`` under ``module_local_params`` are
+    the leaf themselves (Pyro's own ``SVI`` fails on those).
+    """
+    leaves = set()
+    for site in param_trace.nodes.values():
+        value = site["value"]
+        leaves.add(value.unconstrained() if hasattr(value, "unconstrained") else value)
+    return leaves
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -130,6 +146,15 @@ class SparseSVI(SVI):
             layers from their active coordinates with sparse kernels
             (``True``), densely (``False``), or by a one-time timing of both
             (``"auto"``).
+        distributed: Data-parallel training with ``DistributedDataParallel``
+            when a ``torch.distributed`` process group of more than one
+            process is initialised (``None``, the default, or ``True``);
+            ``False`` ignores the group. Each rank passes its own share of
+            the minibatch; gradients (and the gradients used for addition) are
+            averaged over ranks, and the active sets are checked to agree after
+            every update. Seed all ranks identically and use
+            ``pyro.settings.set(module_local_params=True)`` (see
+            :mod:`pyro_ssvi.distributed`).
         **kwargs: Passed to :class:`pyro.infer.SVI`.
 
     Raises:
@@ -155,6 +180,7 @@ class SparseSVI(SVI):
         kl_weight: float | Callable[[int], float] = 1.0,
         local_reparameterization: bool = False,
         sparse_compute: bool | str = "auto",
+        distributed: bool | None = None,
         **kwargs: Any,
     ) -> None:
         if loss is None:
@@ -229,6 +255,8 @@ class SparseSVI(SVI):
                     f"SparseSVI: kl_weight must be finite and >= 0, got {kl_weight!r}."
                 )
         self.kl_weight = kl_weight
+        self.distributed = distributed
+        self._ddp: Any = None
         self.lrt: LocalReparameterizationMessenger | None = None
         if local_reparameterization:
             self.lrt = LocalReparameterizationMessenger(sparse=sparse_compute)
@@ -292,6 +320,8 @@ class SparseSVI(SVI):
     def _loss_and_grads(
         self, capture: bool, args: tuple, kwargs: dict
     ) -> tuple[float, set[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        if self._use_ddp():
+            return self._ddp_loss_and_grads(capture, args, kwargs)
         with self._capturing(capture) as captures, self._kl_scaled():
             with poutine.trace(param_only=True) as param_capture:
                 try:
@@ -305,16 +335,70 @@ class SparseSVI(SVI):
         loss = torch_item(loss)
         if not math.isfinite(loss):
             self._raise_non_finite(loss, param_capture.trace)
-        params = {
-            site["value"].unconstrained()  # type: ignore[union-attr]
-            for site in param_capture.trace.nodes.values()
-        }
-        return loss, params, captures
+        return loss, _trainable(param_capture.trace), captures
+
+    # ---------------------------------------------------------- distributed
+    def _use_ddp(self) -> bool:
+        return self.distributed is not False and is_distributed()
+
+    def _ddp_module(self, args: tuple, kwargs: dict) -> Any:
+        """Pyro's ELBOModule in DistributedDataParallel (built on first use).
+
+        Broadcasting rank 0's parameters and buffers at construction gives
+        every rank the same initial values and active sets.
+        """
+        if self._ddp is None:
+            for guide in self._sparse_guides:
+                if guide.prototype_trace is None:
+                    with torch.no_grad():
+                        guide.setup(*args, **kwargs)
+            with torch.no_grad():  # materialise every other lazy parameter
+                self.loss(self.model, self.guide)(*args, **kwargs)
+            module = self.loss(self.model, self.guide)
+            device = next(module.parameters()).device
+            self._ddp = DistributedDataParallel(
+                module,
+                device_ids=[device] if device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
+        return self._ddp
+
+    def _ddp_loss_and_grads(
+        self, capture: bool, args: tuple, kwargs: dict
+    ) -> tuple[float, set[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        ddp = self._ddp_module(args, kwargs)
+        params = {p for p in ddp.parameters() if p.requires_grad}
+        with self._capturing(capture) as captures, self._kl_scaled():
+            try:
+                surrogate = ddp(*args, **kwargs)
+                failed = 0.0
+            except ValueError as e:  # Pyro's validation saw NaN/inf
+                if "invalid values" not in str(e):
+                    raise
+                surrogate, failed = None, float("nan")
+            # Every rank must agree before anyone raises (or they deadlock).
+            value = failed if surrogate is None else surrogate.item()
+            device = next(iter(params)).device
+            loss = all_reduce_mean_(torch.tensor(value, device=device))
+            if not math.isfinite(float(loss)):
+                zero_grads(params)
+                raise FloatingPointError(
+                    f"SparseSVI: the loss is not finite at step {self.step_count + 1} "
+                    "on at least one rank; no parameter or subspace was changed. "
+                    "Lower the learning rate, check the data for NaN/inf, or use "
+                    "a smaller init_scale."
+                )
+            assert surrogate is not None
+            surrogate.backward()  # DDP averages the gradients over ranks
+        for store in captures:  # dL/dtheta for addition: the global batch's
+            for grad in store.values():
+                all_reduce_mean_(grad)
+        return float(loss), params, captures
 
     def _raise_non_finite(
         self, loss: Any, trace: Any, cause: BaseException | None = None
     ) -> None:
-        zero_grads({site["value"].unconstrained() for site in trace.nodes.values()})
+        zero_grads(_trainable(trace))
         raise FloatingPointError(
             f"SparseSVI: the loss is {loss} at step {self.step_count + 1}; no "
             "parameter or subspace was changed. Lower the learning rate, check "
@@ -379,6 +463,8 @@ class SparseSVI(SVI):
                 swapped[prefix + name] = n_new
         record = SubspaceUpdate(self.step_count, fraction, dropped, swapped)
         self.updates.append(record)
+        if self._use_ddp():
+            check_indices_agree(self._sparse_guides, self.step_count)
         return record
 
     def _addition_scores(

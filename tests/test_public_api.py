@@ -15,6 +15,7 @@ MODULES = [
     "pyro_ssvi.compare",
     "pyro_ssvi.criteria",
     "pyro_ssvi.data",
+    "pyro_ssvi.distributed",
     "pyro_ssvi.distributions",
     "pyro_ssvi.elbo",
     "pyro_ssvi.flops",

@@ -421,3 +421,20 @@ def test_trains_with_module_local_params():
     assert len(pyro.get_param_store()) == 0
     assert all(not torch.equal(a, b) for a, b in zip(before, guide.parameters()))
     assert sum(losses[-10:]) < sum(losses[:10]) and svi.num_updates == 8  # stop: 45
+
+
+def test_module_local_params_train_deterministic_batch_norm_too():
+    from torch import nn
+
+    from pyro_ssvi.models import BayesianClassifier
+
+    pyro.settings.set(module_local_params=True)
+    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    model = BayesianClassifier(net, num_data=len(X))
+    guide = AutoSparseNormal(model, density=0.5)
+    svi = SparseSVI(model, guide, _adam(0.1), num_steps=100)
+    bn = model.net[1].weight.detach().clone()
+    for _ in range(5):
+        svi.step(X, Y)
+    assert not torch.equal(bn, model.net[1].weight.detach())
+    assert len(svi.optim.optim_objs) == len(list(guide.parameters())) + 2

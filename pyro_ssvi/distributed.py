@@ -1,0 +1,186 @@
+"""Data-parallel training with PyTorch's own engine (``torch.distributed``).
+
+Launch any script, or the CLI, with ``torchrun``::
+
+    torchrun --standalone --nproc_per_node 2 -m pyro_ssvi train --epochs 1
+
+Inside, :func:`init_from_env` joins the process group that ``torchrun``
+describes (``nccl`` on GPUs, ``gloo`` on CPUs); :class:`~pyro_ssvi.SparseSVI`
+then wraps Pyro's ``ELBOModule`` in ``DistributedDataParallel`` and keeps the
+sparse subspaces identical on every rank (see :func:`check_indices_agree`).
+The helpers here reduce to no-ops in a single process::
+
+    info = init_from_env()                  # None when not under torchrun
+    local_x = shard(x)                      # this rank's rows of a global batch
+    everything = gather_rows(local_tensor)  # all ranks' rows, in rank order
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, TypeVar
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "DistInfo",
+    "all_reduce_mean_",
+    "broadcast_object",
+    "check_indices_agree",
+    "gather_rows",
+    "init_from_env",
+    "is_distributed",
+    "is_main_process",
+    "rank",
+    "shard",
+    "world_size",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in the job.
+
+    Attributes:
+        rank: Global rank.
+        world_size: Number of processes.
+        local_rank: Rank on this node (selects the GPU).
+        backend: ``"nccl"`` or ``"gloo"``.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one process is active."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    """This process's global rank (0 without a process group)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    """True on rank 0, the only rank that writes files."""
+    return rank() == 0
+
+
+def init_from_env(device: str = "auto") -> DistInfo | None:
+    """Join the process group described by ``torchrun``'s environment.
+
+    Uses ``nccl`` when the run is on CUDA and ``gloo`` otherwise, and sets
+    the current CUDA device to ``LOCAL_RANK``.
+
+    Args:
+        device: The run's device setting (``"auto"``, ``"cpu"``, ``"cuda"``).
+
+    Returns:
+        The :class:`DistInfo`, or None when ``WORLD_SIZE`` is unset or 1.
+
+    Raises:
+        RuntimeError: If the environment is incomplete (e.g. ``RANK`` missing).
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return None
+    try:
+        global_rank = int(os.environ["RANK"])
+        local_rank = int(os.environ.get("LOCAL_RANK", global_rank))
+    except KeyError as e:
+        raise RuntimeError(
+            f"WORLD_SIZE={size} but {e.args[0]} is not set; launch with torchrun"
+        ) from None
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    backend = "nccl" if cuda else "gloo"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistInfo(global_rank, size, local_rank, backend)
+
+
+def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """Average ``tensor`` over ranks, in place; returns it."""
+    if is_distributed():
+        dist.all_reduce(tensor)
+        tensor.div_(dist.get_world_size())
+    return tensor
+
+
+def broadcast_object(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (for small Python objects)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous block of rows (``torch.tensor_split`` order)."""
+    if not is_distributed():
+        return tensor
+    return torch.tensor_split(tensor, dist.get_world_size())[dist.get_rank()]
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's rows, in rank order, on every rank.
+
+    Ranks may hold different numbers of rows (as :func:`shard` gives them).
+    """
+    if not is_distributed():
+        return tensor
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+def _checksum(indices: Iterable[torch.Tensor]) -> torch.Tensor:
+    sums = []
+    for idx in indices:
+        idx = idx.to(torch.int64)
+        sums += [idx.numel(), int(idx.sum()), int((idx * (idx % 7919 + 1)).sum())]
+    return torch.tensor(sums, dtype=torch.int64)
+
+
+def check_indices_agree(guides: Iterable[Any], step: int) -> None:
+    """Verify that every rank holds the same active indices; raise if not.
+
+    One all-gather of three integers per sparse site.
+
+    Raises:
+        RuntimeError: Naming the step, if any rank differs from rank 0.
+    """
+    if not is_distributed():
+        return
+    local = _checksum(i for g in guides for i in g.active_indices().values())
+    if dist.get_backend() == "nccl":
+        local = local.cuda()
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local)
+    bad = [r for r, p in enumerate(parts) if not torch.equal(p, parts[0])]
+    if bad:
+        raise RuntimeError(
+            f"SparseSVI: the active indices of ranks {bad} differ from rank 0's after "
+            f"the subspace update at step {step}. Seed every rank identically "
+            "(pyro.set_rng_seed) and give every rank the same model and guide."
+        )

@@ -1,0 +1,49 @@
+"""Training runs: configuration, the training loop, checkpoints and evaluation.
+
+This is the library behind ``pyro-ssvi train``; it never sees command-line
+flags. A run writes one directory::
+
+    config.json            the resolved configuration (and versions)
+    metrics.jsonl          one JSON line per epoch
+    metrics.json           final metrics (written last: marks a finished run)
+    checkpoint.pt          guide, model, optimiser, schedule and RNG state
+    subspace_updates.json  per-update record of swapped coordinates
+    plots/*.png            training curves, reliability, OOD entropy, density
+
+Example::
+
+    from pyro_ssvi.training import TrainConfig, train
+    metrics = train(TrainConfig(epochs=5, density=0.1), "runs/mnist-d0.1")
+    metrics["test_accuracy"], metrics["ood_auroc"]
+"""
+
+from ._config import (
+    MODELS,
+    PLOTS,
+    RUN_FILES,
+    ConfigError,
+    RunDirError,
+    TrainConfig,
+    TrainingDiverged,
+)
+from ._evaluate import evaluate_predictions, evaluate_run, num_variational_params
+from ._loop import prepare_run_dir, train
+from ._run import Run, build_run, resolve_device
+
+__all__ = [
+    "ConfigError",
+    "MODELS",
+    "PLOTS",
+    "RUN_FILES",
+    "Run",
+    "RunDirError",
+    "TrainConfig",
+    "TrainingDiverged",
+    "build_run",
+    "evaluate_predictions",
+    "evaluate_run",
+    "num_variational_params",
+    "prepare_run_dir",
+    "resolve_device",
+    "train",
+]

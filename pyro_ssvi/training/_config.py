@@ -1,0 +1,235 @@
+"""Run configuration: ``TrainConfig``, its validation, models and errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "metrics.json",
+    "checkpoint.pt",
+    "subspace_updates.json",
+)
+PLOTS = (
+    "training_curves.png",
+    "reliability.png",
+    "ood_entropy.png",
+    "layer_density.png",
+    "swap_fraction.png",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid (the message names the flag)."""
+
+
+class RunDirError(ValueError):
+    """The output directory cannot be used for this run."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _mlp(info: Any) -> torch.nn.Module:
+    from ..models import mlp
+
+    return mlp(math.prod(info.input_shape), [400, 400], info.num_classes)
+
+
+def _lenet(info: Any) -> torch.nn.Module:
+    from ..models import lenet
+
+    channels, size, _ = info.input_shape
+    return lenet(channels, info.num_classes, size)
+
+
+def _resnet18(info: Any) -> torch.nn.Module:
+    from ..models import resnet18_cifar
+
+    return resnet18_cifar(info.num_classes)
+
+
+#: Network builders by name: ``info`` is the data set's ``DatasetInfo``.
+MODELS: dict[str, Callable[[Any], torch.nn.Module]] = {
+    "lenet": _lenet,
+    "mlp": _mlp,
+    "resnet18": _resnet18,
+}
+GUIDES = ("ssvi", "autonormal")
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("cosine", "constant")
+SPARSE_COMPUTE: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (JSON-serialisable).
+
+    The loss optimised per step is the negative ELBO divided by the training
+    set size: mean cross-entropy of the minibatch plus
+    ``kl_weight * KL(q || p) / N``, the SSVI reference code's objective, so
+    its learning rates (SGD too) carry over. Weight decay never applies to
+    the posterior scales. The defaults train the embedded MNIST to about
+    97.5% test accuracy at density 0.1 in a few minutes on 2 CPU cores.
+
+    Attributes:
+        model: Network, a key of :data:`MODELS`.
+        dataset: Data set name (see :data:`pyro_ssvi.data.DATASETS`); the
+            embedded MNIST by default.
+        data_dir: Directory with data sets in torchvision's layout.
+        download: Download missing data sets into ``data_dir``.
+        ood_dataset: Out-of-distribution set; default: the data set's usual
+            one (Fashion-MNIST for MNIST); ``"none"`` to skip.
+        guide: ``"ssvi"`` (:class:`~pyro_ssvi.AutoSparseNormal` +
+            :class:`~pyro_ssvi.SparseSVI`) or ``"autonormal"`` (Pyro's
+            ``AutoNormal`` + ``SVI``, the dense-VI baseline).
+        density: Active fraction per sparse site; 1.0 runs SSVI densely.
+        removal, addition, update_every, drop_fraction, drop_schedule:
+            Subspace reselection, as in :class:`~pyro_ssvi.SparseSVI`.
+        stop_updates_at: Fraction of the training steps after which the
+            subspace is frozen.
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum ``momentum``).
+        lr, momentum, weight_decay: Optimiser settings.
+        lr_schedule: ``"cosine"`` (per epoch, to 0) or ``"constant"``.
+        lrt: Local reparameterisation of linear and convolution layers.
+        sparse_compute: With ``lrt``, sparse kernels for sparse linear layers:
+            ``"auto"`` (timed once per layer), ``"on"`` or ``"off"``.
+        prior_scale: Standard deviation of the Normal weight prior.
+        init_scale: Initial posterior standard deviation.
+        kl_weight: Weight of the KL term (1 = the ELBO).
+        kl_anneal_epochs: Linear KL warm-up over this many epochs (0: none).
+        epochs, batch_size: Training length and minibatch size.
+        num_samples: Posterior samples for the final Monte Carlo evaluation.
+        eval_batch_size: Inputs per forward pass in evaluation.
+        train_limit, test_limit: Use only the first N examples (smoke runs).
+        augment: Random crops (and flips where they preserve the label).
+        num_workers: Data-loader workers for on-disk data sets.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        seed: Seed of every random choice of the run.
+    """
+
+    model: str = "mlp"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    download: bool = False
+    ood_dataset: str | None = None
+    guide: str = "ssvi"
+    density: float = 0.1
+    removal: str = "snr_abs"
+    addition: str = "grad"
+    update_every: int = 100
+    drop_fraction: float = 0.3
+    drop_schedule: str = "cosine"
+    stop_updates_at: float = 0.75
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    lrt: bool = False
+    sparse_compute: str = "auto"
+    prior_scale: float = 1.0
+    init_scale: float = 0.01
+    kl_weight: float = 1.0
+    kl_anneal_epochs: int = 0
+    epochs: int = 15
+    batch_size: int = 128
+    num_samples: int = 10
+    eval_batch_size: int = 1000
+    train_limit: int | None = None
+    test_limit: int | None = None
+    augment: bool = False
+    num_workers: int = 0
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Rebuild a configuration, refusing unknown keys."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {unknown}")
+        return cls(**values)
+
+
+def _choice(name: str, value: Any, options: Any) -> None:
+    if value not in options:
+        raise ConfigError(f"--{name} must be one of {sorted(options)}, got {value!r}")
+
+
+def _positive(name: str, value: Any, *, minimum: float = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"--{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value >= minimum):
+        raise ConfigError(f"--{name} must be >= {minimum}, got {value!r}")
+
+
+def _validate(c: TrainConfig) -> None:
+    from ..criteria import CRITERIA
+    from ..data import DATASETS
+    from ..schedules import SCHEDULES
+    from ..svi import ADDITIONS
+
+    _choice("model", c.model, MODELS)
+    _choice("dataset", c.dataset, DATASETS)
+    if c.ood_dataset not in (None, "none"):
+        _choice("ood-dataset", c.ood_dataset, DATASETS)
+    _choice("guide", c.guide, GUIDES)
+    _choice("removal", c.removal, CRITERIA)
+    _choice("addition", c.addition, ADDITIONS)
+    _choice("drop-schedule", c.drop_schedule, SCHEDULES)
+    _choice("optimizer", c.optimizer, OPTIMIZERS)
+    _choice("lr-schedule", c.lr_schedule, LR_SCHEDULES)
+    _choice("sparse-compute", c.sparse_compute, SPARSE_COMPUTE)
+    if not (isinstance(c.density, (int, float)) and 0.0 < c.density <= 1.0):
+        raise ConfigError(
+            f"--density must be in (0, 1], got {c.density!r}; e.g. 0.1 keeps 10% "
+            "of each weight tensor, 1.0 trains densely"
+        )
+    if not 0.0 <= c.drop_fraction < 1.0:
+        raise ConfigError(f"--drop-fraction must be in [0, 1), got {c.drop_fraction}")
+    if not 0.0 <= c.stop_updates_at <= 1.0:
+        raise ConfigError(
+            f"--stop-updates-at is a fraction of training in [0, 1], "
+            f"got {c.stop_updates_at}"
+        )
+    for name in ("epochs", "batch_size", "num_samples", "eval_batch_size"):
+        _positive(name.replace("_", "-"), getattr(c, name))
+    _positive("update-every", c.update_every)
+    for name in ("lr", "prior_scale", "init_scale"):
+        _positive(name.replace("_", "-"), getattr(c, name), minimum=1e-30)
+    for name in ("kl_weight", "weight_decay", "momentum", "kl_anneal_epochs"):
+        _positive(name.replace("_", "-"), getattr(c, name), minimum=0)
+    for name in ("train_limit", "test_limit"):
+        if getattr(c, name) is not None:
+            _positive(name.replace("_", "-"), getattr(c, name))
+    _positive("num-workers", c.num_workers, minimum=0)
+    if c.lrt and c.guide != "ssvi":
+        raise ConfigError(
+            "--lrt needs --guide ssvi (Pyro's AutoNormal samples auxiliary sites "
+            "that cannot be locally reparameterised); for dense VI with LRT use "
+            "--guide ssvi --density 1.0"
+        )
+    if not (c.device in ("auto", "cpu", "cuda") or c.device.startswith("cuda:")):
+        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {c.device!r}")
+
+
+def ood_name(c: TrainConfig) -> str | None:
+    from ..data import default_ood
+
+    return default_ood(c.dataset) if c.ood_dataset is None else c.ood_dataset

@@ -1,0 +1,234 @@
+"""Evaluation of runs: metrics, FLOPs, plots, and re-evaluating saved runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+
+from ..checkpoint import load_checkpoint
+from ._config import TrainConfig, ood_name
+from ._run import Run, build_run, density_of, restore
+
+
+# --------------------------------------------------------------- evaluation
+def _site_sizes(guide: Any) -> tuple[dict[str, int], dict[str, int]]:
+    """``(num_active, numel)`` of every weight site (dense sites fully active)."""
+    if hasattr(guide, "num_active"):
+        active = guide.num_active()
+        numel = {n: guide.site_shape(n).numel() for n in active}
+        for name in guide._meta:
+            if name not in active and len(guide.site_shape(name)) >= 2:
+                active[name] = numel[name] = guide.site_shape(name).numel()
+        return active, numel
+    sizes = {
+        name: value.numel()
+        for name, value in guide.median().items()
+        if value.dim() >= 2
+    }
+    return dict(sizes), dict(sizes)
+
+
+def num_variational_params(guide: Any) -> int:
+    """Number of variational parameters (means and scales) of a guide."""
+    return sum(p.numel() for p in guide.parameters())
+
+
+def evaluate_predictions(
+    run: Run, data: Any, ood_data: Any = None, *, num_samples: int | None = None
+) -> tuple[dict[str, Any], Any, Any]:
+    """Monte Carlo metrics on ``data`` (and OOD data) plus mean-weight metrics.
+
+    Returns:
+        ``(metrics, prediction, ood_prediction)``; metric keys are prefixed
+        ``test_`` (Monte Carlo), ``test_*_mean_weights`` and ``ood_``.
+    """
+    from ..metrics import classification_metrics
+    from ..predict import predict
+
+    k = num_samples or run.config.num_samples
+    opts: dict[str, Any] = dict(
+        batch_size=run.config.eval_batch_size, device=run.device
+    )
+    pred = predict(run.model, run.guide, data, num_samples=k, **opts)
+    ood = (
+        None
+        if ood_data is None
+        else predict(run.model, run.guide, ood_data, num_samples=k, **opts)
+    )
+    if pred.labels is None:
+        raise ValueError("evaluation data must carry labels")
+    mc = classification_metrics(
+        pred.probs,
+        pred.labels,
+        pred.mean_entropy,
+        probs_ood=None if ood is None else ood.probs,
+    )
+    mean = predict(run.model, run.guide, data, mean_weights=True, **opts)
+    mw = classification_metrics(mean.probs, pred.labels)
+    metrics: dict[str, Any] = {"num_samples": k}
+    for key, value in mc.items():
+        metrics[key if key.startswith("ood_") else f"test_{key}"] = value
+    for key in ("accuracy", "nll", "ece", "brier", "marginal_ce"):
+        metrics[f"test_{key}_mean_weights"] = mw[key]
+    metrics.setdefault("ood_auroc", None)
+    return metrics, pred, ood
+
+
+def _flops(run: Run, active: dict[str, int], numel: dict[str, int]) -> dict[str, float]:
+    """Training and inference FLOPs of this run versus dense VI (spec §8)."""
+    from ..data import DATASETS
+    from ..flops import flops_report, layer_costs
+
+    c = run.config
+    costs = layer_costs(run.model, DATASETS[c.dataset].input_shape)
+    report = flops_report(
+        costs,
+        {n: active[n] / numel[n] for n in active if n in costs},
+        num_examples=run.num_data,
+        epochs=c.epochs,
+        batch_size=c.batch_size,
+        update_every=c.update_every,
+        stop_fraction=c.stop_updates_at,
+        dense_layers=[n for n in getattr(run.model, "dense_sites", ()) if n in costs],
+        lrt=c.lrt,
+    )
+    return {
+        "train_flops": report.train_flops_ssvi,
+        "train_flops_dense_vi": report.train_flops_dense_vi,
+        "train_flops_ratio": report.train_ratio,
+        "train_flops_ratio_proportional": report.train_ratio_proportional,
+        "inference_flops": report.inference_flops_sparse,
+        "inference_flops_dense": report.inference_flops_dense,
+    }
+
+
+def final_evaluation(run: Run, out: Path) -> dict[str, Any]:
+    from .. import plots
+    from ..metrics import predictive_entropy
+
+    metrics, pred, ood = evaluate_predictions(run, run.test_data, run.ood_data)
+    active, numel = _site_sizes(run.guide)
+    c = run.config
+    metrics.update(
+        {
+            "model": c.model,
+            "dataset": c.dataset,
+            "guide": c.guide,
+            "ood_dataset": None if ood is None else ood_name(c),
+            "density": density_of(run),
+            "num_variational_params": num_variational_params(run.guide),
+            "num_weights": sum(numel.values()),
+            "num_active_weights": sum(active.values()),
+            "checkpoint_bytes": (out / "checkpoint.pt").stat().st_size,
+            "epochs": run.epoch,
+            "steps": run.epoch * run.steps_per_epoch,
+            "num_updates": getattr(run.svi, "num_updates", 0),
+            "train_time_s": sum(r["epoch_time_s"] for r in run.history),
+            "seed": c.seed,
+            "device": str(run.device),
+        }
+    )
+    metrics.update(_flops(run, active, numel))
+    lrt = getattr(run.svi, "lrt", None)
+    if lrt is not None:
+        metrics["lrt_paths"] = dict(lrt.decisions)
+    pdir = out / "plots"
+    plots.plot_training_curves(run.history, pdir / "training_curves.png")
+    plots.plot_reliability(pred.probs, pred.labels, pdir / "reliability.png")
+    if ood is not None:
+        plots.plot_ood_entropy(
+            predictive_entropy(pred.probs),
+            predictive_entropy(ood.probs),
+            pdir / "ood_entropy.png",
+            labels=(c.dataset, str(metrics["ood_dataset"])),
+        )
+    plots.plot_layer_density(active, numel, pdir / "layer_density.png")
+    sparse_active = run.guide.num_active() if hasattr(run.guide, "num_active") else {}
+    plots.plot_swap_fraction(
+        getattr(run.svi, "updates", []), sparse_active, pdir / "swap_fraction.png"
+    )
+    return metrics
+
+
+def evaluate_run(
+    path: str | os.PathLike,
+    *,
+    dataset: str | None = None,
+    ood_dataset: str | None = None,
+    data_dir: str | None = None,
+    num_samples: int | None = None,
+    device: str | None = None,
+    test_limit: int | None = None,
+) -> dict[str, Any]:
+    """Re-evaluate a saved run (a run directory or its ``checkpoint.pt``).
+
+    Args:
+        path: Run directory or checkpoint file.
+        dataset: Evaluate on this data set instead of the run's own (same
+            input shape and number of classes).
+        ood_dataset: OOD set (default: the run's, or the new data set's usual
+            one when ``dataset`` is given; ``"none"`` to skip).
+        data_dir: Directory with on-disk data sets.
+        num_samples: Monte Carlo samples (default: the run's).
+        device: Device (default: the run's setting).
+        test_limit: Use only the first N test examples.
+
+    Returns:
+        The metrics, as in ``metrics.json`` (``test_*``, ``ood_*``, ...).
+
+    Raises:
+        CheckpointError: If the checkpoint is missing, corrupt or unsafe.
+        ValueError: If the data set does not fit the model.
+    """
+    from ..data import DATASETS
+
+    path = Path(path)
+    ckpt = path / "checkpoint.pt" if path.is_dir() else path
+    state = load_checkpoint(ckpt, map_location="cpu")
+    saved = TrainConfig.from_dict(state["config"])
+    changes: dict[str, Any] = {}
+    if dataset is not None and dataset != saved.dataset:
+        a, b = DATASETS[saved.dataset], DATASETS.get(dataset)
+        if b is None or (a.input_shape, a.num_classes) != (
+            b.input_shape,
+            b.num_classes,
+        ):
+            raise ValueError(
+                f"--dataset {dataset} does not fit a model trained on "
+                f"{saved.dataset} (inputs {a.input_shape}, {a.num_classes} classes)"
+            )
+        changes.update(dataset=dataset, ood_dataset=ood_dataset)
+    elif ood_dataset is not None:
+        changes["ood_dataset"] = ood_dataset
+    for key, value in (
+        ("data_dir", data_dir),
+        ("device", device),
+        ("test_limit", test_limit),
+    ):
+        if value is not None:
+            changes[key] = value
+    config = dataclasses.replace(saved, **changes)
+    run = build_run(config, train=False, num_data=int(state["num_data"]))
+    restore(run, state)
+    metrics, _, _ = evaluate_predictions(
+        run, run.test_data, run.ood_data, num_samples=num_samples
+    )
+    metrics.update(dataset=config.dataset, checkpoint=str(ckpt), epoch=run.epoch)
+    return metrics
+
+
+def quick_eval(run: Run) -> dict[str, float]:
+    from ..predict import evaluate
+
+    m = evaluate(
+        run.model,
+        run.guide,
+        run.test_data,
+        mean_weights=True,
+        batch_size=run.config.eval_batch_size,
+        device=run.device,
+    )
+    return {"test_accuracy": m["accuracy"], "test_nll": m["nll"], "test_ece": m["ece"]}
