@@ -248,7 +248,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    _print_summary(metrics, out)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        _print_summary(metrics, out)
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import ELBO, SVI, Trace_ELBO
 from pyro.infer.util import torch_item, zero_grads
 from pyro.optim import PyroOptim
 from torch.nn.parallel import DistributedDataParallel
@@ -194,6 +194,7 @@ class SparseSVI(SVI):
                 stacklevel=2,
             )
         super().__init__(model, guide, optim, loss, **kwargs)
+        self.elbo = loss  # SVI keeps only its bound methods
         self._sparse_guides = (
             [m for m in guide.modules() if isinstance(m, AutoSparseNormal)]
             if isinstance(guide, torch.nn.Module)
@@ -348,13 +349,18 @@ class SparseSVI(SVI):
         every rank the same initial values and active sets.
         """
         if self._ddp is None:
-            for guide in self._sparse_guides:
-                if guide.prototype_trace is None:
-                    with torch.no_grad():
+            with torch.no_grad():
+                for guide in self._sparse_guides:
+                    if guide.prototype_trace is None:
                         guide.setup(*args, **kwargs)
-            with torch.no_grad():  # materialise every other lazy parameter
-                self.loss(self.model, self.guide)(*args, **kwargs)
-            module = self.loss(self.model, self.guide)
+                if not isinstance(self.guide, AutoSparseNormal):
+                    self.guide(*args, **kwargs)  # other parts' lazy parameters
+            if not isinstance(self.elbo, ELBO):
+                raise TypeError(
+                    "SparseSVI: distributed training needs an ELBO instance as loss "
+                    f"(it is wrapped in DistributedDataParallel), got {self.elbo!r}."
+                )
+            module = self.elbo(self.model, self.guide)
             device = next(module.parameters()).device
             self._ddp = DistributedDataParallel(
                 module,

@@ -7,8 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
 
 from ..checkpoint import load_checkpoint
+from ..distributed import gather_rows, is_main_process, shard, world_size
 from ._config import TrainConfig, ood_name
 from ._run import Run, build_run, density_of, restore
 
@@ -46,18 +49,10 @@ def evaluate_predictions(
         ``test_`` (Monte Carlo), ``test_*_mean_weights`` and ``ood_``.
     """
     from ..metrics import classification_metrics
-    from ..predict import predict
 
     k = num_samples or run.config.num_samples
-    opts: dict[str, Any] = dict(
-        batch_size=run.config.eval_batch_size, device=run.device
-    )
-    pred = predict(run.model, run.guide, data, num_samples=k, **opts)
-    ood = (
-        None
-        if ood_data is None
-        else predict(run.model, run.guide, ood_data, num_samples=k, **opts)
-    )
+    pred = _predict(run, data, num_samples=k)
+    ood = None if ood_data is None else _predict(run, ood_data, num_samples=k)
     if pred.labels is None:
         raise ValueError("evaluation data must carry labels")
     mc = classification_metrics(
@@ -66,7 +61,7 @@ def evaluate_predictions(
         pred.mean_entropy,
         probs_ood=None if ood is None else ood.probs,
     )
-    mean = predict(run.model, run.guide, data, mean_weights=True, **opts)
+    mean = _predict(run, data, mean_weights=True)
     mw = classification_metrics(mean.probs, pred.labels)
     metrics: dict[str, Any] = {"num_samples": k}
     for key, value in mc.items():
@@ -122,7 +117,9 @@ def final_evaluation(run: Run, out: Path) -> dict[str, Any]:
             "num_variational_params": num_variational_params(run.guide),
             "num_weights": sum(numel.values()),
             "num_active_weights": sum(active.values()),
-            "checkpoint_bytes": (out / "checkpoint.pt").stat().st_size,
+            "checkpoint_bytes": (
+                (out / "checkpoint.pt").stat().st_size if is_main_process() else None
+            ),
             "epochs": run.epoch,
             "steps": run.epoch * run.steps_per_epoch,
             "num_updates": getattr(run.svi, "num_updates", 0),
@@ -135,6 +132,8 @@ def final_evaluation(run: Run, out: Path) -> dict[str, Any]:
     lrt = getattr(run.svi, "lrt", None)
     if lrt is not None:
         metrics["lrt_paths"] = dict(lrt.decisions)
+    if not is_main_process():  # one writer: rank 0
+        return metrics
     pdir = out / "plots"
     plots.plot_training_curves(run.history, pdir / "training_curves.png")
     plots.plot_reliability(pred.probs, pred.labels, pdir / "reliability.png")
@@ -221,14 +220,35 @@ def evaluate_run(
 
 
 def quick_eval(run: Run) -> dict[str, float]:
-    from ..predict import evaluate
+    """Mean-weight accuracy, NLL and ECE on the test set (per-epoch curves)."""
+    from ..metrics import classification_metrics
 
-    m = evaluate(
-        run.model,
-        run.guide,
-        run.test_data,
-        mean_weights=True,
-        batch_size=run.config.eval_batch_size,
-        device=run.device,
-    )
+    pred = _predict(run, run.test_data, mean_weights=True)
+    m = classification_metrics(pred.probs, pred.labels)
     return {"test_accuracy": m["accuracy"], "test_nll": m["nll"], "test_ece": m["ece"]}
+
+
+def _sharded(data: Any) -> Any:
+    """This rank's block of an evaluation set (all of it in one process)."""
+    if world_size() == 1:
+        return data
+    if isinstance(data, torch.utils.data.TensorDataset):
+        return torch.utils.data.TensorDataset(*(shard(t) for t in data.tensors))
+    return torch.utils.data.Subset(data, shard(torch.arange(len(data))).tolist())
+
+
+def _predict(run: Run, data: Any, **kwargs: Any) -> Any:
+    """Streaming prediction on this rank's shard, gathered from every rank."""
+    from ..predict import Prediction, predict
+
+    kwargs.update(batch_size=run.config.eval_batch_size, device=run.device)
+    pred = predict(run.model, run.guide, _sharded(data), **kwargs)
+    if world_size() == 1:
+        return pred
+    device = run.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        return gather_rows(t.to(device)).cpu()
+
+    labels = None if pred.labels is None else gather(pred.labels)
+    return Prediction(gather(pred.probs), gather(pred.mean_entropy), labels)

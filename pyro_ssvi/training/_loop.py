@@ -10,8 +10,16 @@ from typing import Any, Iterator
 
 import pyro
 import torch
+import torch.distributed as dist
 
 from ..checkpoint import load_checkpoint, save_checkpoint, write_json
+from ..distributed import (
+    broadcast_object,
+    init_from_env,
+    is_main_process,
+    shard,
+    world_size,
+)
 from ._config import PLOTS, RUN_FILES, RunDirError, TrainConfig, TrainingDiverged
 from ._evaluate import final_evaluation, quick_eval
 from ._run import (
@@ -29,20 +37,31 @@ from ._run import (
 def _batches(
     run: Run, epoch: int
 ) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], int]:
-    """Shuffled minibatches, ordered by a generator seeded from (seed, epoch)."""
+    """Shuffled minibatches, ordered by a generator seeded from (seed, epoch).
+
+    ``batch_size`` is the global batch: under ``torchrun`` each rank takes its
+    block of every global batch (in-memory data, so that N processes solve the
+    same problem as one) or a ``DistributedSampler`` shard (on-disk data).
+    """
     c = run.config
     gen = torch.Generator().manual_seed(c.seed * 1_000_003 + epoch)
     data = run.train_data
+    ranks = world_size()
     if isinstance(data, torch.utils.data.TensorDataset):
         x, y = data.tensors
         perm = torch.randperm(len(x), generator=gen)
-        chunks = perm.split(c.batch_size)
-        return ((x[i], y[i]) for i in chunks), len(chunks)
+        chunks = [i for i in perm.split(c.batch_size) if len(i) >= ranks]
+        return ((x[shard(i)], y[shard(i)]) for i in chunks), len(chunks)
+    sampler: Any = None
+    if ranks > 1:
+        sampler = torch.utils.data.DistributedSampler(data, seed=c.seed)
+        sampler.set_epoch(epoch)
     loader = torch.utils.data.DataLoader(
         data,
-        batch_size=c.batch_size,
-        shuffle=True,
-        generator=gen,
+        batch_size=max(1, c.batch_size // ranks),
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=gen if sampler is None else None,
         num_workers=c.num_workers,
     )
     return iter(loader), len(loader)
@@ -50,7 +69,7 @@ def _batches(
 
 def _set_lr(run: Run, epoch: int) -> float:
     lr = lr_at(run.config, epoch)
-    run.optim.pt_optim_args.lr = lr  # optimisers created later start here
+    run.optim.pt_optim_args["lr"] = lr  # optimisers created later start here
     for optimizer in run.optim.optim_objs.values():
         for group in getattr(optimizer, "param_groups", []):
             group["lr"] = lr
@@ -132,6 +151,8 @@ def _progress(enabled: bool, **kwargs: Any) -> Any:
 def _write_progress_files(run: Run, out: Path) -> None:
     import json
 
+    if not is_main_process():  # one writer: rank 0
+        return
     lines = "".join(json.dumps(row, sort_keys=True) + "\n" for row in run.history)
     from ..checkpoint import atomic_write
 
@@ -189,6 +210,20 @@ def _environment(run: Run) -> dict[str, Any]:
     }
 
 
+def _prepare(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
+    """Rank 0 prepares the run directory; every rank gets its verdict."""
+    error = None
+    if is_main_process():
+        try:
+            prepare_run_dir(out, overwrite=overwrite, resume=resume)
+        except RunDirError as e:
+            error = str(e)
+    error = broadcast_object(error)
+    if error is not None:
+        raise RunDirError(error)
+    return Path(out)
+
+
 def train(
     config: TrainConfig,
     output_dir: str | os.PathLike,
@@ -218,9 +253,35 @@ def train(
     Raises:
         RunDirError, CheckpointError, ValueError: For unusable inputs.
         TrainingDiverged: If the loss becomes NaN or infinite.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this: each
+    trains on its share of every global batch with ``DistributedDataParallel``
+    (``gloo`` on CPUs, ``nccl`` on GPUs), evaluation is sharded and gathered,
+    and only rank 0 writes files. Parameters are module-local during the run.
     """
+    created = not (dist.is_available() and dist.is_initialized())
+    info = init_from_env(config.device)
+    try:
+        with pyro.settings.context(module_local_params=True):
+            return _train(
+                config, output_dir, overwrite, resume, progress, stop_after_epoch
+            )
+    finally:
+        if info is not None and created and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(
+    config: TrainConfig,
+    output_dir: str | os.PathLike,
+    overwrite: bool,
+    resume: bool,
+    progress: bool,
+    stop_after_epoch: int | None,
+) -> dict[str, Any]:
     start = time.perf_counter()
-    out = prepare_run_dir(output_dir, overwrite=overwrite, resume=resume)
+    out = _prepare(output_dir, overwrite, resume)
+    progress = progress and is_main_process()
     state = None
     if resume:
         state = load_checkpoint(out / "checkpoint.pt", map_location="cpu")
@@ -228,8 +289,9 @@ def train(
     run = build_run(config)
     if state is not None:
         restore(run, state)
-    else:
-        write_json(out / "config.json", {**config.to_dict(), "env": _environment(run)})
+    elif is_main_process():
+        env = {**_environment(run), "world_size": world_size()}
+        write_json(out / "config.json", {**config.to_dict(), "env": env})
     elapsed0 = run.elapsed_s
     bar = _progress(progress, total=config.epochs, initial=run.epoch, desc="training")
     for epoch in range(run.epoch + 1, config.epochs + 1):
@@ -244,7 +306,11 @@ def train(
             "density": density_of(run),
             "epoch_time_s": 0.0,
         }
-        row.update(quick_eval(run))
+        # Evaluation must not shift the training noise (e.g. when evaluating a
+        # shard per rank, or evaluating more often): fork the RNG around it.
+        cuda = [torch.cuda.current_device()] if run.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            row.update(quick_eval(run))
         row["epoch_time_s"] = time.perf_counter() - epoch_start
         if hasattr(run.svi, "num_updates"):
             row["num_updates"] = run.svi.num_updates
@@ -264,5 +330,7 @@ def train(
     bar.close()
     metrics = final_evaluation(run, out)
     metrics["wall_time_s"] = elapsed0 + time.perf_counter() - start
-    write_json(out / "metrics.json", metrics)
+    metrics["world_size"] = world_size()
+    if is_main_process():
+        write_json(out / "metrics.json", metrics)
     return metrics

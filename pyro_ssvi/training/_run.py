@@ -11,7 +11,9 @@ import numpy as np
 import pyro
 import torch
 
+from .._pyro_compat import create_optimizer
 from ..checkpoint import CheckpointError
+from ..distributed import is_distributed
 from ._config import MODELS, SPARSE_COMPUTE, TrainConfig, ood_name
 
 
@@ -65,9 +67,14 @@ class Run:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; CUDA must exist if asked."""
+    """``"auto"`` is CUDA when available, else CPU; CUDA must exist if asked.
+
+    Under ``torchrun`` on GPUs every process uses its ``LOCAL_RANK``'s GPU.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and is_distributed():
+        return torch.device("cuda", torch.cuda.current_device())
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
@@ -163,7 +170,7 @@ def build_run(
     x0, y0 = _first_batch(train_data if train_data is not None else test_data)
     with torch.no_grad():
         guide(x0.to(device), y0.to(device))  # materialise the parameters
-    optim = _optimizer(c)
+    optim = _optimizer(c, model, guide)
     steps_per_epoch = max(1, math.ceil(n / c.batch_size))
     run = Run(
         c,
@@ -178,13 +185,11 @@ def build_run(
         n,
         steps_per_epoch,
     )
-    loss = TraceMeanField_ELBO()
     if c.guide == "ssvi":
         run.svi = SparseSVI(
             model,
             guide,
             optim,
-            loss,
             update_every=c.update_every,
             removal=c.removal,
             addition=c.addition,
@@ -197,37 +202,41 @@ def build_run(
             sparse_compute=SPARSE_COMPUTE[c.sparse_compute],
         )
     else:
-        run.svi = SVI(model, guide, optim, loss)
+        run.svi = SVI(model, guide, optim, TraceMeanField_ELBO())
     return run
 
 
-class _OptimArgs:
-    """Per-parameter optimiser arguments (Pyro calls this with each name).
+def named_parameters(run_or_modules: Any) -> dict[str, torch.nn.Parameter]:
+    """``{"guide.<name>" | "model.<name>": parameter}`` of a run's modules."""
+    model, guide = (
+        (run_or_modules.model, run_or_modules.guide)
+        if isinstance(run_or_modules, Run)
+        else run_or_modules
+    )
+    named = {f"guide.{n}": p for n, p in guide.named_parameters()}
+    named.update({f"model.{n}": p for n, p in model.named_parameters()})
+    return named
+
+
+def _optimizer(c: TrainConfig, model: Any, guide: Any) -> Any:
+    """A Pyro optimiser with one torch optimiser per parameter, created now.
 
     Weight decay applies to means and deterministic parameters, never to the
     unconstrained posterior scales (it would pull every sigma towards
-    softplus(0) = 0.69), as in the reference implementation. ``lr`` is
-    mutable so that optimisers created later start at the current rate.
+    softplus(0) = 0.69), as in the reference implementation. Creating the
+    optimisers here (not lazily, by Pyro's param-store names) keeps this
+    right under module-local parameters and makes their state resumable.
     """
-
-    def __init__(self, config: TrainConfig) -> None:
-        self.config = config
-        self.lr = config.lr
-
-    def __call__(self, param_name: str) -> dict[str, float]:
-        c = self.config
-        decay = 0.0 if ".scales." in f".{param_name}" else c.weight_decay
-        args = {"lr": self.lr, "weight_decay": decay}
-        if c.optimizer == "sgd":
-            args["momentum"] = c.momentum
-        return args
-
-
-def _optimizer(c: TrainConfig) -> Any:
-    args = _OptimArgs(c)
-    if c.optimizer == "adam":
-        return pyro.optim.Adam(args)  # type: ignore[attr-defined]
-    return pyro.optim.SGD(args)  # type: ignore[attr-defined]
+    args: dict[str, float] = {"lr": c.lr}
+    if c.optimizer == "sgd":
+        args["momentum"] = c.momentum
+    kind = "Adam" if c.optimizer == "adam" else "SGD"
+    optim = getattr(pyro.optim, kind)(dict(args, weight_decay=c.weight_decay))
+    for name, param in named_parameters((model, guide)).items():
+        scale = name.startswith("guide.scales.")
+        decay = 0.0 if scale else c.weight_decay
+        create_optimizer(optim, param, dict(args, weight_decay=decay))
+    return optim
 
 
 # ------------------------------------------------------------ state capture
@@ -270,7 +279,11 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         "elapsed_s": run.elapsed_s,
         "guide": run.guide.state_dict(),
         "model": run.model.state_dict(),
-        "optimizer": run.optim.get_state(),
+        "optimizer": {
+            name: run.optim.optim_objs[p].state_dict()
+            for name, p in named_parameters(run).items()
+            if p in run.optim.optim_objs
+        },
         "svi": svi_state,
         "rng": _rng_state(),
     }
@@ -284,14 +297,14 @@ def restore(run: Run, state: dict[str, Any]) -> None:
         raise CheckpointError(
             f"the checkpoint does not fit this model and guide: {e}"
         ) from e
-    # Pyro restores each optimiser's param_groups, lr included, when it first
-    # creates the optimiser: give them the lr of the epoch that comes next.
+    # The saved param_groups carry the last epoch's lr; resume at the next's.
     next_lr = lr_at(run.config, int(state["epoch"]) + 1)
-    optimizer_state = state["optimizer"]
-    for opt_state in optimizer_state.values():
-        for group in opt_state.get("param_groups", []):
-            group["lr"] = next_lr
-    run.optim.set_state(optimizer_state)
+    saved = state["optimizer"]
+    for name, param in named_parameters(run).items():
+        if name in saved:
+            for group in saved[name].get("param_groups", []):
+                group["lr"] = next_lr
+            run.optim.optim_objs[param].load_state_dict(saved[name])
     if state["svi"]:
         run.svi.load_state_dict(state["svi"])
     run.epoch = int(state["epoch"])
