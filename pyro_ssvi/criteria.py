@@ -489,5 +489,11 @@ def top_k(scores: Tensor, k: int) -> Tensor:
     if not 0 <= k <= scores.numel():
         raise ValueError(f"k must be in [0, {scores.numel()}], got {k}")
     scores = torch.where(torch.isnan(scores), -math.inf, scores)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    return order[:k].sort().values
+    if k == 0:
+        return torch.empty(0, dtype=torch.int64, device=scores.device)
+    # O(n) selection instead of a full sort; ties at the threshold go to the
+    # lowest positions, exactly as a stable descending sort would pick them.
+    threshold = torch.topk(scores, k, sorted=False).values.min()
+    above = torch.nonzero(scores > threshold).squeeze(1)
+    tied = torch.nonzero(scores == threshold).squeeze(1)[: k - above.numel()]
+    return torch.cat([above, tied]).sort().values

@@ -510,3 +510,22 @@ def test_top_k_matches_brute_force(values, data):
     ranked = sorted(range(len(values)), key=lambda i: (-values[i], i))
     expected = torch.tensor(sorted(ranked[:k]), dtype=torch.long)
     assert torch.equal(top_k(torch.tensor(values), k), expected)
+
+
+@HYPOTHESIS
+@given(
+    n=st.integers(1, 300),
+    levels=st.integers(1, 6),
+    nan_fraction=st.floats(0.0, 0.5),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_top_k_equals_a_stable_descending_sort(n, levels, nan_fraction, seed, data):
+    """The O(n) selection picks exactly what a stable sort would, ties included."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, levels, (n,), generator=gen).to(F64)
+    scores[torch.rand(n, generator=gen) < nan_fraction] = math.nan
+    k = data.draw(st.integers(0, n))
+    clean = torch.where(torch.isnan(scores), -math.inf, scores)
+    order = torch.sort(clean, descending=True, stable=True).indices
+    assert torch.equal(top_k(scores, k), order[:k].sort().values)
