@@ -478,14 +478,14 @@ class SparseSVI(SVI):
     ) -> torch.Tensor:
         numel = post.event_shape.numel()
         if self.addition == "random":
-            return torch.rand(numel, device=post.loc.device, dtype=torch.float64)
+            return torch.rand(numel, device=post.loc.device)
         if self.addition == "grad":
             if grad is None:
                 raise RuntimeError(
                     f"SparseSVI: no gradient was captured for site {name!r}; the model "
                     "must use the sampled value so dL/dtheta exists."
                 )
-            return grad.reshape(-1, numel).sum(0).abs().to(torch.float64)
+            return grad.reshape(-1, numel).sum(0).abs()  # ranking only: no float64
         scores = self.addition(name, post).detach().clone()  # type: ignore[operator]
         if scores.shape != (numel,):
             raise ValueError(
