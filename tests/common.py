@@ -85,3 +85,15 @@ def classification_data(
     centres = torch.randn(classes, in_features, generator=g) * 2
     x = centres[y] + torch.randn(n, in_features, generator=g)
     return x, y
+
+
+#: A few seconds of real training on the embedded MNIST (TrainConfig fields):
+#: 512 training and 256 test images, a few subspace updates per epoch.
+TINY_TRAINING = dict(
+    train_limit=512,
+    test_limit=256,
+    batch_size=64,
+    update_every=3,
+    num_samples=3,
+    lr=0.01,
+)

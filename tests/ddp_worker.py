@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from common import classification_data, tiny_classifier
+from common import TINY_TRAINING, classification_data, tiny_classifier
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI
 from pyro_ssvi.distributed import init_from_env, rank, shard
@@ -25,16 +25,7 @@ from pyro_ssvi.distributed import init_from_env, rank, shard
 STEPS, BATCH, N = 12, 32, 64
 
 
-TINY = dict(
-    train_limit=512,
-    test_limit=256,
-    batch_size=64,
-    update_every=3,
-    num_samples=3,
-    lr=0.01,
-    epochs=2,
-    device="cpu",
-)
+TINY = dict(TINY_TRAINING, epochs=2, device="cpu")
 
 
 def main(out: Path, single: bool, mismatch: bool) -> None:

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from common import TINY_TRAINING
 from data_fixtures import cifar_batch, write_cifar_pickle
 
 from pyro_ssvi.checkpoint import load_checkpoint
@@ -19,14 +20,7 @@ TINY = [
     "--train-limit", "512", "--test-limit", "256", "--batch-size", "64",
     "--update-every", "3", "--num-samples", "3", "--lr", "0.01", "--no-progress",
 ]  # fmt: skip
-TINY_CONFIG = dict(
-    train_limit=512,
-    test_limit=256,
-    batch_size=64,
-    update_every=3,
-    num_samples=3,
-    lr=0.01,
-)
+TINY_CONFIG = TINY_TRAINING
 FINAL_KEYS = {
     "test_accuracy",
     "test_nll",
