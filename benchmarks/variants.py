@@ -115,7 +115,7 @@ def pyro_variant(
             svi.update_every = 10**9
 
     def info() -> dict[str, Any]:
-        lrt = getattr(svi, "lrt", None)
+        lrt = getattr(svi, "lazy_weights", None)
         return {"paths": dict(lrt.decisions)} if lrt is not None else {}
 
     return Variant(

@@ -47,7 +47,8 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
     "lr_schedule": (str, "cosine (per epoch) or constant"),
     "sparse_compute": (
         str,
-        "with --lrt, sparse kernels for sparse linear layers: auto, on, off",
+        "sparse kernels for sparse linear layers (LRT moments, or weight samples "
+        "without --lrt): off, on, auto (timed once per layer)",
     ),
     "prior_scale": (float, "standard deviation of the Normal weight prior"),
     "init_scale": (float, "initial posterior standard deviation"),

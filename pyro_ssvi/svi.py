@@ -33,7 +33,12 @@ from .distributed import all_reduce_mean_, check_indices_agree, is_distributed
 from .distributions import SparseNormal
 from .elbo import TraceSparseMeanField_ELBO
 from .guides import AutoSparseNormal
-from .poutine import LatentScaleMessenger, LocalReparameterizationMessenger
+from .poutine import (
+    LatentScaleMessenger,
+    LazyWeightMessenger,
+    LocalReparameterizationMessenger,
+    SparseWeightSamplingMessenger,
+)
 from .schedules import get_schedule
 
 __all__ = ["ADDITIONS", "SparseSVI", "SubspaceUpdate"]
@@ -142,10 +147,14 @@ class SparseSVI(SVI):
             weight sites by the local reparameterisation trick (see
             :func:`pyro_ssvi.poutine.local_reparameterization`): lower-variance
             gradients, and no dense weight sample per step.
-        sparse_compute: With local reparameterisation, compute sparse linear
-            layers from their active coordinates with sparse kernels
-            (``True``), densely (``False``), or by a one-time timing of both
-            (``"auto"``).
+        sparse_compute: Compute sparse linear layers from their active
+            coordinates with sparse kernels (``True``), densely (``False``),
+            or by a one-time timing of both per layer (``"auto"``). With local
+            reparameterisation the default (``None``) is ``"auto"``; without
+            it, ``None`` samples dense weights as usual and any other value
+            uses :func:`pyro_ssvi.poutine.sparse_weight_sampling` (the same
+            samples, computed sparsely). The per-layer choice is in
+            ``svi.lazy_weights.decisions``.
         distributed: Data-parallel training with ``DistributedDataParallel``
             when a ``torch.distributed`` process group of more than one
             process is initialised (``None``, the default, or ``True``);
@@ -179,7 +188,7 @@ class SparseSVI(SVI):
         num_steps: int | None = None,
         kl_weight: float | Callable[[int], float] = 1.0,
         local_reparameterization: bool = False,
-        sparse_compute: bool | str = "auto",
+        sparse_compute: bool | str | None = None,
         distributed: bool | None = None,
         **kwargs: Any,
     ) -> None:
@@ -258,9 +267,13 @@ class SparseSVI(SVI):
         self.kl_weight = kl_weight
         self.distributed = distributed
         self._ddp: Any = None
-        self.lrt: LocalReparameterizationMessenger | None = None
+        self.lazy_weights: LazyWeightMessenger | None = None
         if local_reparameterization:
-            self.lrt = LocalReparameterizationMessenger(sparse=sparse_compute)
+            sparse = "auto" if sparse_compute is None else sparse_compute
+            self.lazy_weights = LocalReparameterizationMessenger(sparse=sparse)
+        elif sparse_compute not in (None, False):
+            assert sparse_compute is not None
+            self.lazy_weights = SparseWeightSamplingMessenger(sparse=sparse_compute)
         self.step_count = 0
         self.updates: list[SubspaceUpdate] = []
 
@@ -309,8 +322,8 @@ class SparseSVI(SVI):
         with ExitStack() as stack:
             if weight != 1.0:
                 stack.enter_context(LatentScaleMessenger(weight))
-            if self.lrt is not None:
-                stack.enter_context(self.lrt)
+            if self.lazy_weights is not None:
+                stack.enter_context(self.lazy_weights)
             yield
 
     def evaluate_loss(self, *args: Any, **kwargs: Any) -> float:
@@ -563,17 +576,30 @@ class SparseSVI(SVI):
 
         The guide and optimiser have their own state; save them too.
         """
-        return {
+        state: dict[str, Any] = {
             "step_count": self.step_count,
             "updates": [list(u) for u in self.updates],
         }
+        if self.lazy_weights is not None:
+            state["paths"] = self.lazy_weights.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output, e.g. to resume training."""
-        if set(state) != {"step_count", "updates"}:
+        if (
+            not {"step_count", "updates"}
+            <= set(state)
+            <= {
+                "step_count",
+                "updates",
+                "paths",
+            }
+        ):
             raise ValueError(
-                "SparseSVI.load_state_dict expects keys {'step_count', 'updates'}, "
-                f"got {sorted(state)}."
+                "SparseSVI.load_state_dict expects keys {'step_count', 'updates'} "
+                f"(and 'paths'), got {sorted(state)}."
             )
         self.step_count = _check_int("step_count", state["step_count"], 0)
         self.updates = [SubspaceUpdate(*u) for u in state["updates"]]
+        if "paths" in state and self.lazy_weights is not None:
+            self.lazy_weights.load_state_dict(state["paths"])

@@ -15,7 +15,11 @@ from torch import nn
 from pyro_ssvi import AutoSparseNormal, SparseSVI, TraceSparseMeanField_ELBO
 from pyro_ssvi.layers import conv_moments, linear_moments, sample_moments
 from pyro_ssvi.models import BayesianClassifier, make_bayesian
-from pyro_ssvi.poutine import LazyWeight, local_reparameterization
+from pyro_ssvi.poutine import (
+    LazyWeight,
+    local_reparameterization,
+    sparse_weight_sampling,
+)
 
 F64 = torch.float64
 
@@ -211,8 +215,55 @@ def test_sparse_svi_with_lrt_trains_and_reselects():
     losses = [svi.step(x, y) for _ in range(300)]
     assert svi.num_updates == 11
     assert sum(losses[-20:]) < 0.5 * sum(losses[:20])
-    assert svi.lrt.decisions == {"net.0.weight": "sparse", "net.2.weight": "sparse"}
+    assert svi.lazy_weights.decisions == {
+        "net.0.weight": "sparse",
+        "net.2.weight": "sparse",
+    }
     med = guide.median()
     with torch.no_grad():
         logits = poutine.condition(model, data=med)(x)
     assert (logits.argmax(-1) == y).float().mean() > 0.9
+
+
+# ------------------------------------------- sparse kernels, weight sampling
+def _sampled_loss_grads(model, guide, handler):
+    pyro.set_rng_seed(5)
+    for p in guide.parameters():
+        p.grad = None
+    store = {}
+    guide._grad_capture = store
+    with handler:
+        loss = TraceSparseMeanField_ELBO().loss_and_grads(model, guide, *DATA)
+    guide._grad_capture = None
+    return loss, [p.grad.clone() for p in guide.parameters()], store
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_sparse_weight_sampling_is_ordinary_sampling(sparse):
+    model = tiny_classifier()
+    guide = AutoSparseNormal(model, density=0.3).setup(*DATA)
+    ref = _sampled_loss_grads(model, guide, poutine.block(hide_all=False))
+    out = _sampled_loss_grads(model, guide, sparse_weight_sampling(sparse=sparse))
+    assert out[0] == pytest.approx(ref[0], rel=1e-5)  # the same weight draws
+    for a, b in zip(out[1], ref[1]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert sorted(out[2]) == sorted(ref[2]) == ["net.0.weight", "net.2.weight"]
+    for name in ref[2]:  # dL/dtheta for addition, on either path
+        assert torch.allclose(out[2][name], ref[2][name], rtol=1e-4, atol=1e-6)
+
+
+def test_timed_path_choices_are_checkpointed():
+    x, y = DATA
+    model = tiny_classifier()
+    guide = AutoSparseNormal(model, density=0.3)
+    svi = SparseSVI(
+        model, guide, pyro.optim.Adam({"lr": 0.01}), num_steps=10, sparse_compute="auto"
+    )
+    svi.step(x, y)
+    state = svi.state_dict()
+    assert len(state["paths"]["timed"]) == 2
+    other = SparseSVI(
+        model, guide, pyro.optim.Adam({"lr": 0.01}), num_steps=10, sparse_compute="auto"
+    )
+    other.load_state_dict(state)
+    assert other.lazy_weights._timed == svi.lazy_weights._timed

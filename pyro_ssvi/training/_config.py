@@ -99,8 +99,10 @@ class TrainConfig:
         lr, momentum, weight_decay: Optimiser settings.
         lr_schedule: ``"cosine"`` (per epoch, to 0) or ``"constant"``.
         lrt: Local reparameterisation of linear and convolution layers.
-        sparse_compute: With ``lrt``, sparse kernels for sparse linear layers:
-            ``"auto"`` (timed once per layer), ``"on"`` or ``"off"``.
+        sparse_compute: Sparse kernels for sparse linear layers (for the LRT
+            moments, or for exact weight samples without ``lrt``): ``"off"``,
+            ``"on"``, or ``"auto"`` (timed once per layer; the choices are
+            checkpointed, so a resumed run keeps them).
         prior_scale: Standard deviation of the Normal weight prior.
         init_scale: Initial posterior standard deviation.
         kl_weight: Weight of the KL term (1 = the ELBO).
@@ -134,7 +136,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
     lrt: bool = False
-    sparse_compute: str = "auto"
+    sparse_compute: str = "off"
     prior_scale: float = 1.0
     init_scale: float = 0.01
     kl_weight: float = 1.0

@@ -129,7 +129,7 @@ def final_evaluation(run: Run, out: Path) -> dict[str, Any]:
         }
     )
     metrics.update(_flops(run, active, numel))
-    lrt = getattr(run.svi, "lrt", None)
+    lrt = getattr(run.svi, "lazy_weights", None)
     if lrt is not None:
         metrics["lrt_paths"] = dict(lrt.decisions)
     if not is_main_process():  # one writer: rank 0
