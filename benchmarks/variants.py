@@ -11,6 +11,8 @@ parameters plus optimiser state, and index buffers), and optionally an
   PyTorch: dense mean and rho tensors, a mask multiplied in, LRT forward,
   masked KL, Adam, masks re-applied to parameters, gradients and moments.
 * ``ssvi``: ``SparseSVI`` + ``AutoSparseNormal`` (weight sampling).
+* ``ssvi_sparse``: the same samples, sparse linear layers computed from their
+  active coordinates (``sparse_compute="auto"``).
 * ``ssvi_lrt``: the same with local reparameterisation, dense kernels.
 * ``ssvi_lrt_sparse``: local reparameterisation with ``sparse_compute="auto"``.
 """
@@ -31,7 +33,14 @@ from torch import nn
 from pyro_ssvi import AutoSparseNormal, SparseSVI
 from pyro_ssvi.models import BayesianClassifier, mlp, resnet18_cifar
 
-VARIANTS = ("pyro_dense", "masked_lrt_torch", "ssvi", "ssvi_lrt", "ssvi_lrt_sparse")
+VARIANTS = (
+    "pyro_dense",
+    "masked_lrt_torch",
+    "ssvi",
+    "ssvi_sparse",
+    "ssvi_lrt",
+    "ssvi_lrt_sparse",
+)
 NUM_DATA = 50_000
 
 
@@ -94,8 +103,8 @@ def pyro_variant(
             dense_sites=model.dense_sites,
             init_loc_fn=model.init_loc_fn(),
         )
-        lrt = name != "ssvi"
-        sparse: Any = "auto" if name == "ssvi_lrt_sparse" else False
+        lrt = name.startswith("ssvi_lrt")
+        sparse: Any = "auto" if name.endswith("_sparse") else None
         svi = SparseSVI(
             model,
             guide,
