@@ -104,7 +104,7 @@ def pyro_variant(
             init_loc_fn=model.init_loc_fn(),
         )
         lrt = name.startswith("ssvi_lrt")
-        sparse: Any = "auto" if name.endswith("_sparse") else None
+        sparse: Any = "auto" if name.endswith("_sparse") else (False if lrt else None)
         svi = SparseSVI(
             model,
             guide,
