@@ -204,6 +204,10 @@ def snr_abs(loc: Tensor, scale: Tensor) -> Tensor:
     :math:`\sqrt{2/\pi}/\sqrt{1 - 2/\pi} \approx 1.3236` at :math:`\mu = 0` and
     tends to :math:`|\mu|/\sigma` as :math:`r \to \infty`.
 
+    It is a strictly increasing function of :math:`r` alone, so it *ranks*
+    coordinates exactly as :func:`snr` does and removes the same ones; the
+    two differ only as scores.
+
     Args:
         loc: Posterior means :math:`\mu`.
         scale: Posterior standard deviations :math:`\sigma > 0`.
