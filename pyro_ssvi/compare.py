@@ -117,7 +117,8 @@ def compare(
             metrics = train(
                 config, run_dir, overwrite=overwrite, resume=again, progress=progress
             )
-        rows.append({"variant": label, "run_dir": str(run_dir), **metrics})
+        row = {"variant": label, "run_dir": str(run_dir), **metrics}
+        rows.append({**row, "config": config.to_dict()})
     table = markdown_table(rows)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "comparison.md", lambda fh: fh.write(table.encode()))

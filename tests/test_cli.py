@@ -13,7 +13,7 @@ from data_fixtures import cifar_batch, write_cifar_pickle
 
 from pyro_ssvi.checkpoint import load_checkpoint
 from pyro_ssvi.cli import main
-from pyro_ssvi.training import PLOTS, TrainConfig, TrainingDiverged, train
+from pyro_ssvi.training import PLOTS, TrainConfig, TrainingDiverged, load_run, train
 
 # 512 MNIST training images, 256 test and OOD images, a few subspace updates.
 TINY = [
@@ -165,6 +165,12 @@ def test_evaluate_reproduces_mean_weight_metrics(tmp_path, capsys):
     assert "does not fit a model trained on mnist" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    # load_run: the saved guide, ready for analysis.
+    run, ckpt = load_run(out)
+    saved_guide = load_checkpoint(ckpt)["guide"]
+    for name, idx in run.guide.active_indices().items():
+        assert torch.equal(idx, saved_guide[f"indices.{name}"].long())
+    assert run.epoch == 1 and run.train_data is None
 
 
 def test_compare_writes_a_side_by_side_table(tmp_path, capsys):
@@ -177,6 +183,7 @@ def test_compare_writes_a_side_by_side_table(tmp_path, capsys):
         "SSVI d=0.1",
         "SSVI d=0.5",
     ]
+    assert [r["config"]["density"] for r in rows[1:]] == [0.1, 0.5]
     dense, d01, d05 = (r["num_variational_params"] for r in rows)
     assert d01 < d05 < dense and d01 / dense < 0.12
     table = (out / "comparison.md").read_text()

@@ -26,7 +26,12 @@ from ._config import (
     TrainConfig,
     TrainingDiverged,
 )
-from ._evaluate import evaluate_predictions, evaluate_run, num_variational_params
+from ._evaluate import (
+    evaluate_predictions,
+    evaluate_run,
+    load_run,
+    num_variational_params,
+)
 from ._loop import prepare_run_dir, train
 from ._run import Run, build_run, resolve_device
 
@@ -42,6 +47,7 @@ __all__ = [
     "build_run",
     "evaluate_predictions",
     "evaluate_run",
+    "load_run",
     "num_variational_params",
     "prepare_run_dir",
     "resolve_device",

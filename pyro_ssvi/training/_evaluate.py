@@ -152,35 +152,39 @@ def final_evaluation(run: Run, out: Path) -> dict[str, Any]:
     return metrics
 
 
-def evaluate_run(
+def load_run(
     path: str | os.PathLike,
     *,
     dataset: str | None = None,
     ood_dataset: str | None = None,
     data_dir: str | None = None,
-    num_samples: int | None = None,
     device: str | None = None,
     test_limit: int | None = None,
-) -> dict[str, Any]:
-    """Re-evaluate a saved run (a run directory or its ``checkpoint.pt``).
+) -> tuple[Run, Path]:
+    """A saved run's model, guide and test data, ready for analysis.
 
     Args:
         path: Run directory or checkpoint file.
-        dataset: Evaluate on this data set instead of the run's own (same
-            input shape and number of classes).
+        dataset: Load this data set's test split instead of the run's own
+            (same input shape and number of classes).
         ood_dataset: OOD set (default: the run's, or the new data set's usual
             one when ``dataset`` is given; ``"none"`` to skip).
         data_dir: Directory with on-disk data sets.
-        num_samples: Monte Carlo samples (default: the run's).
         device: Device (default: the run's setting).
         test_limit: Use only the first N test examples.
 
     Returns:
-        The metrics, as in ``metrics.json`` (``test_*``, ``ood_*``, ...).
+        ``(run, checkpoint_path)``: the :class:`Run` with the checkpoint's
+        guide, model, optimiser and schedule state (no training data loaded).
 
     Raises:
         CheckpointError: If the checkpoint is missing, corrupt or unsafe.
         ValueError: If the data set does not fit the model.
+
+    Example::
+
+        run, _ = load_run("runs/mnist-d0.1")
+        run.guide.active_indices(), run.guide.median()
     """
     from ..data import DATASETS
 
@@ -212,10 +216,35 @@ def evaluate_run(
     config = dataclasses.replace(saved, **changes)
     run = build_run(config, train=False, num_data=int(state["num_data"]))
     restore(run, state)
+    return run, ckpt
+
+
+def evaluate_run(
+    path: str | os.PathLike,
+    *,
+    num_samples: int | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Re-evaluate a saved run (a run directory or its ``checkpoint.pt``).
+
+    Args:
+        path: Run directory or checkpoint file.
+        num_samples: Monte Carlo samples (default: the run's).
+        **options: ``dataset``, ``ood_dataset``, ``data_dir``, ``device``,
+            ``test_limit``, as in :func:`load_run`.
+
+    Returns:
+        The metrics, as in ``metrics.json`` (``test_*``, ``ood_*``, ...).
+
+    Raises:
+        CheckpointError: If the checkpoint is missing, corrupt or unsafe.
+        ValueError: If the data set does not fit the model.
+    """
+    run, ckpt = load_run(path, **options)
     metrics, _, _ = evaluate_predictions(
         run, run.test_data, run.ood_data, num_samples=num_samples
     )
-    metrics.update(dataset=config.dataset, checkpoint=str(ckpt), epoch=run.epoch)
+    metrics.update(dataset=run.config.dataset, checkpoint=str(ckpt), epoch=run.epoch)
     return metrics
 
 
