@@ -223,9 +223,16 @@ def main() -> None:
     parser.add_argument("--no-memory", dest="memory", action="store_false")
     parser.add_argument("--no-update-cost", dest="update_cost", action="store_false")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu"))
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the rows already in <out>/results.json (re-measured ones replaced)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    if args.append and (args.out / "results.json").is_file():
+        rows = json.loads((args.out / "results.json").read_text())["rows"]
     for model in args.models:
         for density in args.densities:
             start = time.perf_counter()
@@ -235,12 +242,26 @@ def main() -> None:
                     row["peak_mb"] = peak_memory_mb(
                         model, row["variant"], density, args.device
                     )
+            done = {(r["model"], r["density"], r["variant"]) for r in new}
+            rows = [
+                r for r in rows if (r["model"], r["density"], r["variant"]) not in done
+            ]
             rows += new
+            _write(args, rows)  # after every density: a crash loses nothing
             print(
                 f"{model} d={density:g}: {time.perf_counter() - start:.0f}s",
                 file=sys.stderr,
             )
             print(markdown(new), file=sys.stderr)
+    print(markdown(rows))
+
+
+def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """Write results.json, results.md and the plot (rows sorted for reading)."""
+    order = {m: i for i, m in enumerate(MODELS)}
+    rows.sort(
+        key=lambda r: (order[r["model"]], -r["density"], VARIANTS.index(r["variant"]))
+    )
     meta = {
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -256,7 +277,6 @@ def main() -> None:
     )
     (args.out / "results.md").write_text(markdown(rows))
     plot(rows, args.out / "step_time.png")
-    print(markdown(rows))
 
 
 if __name__ == "__main__":

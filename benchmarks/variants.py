@@ -86,10 +86,36 @@ def pyro_variant(
 ) -> Variant:
     """One of the Pyro-based variants on a fresh model.
 
-    Variants share a process, so parameters must live in their modules, not
-    in Pyro's global param store (where same-named guides would share them).
+    Variants share a process. The SSVI variants keep their parameters in
+    their modules (module-local params); plain Pyro's ``SVI`` cannot train a
+    model's plain parameters (batch norm) that way, so the dense baseline
+    runs in the global param store, scoped to itself.
     """
+    if name == "pyro_dense":
+        return _scoped(lambda: _pyro_variant(name, model_name, density, x, y))
     pyro.settings.set(module_local_params=True)
+    return _pyro_variant(name, model_name, density, x, y)
+
+
+def _scoped(make: Callable[[], Variant]) -> Variant:
+    """Run a variant's build and steps in its own global param store."""
+    state: dict[str, Any] = {"params": {}, "constraints": {}}
+
+    def scoped(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with pyro.settings.context(module_local_params=False):
+                with pyro.get_param_store().scope(state):
+                    return fn()
+
+        return run
+
+    v = scoped(make)()
+    return Variant(v.name, scoped(v.step), v.state_bytes, None, v.info)
+
+
+def _pyro_variant(
+    name: str, model_name: str, density: float, x: torch.Tensor, y: torch.Tensor
+) -> Variant:
     net, _ = network(model_name)
     model = BayesianClassifier(net, num_data=NUM_DATA)
     optim = pyro.optim.Adam({"lr": 1e-3})
