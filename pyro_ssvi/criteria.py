@@ -492,12 +492,55 @@ def top_k(scores: Tensor, k: int) -> Tensor:
         )
     if not 0 <= k <= scores.numel():
         raise ValueError(f"k must be in [0, {scores.numel()}], got {k}")
-    scores = torch.where(torch.isnan(scores), -math.inf, scores)
+    if bool(torch.isnan(scores).any()):  # copy only when there is NaN to map
+        scores = torch.where(torch.isnan(scores), -math.inf, scores)
+    return _top_k(scores, k)
+
+
+def _top_k(scores: Tensor, k: int) -> Tensor:
+    """:func:`top_k` on NaN-free scores, by exact selection (no full sort).
+
+    Among equal scores the lowest positions win, exactly as in a stable
+    descending sort. Three exact shortcuts keep the cost near ``O(n)``: the
+    complement when ``k > n / 2``; a candidate pre-filter for large ``n`` and
+    small ``k`` (a strided sample gives a threshold, the count of scores above
+    it proves that the top ``k`` are among them, else the full path runs);
+    and ``torch.topk`` for the threshold value itself.
+    """
+    n = scores.numel()
     if k == 0:
         return torch.empty(0, dtype=torch.int64, device=scores.device)
-    # O(n) selection instead of a full sort; ties at the threshold go to the
-    # lowest positions, exactly as a stable descending sort would pick them.
+    if k == n:
+        return torch.arange(n, device=scores.device)
+    if 2 * k > n:  # keep = all but the n - k last in stable descending order
+        flipped = _top_k(-scores.flip(0), n - k)  # ties: highest positions go
+        keep = torch.ones(n, dtype=torch.bool, device=scores.device)
+        keep[n - 1 - flipped] = False
+        return torch.nonzero(keep).squeeze(1)
+    if n >= _PREFILTER_MIN and k * _PREFILTER_RATIO <= n:
+        candidates = _candidates(scores, k)
+        if candidates is not None:  # every top-k score is >= the threshold
+            return candidates[_top_k(scores[candidates], k)]
     threshold = torch.topk(scores, k, sorted=False).values.min()
     above = torch.nonzero(scores > threshold).squeeze(1)
     tied = torch.nonzero(scores == threshold).squeeze(1)[: k - above.numel()]
     return torch.cat([above, tied]).sort().values
+
+
+# The pre-filter of _top_k runs for n >= 2^20 and k <= n / 16.
+_PREFILTER_MIN = 1 << 20
+_PREFILTER_RATIO = 16
+
+
+def _candidates(scores: Tensor, k: int) -> Tensor | None:
+    """Sorted positions with score >= t, for a t that leaves about 2k of them.
+
+    Returns None when fewer than ``k`` scores reach ``t`` (the sample was
+    unlucky): then the caller selects from all scores.
+    """
+    n = scores.numel()
+    sample = scores[:: max(1, n // 65536)]
+    rank = int(sample.numel() * (1 - 2 * k / n))
+    t = torch.kthvalue(sample, max(1, rank)).values
+    candidates = torch.nonzero(scores >= t).squeeze(1)
+    return candidates if candidates.numel() >= k else None

@@ -175,13 +175,21 @@ class LazyWeight(torch.Tensor):
             self._sample = value
         return self._sample
 
-    def _store_hook(self) -> Callable[[torch.Tensor], None]:
+    def _store_hook(self, owned: bool = False) -> Callable[[torch.Tensor], None]:
+        """A hook adding its gradient into the capture store.
+
+        ``owned``: the hook receives tensors nobody else holds (computed for
+        it), which it may keep without a copy; autograd's own are cloned.
+        """
         store, name = self._capture, self.site
 
         def hook(grad: torch.Tensor) -> None:
             assert store is not None
             g = grad.detach()
-            store[name] = g.clone() if name not in store else store[name] + g
+            if name in store:
+                store[name] = store[name] + g
+            else:
+                store[name] = g if owned else g.clone()
 
         return hook
 
@@ -341,7 +349,7 @@ class LazyWeightMessenger(Messenger):
     def _linear_capture(
         weight: LazyWeight, x: torch.Tensor
     ) -> Callable[[torch.Tensor], None]:
-        store = weight._store_hook()
+        store = weight._store_hook(owned=True)
         inputs = x.detach().reshape(-1, x.shape[-1])
 
         def hook(grad: torch.Tensor) -> None:

@@ -498,7 +498,10 @@ class SparseSVI(SVI):
                     f"SparseSVI: no gradient was captured for site {name!r}; the model "
                     "must use the sampled value so dL/dtheta exists."
                 )
-            return grad.reshape(-1, numel).sum(0).abs()  # ranking only: no float64
+            grad = grad.reshape(-1, numel)  # (particles or 1, numel)
+            total = grad[0] if grad.shape[0] == 1 else grad.sum(0)
+            # ranking only: no float64; our own buffer, so in place
+            return total.abs_() if grad.shape[0] == 1 else total.abs()
         scores = self.addition(name, post).detach().clone()  # type: ignore[operator]
         if scores.shape != (numel,):
             raise ValueError(
@@ -543,10 +546,14 @@ class SparseSVI(SVI):
         add_scores = self._addition_scores(name, post, grad)
         add_scores[idx[keep_pos]] = -math.inf
         grow = top_k(add_scores, n_drop)
-        new_idx = torch.cat([idx[keep_pos], grow]).sort().values
-        # Where each new coordinate sat in the old active set, if it was active.
-        old_pos = torch.searchsorted(idx, new_idx).clamp_(max=k - 1)
-        was_active = idx[old_pos] == new_idx
+        new_idx, order = torch.cat([idx[keep_pos], grow]).sort()
+        # Where each new coordinate sat in the old active set, if it was active:
+        # kept ones come from keep_pos, grown ones may be re-added old ones.
+        grow_pos = torch.searchsorted(idx, grow).clamp_(max=k - 1)
+        grow_was = idx[grow_pos] == grow
+        old_pos = torch.cat([keep_pos, grow_pos])[order]
+        was_active = torch.cat([torch.ones_like(keep_pos, dtype=torch.bool), grow_was])
+        was_active = was_active[order]
         new_scale = scale_u[keep_pos].mean()
         loc_u.copy_(torch.where(was_active, loc_u[old_pos], torch.zeros_like(loc_u)))
         scale_u.copy_(torch.where(was_active, scale_u[old_pos], new_scale))

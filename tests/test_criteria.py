@@ -529,3 +529,30 @@ def test_top_k_equals_a_stable_descending_sort(n, levels, nan_fraction, seed, da
     clean = torch.where(torch.isnan(scores), -math.inf, scores)
     order = torch.sort(clean, descending=True, stable=True).indices
     assert torch.equal(top_k(scores, k), order[:k].sort().values)
+
+
+@pytest.mark.parametrize(
+    "pattern, k",
+    [
+        ("ties", 1_000),
+        ("ties", 60_000),
+        ("ascending", 5_000),
+        ("descending", 5_000),
+        ("fine", 100_000),
+        ("ties", (1 << 20) + 3),
+    ],
+)
+def test_top_k_large_inputs_take_exact_shortcuts(pattern, k):
+    """The pre-filter and complement paths (n >= 2^20) pick what a sort picks."""
+    n = (1 << 21) + 7
+    gen = torch.Generator().manual_seed(1)
+    if pattern == "ties":
+        scores = torch.randint(0, 5, (n,), generator=gen).float()
+        scores[torch.rand(n, generator=gen) < 0.05] = math.nan
+    elif pattern == "fine":
+        scores = torch.randint(0, 10**6, (n,), generator=gen).float()
+    else:  # structured: a strided sample sees a biased picture
+        scores = torch.arange(n).float() * (1 if pattern == "ascending" else -1)
+    clean = torch.where(torch.isnan(scores), -math.inf, scores)
+    order = torch.sort(clean, descending=True, stable=True).indices
+    assert torch.equal(top_k(scores, k), order[:k].sort().values)
