@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from pyro.infer.autoguide.initialization import InitMessenger
-from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
 from pyro.infer.autoguide.utils import deep_setattr, helpful_support_errors
+from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
 from pyro.nn.module import _is_module_local_param_enabled
 from pyro.ops.tensor_utils import periodic_repeat
 from pyro.poutine.util import prune_subsample_sites

@@ -19,7 +19,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import IO, Any, Callable
 
 import torch
 

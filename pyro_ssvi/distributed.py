@@ -13,10 +13,17 @@ The helpers here reduce to no-ops in a single process::
     info = init_from_env()                  # None when not under torchrun
     local_x = shard(x)                      # this rank's rows of a global batch
     everything = gather_rows(local_tensor)  # all ranks' rows, in rank order
+    shutdown()                              # leave the group before exiting
+
+Call :func:`shutdown` at the end of a script that trains with
+``SparseSVI`` under ``torchrun`` (:func:`pyro_ssvi.training.train` does):
+exiting with the process group alive can abort the process (``terminate
+called without an active exception``).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, TypeVar
@@ -35,6 +42,7 @@ __all__ = [
     "is_main_process",
     "rank",
     "shard",
+    "shutdown",
     "world_size",
 ]
 
@@ -110,6 +118,25 @@ def init_from_env(device: str = "auto") -> DistInfo | None:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return DistInfo(global_rank, size, local_rank, backend)
+
+
+def shutdown(wait: bool = True) -> None:
+    """Leave and destroy the process group (a no-op without one).
+
+    Collects garbage first: ``SparseSVI``'s ``DistributedDataParallel`` sits in
+    reference cycles, and freeing it (with Gloo's pending work) after the
+    group is gone, at interpreter exit, aborts the process.
+
+    Args:
+        wait: Wait for every rank first (a barrier). Pass False when leaving
+            on an error that other ranks may not share, or they would hang.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    if wait and dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ inactive ones with the highest addition score (Li et al., ICLR 2024, Alg. 1).
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from contextlib import ExitStack, contextmanager
@@ -49,6 +50,15 @@ __all__ = ["ADDITIONS", "SparseSVI", "SubspaceUpdate"]
 ADDITIONS = ("grad", "random")
 
 AdditionFn = Callable[[str, SparseNormal], torch.Tensor]
+
+# Buffers (the active indices) are kept identical by construction and checked
+# after every subspace update; DDP need not broadcast them before each forward.
+# torch 2.14 renamed the switch (the old name warns); older releases lack it.
+_NO_FORWARD_BUFFER_SYNC: dict[str, Any] = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 class SubspaceUpdate(NamedTuple):
@@ -378,7 +388,7 @@ class SparseSVI(SVI):
             self._ddp = DistributedDataParallel(
                 module,
                 device_ids=[device] if device.type == "cuda" else None,
-                broadcast_buffers=False,
+                **_NO_FORWARD_BUFFER_SYNC,
             )
         return self._ddp
 

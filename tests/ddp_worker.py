@@ -20,7 +20,7 @@ import torch
 from common import TINY_TRAINING, classification_data, tiny_classifier
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI
-from pyro_ssvi.distributed import init_from_env, rank, shard
+from pyro_ssvi.distributed import init_from_env, rank, shard, shutdown
 
 STEPS, BATCH, N = 12, 32, 64
 
@@ -60,6 +60,7 @@ def main(out: Path, single: bool, mismatch: bool) -> None:
         "losses": losses,
     }
     torch.save(state, out / ("single.pt" if single else f"rank{rank()}.pt"))
+    shutdown()
 
 
 if __name__ == "__main__":

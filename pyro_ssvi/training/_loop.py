@@ -16,8 +16,10 @@ from ..checkpoint import load_checkpoint, save_checkpoint, write_json
 from ..distributed import (
     broadcast_object,
     init_from_env,
+    is_distributed,
     is_main_process,
     shard,
+    shutdown,
     world_size,
 )
 from ._config import PLOTS, RUN_FILES, RunDirError, TrainConfig, TrainingDiverged
@@ -263,12 +265,15 @@ def train(
     info = init_from_env(config.device)
     try:
         with pyro.settings.context(module_local_params=True):
-            return _train(
+            metrics = _train(
                 config, output_dir, overwrite, resume, progress, stop_after_epoch
             )
+        if is_distributed():  # nobody returns before rank 0 has written
+            dist.barrier()
+        return metrics
     finally:
-        if info is not None and created and dist.is_initialized():
-            dist.destroy_process_group()
+        if info is not None and created:
+            shutdown(wait=False)  # on an error, other ranks may never get here
 
 
 def _train(
