@@ -292,8 +292,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    print(table)
-    print(f"written: {out / 'comparison.md'}, {out / 'comparison.json'}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        print(table)
+        print(f"written: {out / 'comparison.md'}, {out / 'comparison.json'}")
     return 0
 
 

@@ -14,7 +14,10 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch.distributed as dist
+
 from .checkpoint import atomic_write, write_json
+from .distributed import init_from_env, is_distributed, is_main_process, shutdown
 
 __all__ = ["COLUMNS", "compare", "markdown_table"]
 
@@ -106,27 +109,46 @@ def compare(
         raise ValueError("compare: nothing to run (no densities and --no-dense)")
     out = Path(output_dir)
     configs = [TrainConfig(**{**settings, **extra}) for _, _, extra in variants]
-    rows = []
-    for (name, label, _), config in zip(variants, configs):
-        run_dir = out / name
-        done = run_dir / "metrics.json"
-        if resume and done.is_file():
-            metrics = json.loads(done.read_text())
-        else:
-            again = resume and (run_dir / "checkpoint.pt").is_file()
-            metrics = train(
-                config, run_dir, overwrite=overwrite, resume=again, progress=progress
-            )
-        row = {"variant": label, "run_dir": str(run_dir), **metrics}
-        rows.append({**row, "config": config.to_dict()})
-    table = markdown_table(rows)
+    # Under torchrun, join the process group once for all runs (re-joining a
+    # group torchrun set up after leaving it hangs).
+    created = not (dist.is_available() and dist.is_initialized())
+    info = init_from_env(configs[0].device)
+    try:
+        rows = []
+        for (name, label, _), config in zip(variants, configs):
+            run_dir = out / name
+            done = run_dir / "metrics.json"
+            if resume and done.is_file():
+                metrics = json.loads(done.read_text())
+            else:
+                again = resume and (run_dir / "checkpoint.pt").is_file()
+                metrics = train(
+                    config,
+                    run_dir,
+                    overwrite=overwrite,
+                    resume=again,
+                    progress=progress,
+                )
+            row = {"variant": label, "run_dir": str(run_dir), **metrics}
+            rows.append({**row, "config": config.to_dict()})
+        table = markdown_table(rows)
+        if is_main_process():
+            _write_comparison(out, table, rows)
+        if is_distributed():
+            dist.barrier()
+    finally:
+        if info is not None and created:
+            shutdown(wait=False)
+    return table
+
+
+def _write_comparison(out: Path, table: str, rows: list[dict[str, Any]]) -> None:
+    from .plots import plot_density_tradeoff
+
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "comparison.md", lambda fh: fh.write(table.encode()))
     write_json(out / "comparison.json", rows)
-    from .plots import plot_density_tradeoff
-
     plot_density_tradeoff(
         [r for r in rows if r.get("guide") == "ssvi"] or rows,
         out / "density_tradeoff.png",
     )
-    return table

@@ -24,12 +24,14 @@ called without an active exception``).
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
     "DistInfo",
@@ -44,6 +46,7 @@ __all__ = [
     "shard",
     "shutdown",
     "world_size",
+    "wrap_ddp",
 ]
 
 T = TypeVar("T")
@@ -118,6 +121,32 @@ def init_from_env(device: str = "auto") -> DistInfo | None:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return DistInfo(global_rank, size, local_rank, backend)
+
+
+# Buffers (e.g. the active indices) are kept identical by construction and
+# checked after every subspace update; DDP need not broadcast them before every
+# forward. torch 2.14 renamed the switch (the old name warns); older releases
+# only have the old one.
+_NO_FORWARD_BUFFER_SYNC: dict[str, Any] = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
+
+
+def wrap_ddp(module: torch.nn.Module) -> DistributedDataParallel:
+    """``module`` (e.g. Pyro's ``ELBOModule``) in ``DistributedDataParallel``.
+
+    Rank 0's parameters and buffers are broadcast at construction; gradients
+    are averaged over ranks in every backward pass; buffers are not re-synced
+    before each forward. The module's parameters must already exist.
+    """
+    device = next(module.parameters()).device
+    return DistributedDataParallel(
+        module,
+        device_ids=[device] if device.type == "cuda" else None,
+        **_NO_FORWARD_BUFFER_SYNC,
+    )
 
 
 def shutdown(wait: bool = True) -> None:

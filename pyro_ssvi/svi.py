@@ -16,7 +16,6 @@ inactive ones with the highest addition score (Li et al., ICLR 2024, Alg. 1).
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from contextlib import ExitStack, contextmanager
@@ -27,10 +26,14 @@ from pyro import poutine
 from pyro.infer import ELBO, SVI, Trace_ELBO
 from pyro.infer.util import torch_item, zero_grads
 from pyro.optim import PyroOptim
-from torch.nn.parallel import DistributedDataParallel
 
 from .criteria import get_criterion, removal_scores, top_k
-from .distributed import all_reduce_mean_, check_indices_agree, is_distributed
+from .distributed import (
+    all_reduce_mean_,
+    check_indices_agree,
+    is_distributed,
+    wrap_ddp,
+)
 from .distributions import SparseNormal
 from .elbo import TraceSparseMeanField_ELBO
 from .guides import AutoSparseNormal
@@ -50,15 +53,6 @@ __all__ = ["ADDITIONS", "SparseSVI", "SubspaceUpdate"]
 ADDITIONS = ("grad", "random")
 
 AdditionFn = Callable[[str, SparseNormal], torch.Tensor]
-
-# Buffers (the active indices) are kept identical by construction and checked
-# after every subspace update; DDP need not broadcast them before each forward.
-# torch 2.14 renamed the switch (the old name warns); older releases lack it.
-_NO_FORWARD_BUFFER_SYNC: dict[str, Any] = (
-    {"forward_sync_buffers": False}
-    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-    else {"broadcast_buffers": False}
-)
 
 
 class SubspaceUpdate(NamedTuple):
@@ -383,13 +377,7 @@ class SparseSVI(SVI):
                     "SparseSVI: distributed training needs an ELBO instance as loss "
                     f"(it is wrapped in DistributedDataParallel), got {self.elbo!r}."
                 )
-            module = self.elbo(self.model, self.guide)
-            device = next(module.parameters()).device
-            self._ddp = DistributedDataParallel(
-                module,
-                device_ids=[device] if device.type == "cuda" else None,
-                **_NO_FORWARD_BUFFER_SYNC,
-            )
+            self._ddp = wrap_ddp(self.elbo(self.model, self.guide))
         return self._ddp
 
     def _ddp_loss_and_grads(

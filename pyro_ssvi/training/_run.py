@@ -13,7 +13,7 @@ import torch
 
 from .._pyro_compat import create_optimizer
 from ..checkpoint import CheckpointError
-from ..distributed import is_distributed
+from ..distributed import is_distributed, wrap_ddp
 from ._config import MODELS, SPARSE_COMPUTE, TrainConfig, ood_name
 
 
@@ -201,6 +201,11 @@ def build_run(
             local_reparameterization=c.lrt,
             sparse_compute=SPARSE_COMPUTE[c.sparse_compute],
         )
+    elif is_distributed():
+        # Pyro's SVI knows nothing of ranks: give it the ELBO module wrapped in
+        # DistributedDataParallel as its loss, so gradients are averaged.
+        ddp = wrap_ddp(TraceMeanField_ELBO()(model, guide))
+        run.svi = SVI(model, guide, optim, lambda _m, _g, *a, **k: ddp(*a, **k))
     else:
         run.svi = SVI(model, guide, optim, TraceMeanField_ELBO())
     return run
