@@ -32,6 +32,7 @@ from ._pyro_compat import (
     is_module_local_param_enabled,
     periodic_repeat,
 )
+from ._softplus import softplus_positive
 from .distributions import SparseNormal
 from .initialization import init_to_kaiming
 from .poutine import LazyWeight
@@ -171,7 +172,7 @@ class AutoSparseNormal(AutoGuide):
         guide.num_active()                  # {'fc1.weight': 31360, ...}
     """
 
-    scale_constraint = constraints.softplus_positive
+    scale_constraint = softplus_positive
 
     def __init__(
         self,
