@@ -14,10 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch.distributed as dist
-
 from .checkpoint import atomic_write, write_json
-from .distributed import init_from_env, is_distributed, is_main_process, shutdown
+from .distributed import is_main_process, process_group
 
 __all__ = ["COLUMNS", "compare", "markdown_table"]
 
@@ -111,9 +109,7 @@ def compare(
     configs = [TrainConfig(**{**settings, **extra}) for _, _, extra in variants]
     # Under torchrun, join the process group once for all runs (re-joining a
     # group torchrun set up after leaving it hangs).
-    created = not (dist.is_available() and dist.is_initialized())
-    info = init_from_env(configs[0].device)
-    try:
+    with process_group(configs[0].device):
         rows = []
         for (name, label, _), config in zip(variants, configs):
             run_dir = out / name
@@ -134,11 +130,6 @@ def compare(
         table = markdown_table(rows)
         if is_main_process():
             _write_comparison(out, table, rows)
-        if is_distributed():
-            dist.barrier()
-    finally:
-        if info is not None and created:
-            shutdown(wait=False)
     return table
 
 

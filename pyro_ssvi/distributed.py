@@ -26,8 +26,9 @@ from __future__ import annotations
 import gc
 import inspect
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,7 @@ __all__ = [
     "init_from_env",
     "is_distributed",
     "is_main_process",
+    "process_group",
     "rank",
     "shard",
     "shutdown",
@@ -166,6 +168,27 @@ def shutdown(wait: bool = True) -> None:
     if wait and dist.get_world_size() > 1:
         dist.barrier()
     dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device: str = "auto") -> Iterator[DistInfo | None]:
+    """Be in ``torchrun``'s process group for the ``with`` block.
+
+    Joins it (:func:`init_from_env`) unless already in one; when the block
+    succeeds, every rank waits for the others (so nobody goes on before rank
+    0 has written its files); afterwards, leaves the group if this call
+    joined it (without waiting, in case the block failed on one rank only).
+    Yields the :class:`DistInfo`, or None outside ``torchrun``.
+    """
+    created = not (dist.is_available() and dist.is_initialized())
+    info = init_from_env(device)
+    try:
+        yield info
+        if is_distributed():
+            dist.barrier()
+    finally:
+        if info is not None and created:
+            shutdown(wait=False)
 
 
 def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:

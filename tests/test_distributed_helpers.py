@@ -41,3 +41,18 @@ def test_shutdown_destroys_the_process_group(tmp_path):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_process_group_leaves_only_a_group_it_joined(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with distributed.process_group("cpu") as info:
+        assert info is None and not dist.is_initialized()
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        with distributed.process_group("cpu"):
+            pass
+        assert dist.is_initialized()  # the caller's group stays
+    finally:
+        dist.destroy_process_group()

@@ -10,16 +10,13 @@ from typing import Any, Iterator
 
 import pyro
 import torch
-import torch.distributed as dist
 
 from ..checkpoint import load_checkpoint, save_checkpoint, write_json
 from ..distributed import (
     broadcast_object,
-    init_from_env,
-    is_distributed,
     is_main_process,
+    process_group,
     shard,
-    shutdown,
     world_size,
 )
 from ._config import PLOTS, RUN_FILES, RunDirError, TrainConfig, TrainingDiverged
@@ -261,19 +258,8 @@ def train(
     (``gloo`` on CPUs, ``nccl`` on GPUs), evaluation is sharded and gathered,
     and only rank 0 writes files. Parameters are module-local during the run.
     """
-    created = not (dist.is_available() and dist.is_initialized())
-    info = init_from_env(config.device)
-    try:
-        with pyro.settings.context(module_local_params=True):
-            metrics = _train(
-                config, output_dir, overwrite, resume, progress, stop_after_epoch
-            )
-        if is_distributed():  # nobody returns before rank 0 has written
-            dist.barrier()
-        return metrics
-    finally:
-        if info is not None and created:
-            shutdown(wait=False)  # on an error, other ranks may never get here
+    with process_group(config.device), pyro.settings.context(module_local_params=True):
+        return _train(config, output_dir, overwrite, resume, progress, stop_after_epoch)
 
 
 def _train(
