@@ -33,7 +33,7 @@ class ScaledRegression(PyroModule):
 
 def _loss_and_grads(elbo, model, guide, *args):
     pyro.set_rng_seed(3)
-    params = list(guide.parameters())
+    params = [p for p in guide.parameters() if p.requires_grad]
     for p in params:
         p.grad = None
     loss = elbo.loss_and_grads(model, guide, *args)

@@ -22,7 +22,7 @@ def _site_sizes(guide: Any) -> tuple[dict[str, int], dict[str, int]]:
     if hasattr(guide, "num_active"):
         active = guide.num_active()
         numel = {n: guide.site_shape(n).numel() for n in active}
-        for name in guide._meta:
+        for name in guide.site_names():
             if name not in active and len(guide.site_shape(name)) >= 2:
                 active[name] = numel[name] = guide.site_shape(name).numel()
         return active, numel
@@ -36,6 +36,8 @@ def _site_sizes(guide: Any) -> tuple[dict[str, int], dict[str, int]]:
 
 def num_variational_params(guide: Any) -> int:
     """Number of variational parameters (means and scales) of a guide."""
+    if hasattr(guide, "num_variational_params"):
+        return int(guide.num_variational_params())
     return sum(p.numel() for p in guide.parameters())
 
 
