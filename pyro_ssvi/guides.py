@@ -813,7 +813,9 @@ class AutoSparseNormal(AutoGuide):
         ``Predictive``) are left to the model.
         """
         model = poutine.block(self._raw_model[0], self._prototype_hide_fn)
-        trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+        devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):  # the model's prior draws
+            trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
         latent = dict(trace.iter_stochastic_nodes())
         for name, info in self._sites.items():
             if name not in latent:
