@@ -257,8 +257,8 @@ class AutoSparseNormal(AutoGuide):
         # costs a third of a small network's step.
         self._leaves: dict[tuple[str, str], tuple[PyroModule, str]] = {}
         self._infer_cache: dict[str, dict[str, Any]] = {}
-        # site -> (float64 index tensor, its version, the int64 indices)
-        self._index_cache: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        # site -> (loc read with it, float64 indices, their version, int64 indices)
+        self._index_cache: dict[str, tuple[Any, torch.Tensor, int, torch.Tensor]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # PyroModule's drops Pyro's weakrefs from the parameters; AutoGuide's
@@ -434,8 +434,26 @@ class AutoSparseNormal(AutoGuide):
         """The site's ``(loc, scale)`` parameters (length ``k`` for sparse sites)."""
         return self._param("locs", name), self._param("scales", name)
 
-    def _indices(self, name: str) -> torch.Tensor:
-        """The site's active indices as int64 (derived from the stored float64)."""
+    def _indices(self, name: str, loc: torch.Tensor | None = None) -> torch.Tensor:
+        """The site's active indices as int64 (derived from the stored float64).
+
+        Reading the stored tensor is a ``pyro.param`` statement (it keeps the
+        guide in step with Pyro's param store). Within a step, ``loc`` (the
+        site's loc as just read) tells whether that is needed: the param store
+        replaces a site's tensors together, so while the loc and the stored
+        indices are the very tensors of the last read, and the indices were
+        not edited since, the cached int64 indices are current.
+        """
+        if torch.jit.is_tracing():  # a traced graph must read its input
+            return self._param("indices", name).long()
+        cached = self._index_cache.get(name)
+        if (
+            cached is not None
+            and loc is not None
+            and cached[0] is loc
+            and cached[2] == tensor_version(cached[1])
+        ):
+            return cached[3]
         stored = self._param("indices", name)
         if stored.dtype != torch.float64:
             raise RuntimeError(
@@ -443,14 +461,13 @@ class AutoSparseNormal(AutoGuide):
                 f"converted to {stored.dtype}; they are exact integers in float64. "
                 "Move the guide with guide.to(device) and reload its state_dict."
             )
-        if torch.jit.is_tracing():  # a traced graph must read its input
-            return stored.long()
-        cached = self._index_cache.get(name)
         version = tensor_version(stored)
-        if cached is None or cached[0] is not stored or cached[1] != version:
-            cached = (stored, version, stored.detach().long())
-            self._index_cache[name] = cached
-        return cached[2]
+        if cached is None or cached[1] is not stored or cached[2] != version:
+            idx = stored.detach().long()
+        else:
+            idx = cached[3]
+        self._index_cache[name] = (loc, stored, version, idx)
+        return idx
 
     def subspace_params(self, name: str) -> SubspaceParams:
         """The stored tensors of a sparse site (those its optimisers hold).
@@ -504,7 +521,7 @@ class AutoSparseNormal(AutoGuide):
         info = self._sites[name]
         loc, scale = self._get_loc_and_scale(name)
         if info.sparse:
-            return SparseNormal(loc, scale, self._indices(name), info.shape)
+            return SparseNormal(loc, scale, self._indices(name, loc), info.shape)
         base = dist.Normal(loc, scale).to_event(info.event_dim)
         support = self._support(name)
         if _base_support(support) is constraints.real:
