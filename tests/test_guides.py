@@ -379,3 +379,24 @@ def test_dense_sites_override_the_default_rule():
         AutoSparseNormal(tiny_classifier(), dense_sites=["nope"]).setup(X, Y)
     with pytest.raises(TypeError, match="dense_sites must be a collection"):
         AutoSparseNormal(tiny_classifier(), dense_sites="net.0.weight")
+
+
+def test_state_dicts_of_pyro_ssvi_0_1_load_unchanged():
+    """tests/data/guide_v0_1.pt: a trained guide saved by pyro_ssvi 0.1 (int64
+    index buffers and a dict _extra_state), with its median and indices."""
+    from pathlib import Path
+
+    saved = torch.load(
+        Path(__file__).parent / "data" / "guide_v0_1.pt", weights_only=True
+    )
+    assert "_extra_state" in saved["guide"]  # really the old format
+    for setup_first in (False, True):
+        pyro.clear_param_store()
+        guide = AutoSparseNormal(tiny_classifier(), density=0.3)
+        if setup_first:
+            guide.setup(X, Y)
+        guide.load_state_dict(saved["guide"])
+        median = guide.median(X)
+        assert all(torch.equal(median[k], v) for k, v in saved["median"].items())
+        indices = guide.active_indices()
+        assert all(torch.equal(indices[k], v) for k, v in saved["indices"].items())
