@@ -183,11 +183,16 @@ class AutoSparseNormal(AutoGuide):
             :mod:`pyro.infer.autoguide.initialization`); the default
             :func:`~pyro_ssvi.init_to_kaiming` gives fan-in scaled weights.
         init_scale: Initial posterior standard deviation (in unconstrained
-            space for constrained sites), a float > 0. Default:
-            :data:`DEFAULT_INIT_SCALE` (0.1, ``AutoNormal``'s) for ordinary
-            sites and :data:`DEFAULT_WEIGHT_INIT_SCALE` (0.01) for network
-            weights (real sites of at least two dimensions outside plates),
-            whose fan-in scaled means are about that small.
+            space for constrained sites): a float > 0, or a pair
+            ``(mean, std)`` to draw every coordinate's scale as
+            :math:`\sigma_j = |\varepsilon_j|`,
+            :math:`\varepsilon_j \sim \mathcal{N}(\text{mean}, \text{std}^2)`
+            (exact zeros redrawn), as the SSVI reference implementation does
+            with ``(6e-4, 5e-4)``. Default: :data:`DEFAULT_INIT_SCALE` (0.1,
+            ``AutoNormal``'s) for ordinary sites and
+            :data:`DEFAULT_WEIGHT_INIT_SCALE` (0.01) for network weights
+            (real sites of at least two dimensions outside plates), whose
+            fan-in scaled means are about that small.
         init_active: ``"auto"``, ``"random"`` or ``"magnitude"``; see above.
         sparse_sites: None, a collection of site names, or a predicate; see
             above.
@@ -218,7 +223,7 @@ class AutoSparseNormal(AutoGuide):
         *,
         density: float = 0.1,
         init_loc_fn: Callable[[dict[str, Any]], torch.Tensor] = init_to_kaiming,
-        init_scale: float | None = None,
+        init_scale: float | tuple[float, float] | None = None,
         init_active: str = "auto",
         sparse_sites: Collection[str] | Callable[[str, dict], bool] | None = None,
         min_sparse_numel: int = DEFAULT_MIN_SPARSE_NUMEL,
@@ -238,7 +243,11 @@ class AutoSparseNormal(AutoGuide):
             )
         self.target_density = float(density)
         self.init_loc_fn = init_loc_fn
-        self._init_scale = None if init_scale is None else float(init_scale)
+        self._init_scale = (
+            init_scale
+            if init_scale is None or isinstance(init_scale, tuple)
+            else float(init_scale)
+        )
         self.init_active = init_active
         self._sparse_sites = sparse_sites
         self.dense_sites = frozenset(dense_sites)
@@ -352,7 +361,7 @@ class AutoSparseNormal(AutoGuide):
             idx = self._initial_active_set(name, value, k)
             loc = value.reshape(-1).index_select(0, idx).contiguous()
             info = Site(True, value.shape, 1, site["fn"].support)
-            self._new_params(name, info, loc, torch.full_like(loc, scale), idx)
+            self._new_params(name, info, loc, _initial_scales(loc, scale), idx)
             return
         loc = unconstrained
         for frame in site["cond_indep_stack"]:  # subsampled: repeat to full size
@@ -361,7 +370,7 @@ class AutoSparseNormal(AutoGuide):
                 loc = periodic_repeat(loc, full_size, frame.dim - event_dim)
         loc = loc.contiguous()
         info = Site(False, value.shape, event_dim, site["fn"].support)
-        self._new_params(name, info, loc, torch.full_like(loc, scale), None)
+        self._new_params(name, info, loc, _initial_scales(loc, scale), None)
 
     def _initial_active_set(self, name: str, value: torch.Tensor, k: int) -> torch.Tensor:
         rule = self.init_active
@@ -894,6 +903,19 @@ def _after_load(module: AutoSparseNormal, incompatible: Any) -> None:
     module._index_cache.clear()
 
 
+def _initial_scales(like: torch.Tensor, scale: float | tuple[float, float]) -> torch.Tensor:
+    r"""A constant scale, or :math:`|\varepsilon|`, :math:`\varepsilon \sim
+    \mathcal{N}(\text{mean}, \text{std}^2)` per coordinate (zeros redrawn)."""
+    if not isinstance(scale, tuple):
+        return torch.full_like(like, scale)
+    mean, std = scale
+    draw = (torch.randn_like(like) * std + mean).abs()
+    while not bool((draw > 0).all()):
+        zero = draw == 0
+        draw[zero] = (torch.randn_like(draw[zero]) * std + mean).abs()
+    return draw
+
+
 def _eligibility(site: dict[str, Any]) -> tuple[bool, str]:
     fn = site["fn"]
     if _base_support(fn.support) is not constraints.real:
@@ -938,7 +960,21 @@ def _validate(
             f"AutoSparseNormal: density must be in (0, 1], got {density!r}; "
             "use e.g. density=0.1 to keep 10% of each weight tensor."
         )
-    if init_scale is not None:
+    if isinstance(init_scale, tuple):
+        if len(init_scale) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in init_scale
+        ):
+            raise TypeError(
+                "AutoSparseNormal: init_scale must be a float or a pair (mean, std), "
+                f"got {init_scale!r}."
+            )
+        mean, std = init_scale
+        if not (mean >= 0 and std >= 0 and mean + std > 0):
+            raise ValueError(
+                "AutoSparseNormal: init_scale=(mean, std) needs mean >= 0, std >= 0 "
+                f"and not both 0, got {init_scale!r}; e.g. (6e-4, 5e-4)."
+            )
+    elif init_scale is not None:
         if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)):
             raise TypeError(
                 f"AutoSparseNormal: init_scale must be a float, got {init_scale!r}."
