@@ -31,7 +31,7 @@ __all__ = ["build_parser", "main"]
 # None (then the help says what happens without the flag).
 _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
     "model": (str, "network"),
-    "dataset": (str, "data set (mnist and the Fashion-MNIST test set are embedded)"),
+    "dataset": (str, "data set (mnist and digits need no --data-dir)"),
     "data_dir": (
         str,
         "directory with data sets in torchvision's layout (default: none, the "
@@ -99,12 +99,11 @@ def _options() -> dict[str, Sequence[str]]:
     from .schedules import SCHEDULES
     from .svi import ADDITIONS
     from .training import MODELS
-    from .training._config import GUIDES, LR_SCHEDULES, OPTIMIZERS, SPARSE_COMPUTE
+    from .training._config import LR_SCHEDULES, OPTIMIZERS, SPARSE_COMPUTE
 
     return {
         "model": list(MODELS),
         "dataset": list(DATASETS),
-        "guide": GUIDES,
         "removal": list(CRITERIA),
         "addition": ADDITIONS,
         "drop_schedule": list(SCHEDULES),
