@@ -158,14 +158,16 @@ def final_evaluation(run: Run, out: Path, *, progress: bool = False) -> dict[str
     if not is_main_process():  # one writer: rank 0
         return metrics
     pdir = out / "plots"
-    plots.plot_training_curves(run.history, pdir / "training_curves.png")
-    plots.plot_reliability(pred.probs, pred.labels, pdir / "reliability.png")
+    kind = f"MC, {metrics['num_samples']} samples"
+    plots.plot_training_curves(run.history, pdir / "training_curves.png", final=metrics)
+    plots.plot_reliability(pred.probs, pred.labels, pdir / "reliability.png", kind=kind)
     if ood is not None:
         plots.plot_ood_entropy(
             predictive_entropy(pred.probs),
             predictive_entropy(ood.probs),
             pdir / "ood_entropy.png",
             labels=(c.dataset, str(metrics["ood_dataset"])),
+            kind=kind,
         )
     plots.plot_layer_density(active, numel, pdir / "layer_density.png")
     sparse_active = run.guide.num_active() if hasattr(run.guide, "num_active") else {}
