@@ -137,7 +137,7 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
             metavar=name.split("_")[-1].upper(),
             help=_help(text, default, options.get(name)),
         )
-    group.add_argument(  # the name before 0.2; a fraction, as now
+    group.add_argument(  # its earlier name (the meaning is the same), still accepted
         "--stop-updates-at",
         dest="stop_updates_at",
         type=float,

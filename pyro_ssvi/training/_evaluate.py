@@ -63,10 +63,14 @@ def evaluate_predictions(
 
     k = num_samples or run.config.num_samples
     sets = [data] if ood_data is None else [data, ood_data]
-    total = 2 * sum(len(_sharded(d)) for d in sets)  # Monte Carlo + mean weights
+    # Counted in forward passes of one input: k per input, then 1 (mean weights).
+    total = (k + 1) * sum(len(_sharded(d)) for d in sets)
     desc = f"final evaluation ({k} samples)"
-    with progress_bar(progress, total=total, desc=desc, unit="image") as bar:
-        preds = [_predict(run, d, num_samples=k, on_batch=bar.update) for d in sets]
+    with progress_bar(progress, total=total, desc=desc, unit="pass") as bar:
+        preds = [
+            _predict(run, d, num_samples=k, on_batch=lambda n: bar.update(k * n))
+            for d in sets
+        ]
         means = [_predict(run, d, mean_weights=True, on_batch=bar.update) for d in sets]
     pred, ood = preds[0], (preds[1] if ood_data is not None else None)
     if pred.labels is None:

@@ -90,7 +90,23 @@ def _set_lr(run: Run, epoch: int) -> float:
 
 
 def _train_epoch(run: Run, epoch: int, bar: Any) -> float:
-    """One pass over the training data; returns the mean per-example loss.
+    """One pass over the training data; returns the mean per-example loss."""
+    batches, num_batches = _batches(run, epoch)
+    total, count = 0.0, 0
+    with progress_bar(
+        bar is not None, total=num_batches, desc=f"epoch {epoch}", leave=False
+    ) as inner:
+        for i, (x, y) in enumerate(batches):
+            total += _step(run, x, y, epoch, (epoch - 1) * run.steps_per_epoch + i + 1)
+            count += 1
+            inner.update()
+            if inner.n % 20 == 0:
+                inner.set_postfix(loss=f"{total / count:.4g}", refresh=False)
+    return total / max(count, 1)
+
+
+def _step(run: Run, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> float:
+    """One SVI step on a minibatch; raises ``TrainingDiverged`` on a bad loss.
 
     Each step optimises the negative ELBO divided by the training-set size
     (``poutine.scale(1/N)`` on every site): the mean cross-entropy plus
@@ -101,35 +117,21 @@ def _train_epoch(run: Run, epoch: int, bar: Any) -> float:
 
     from ..poutine import LatentScaleMessenger
 
-    batches, num_batches = _batches(run, epoch)
-    per_example = poutine.scale(scale=1.0 / run.num_data)
-    total, count = 0.0, 0
-    inner = progress_bar(
-        bar is not None, total=num_batches, desc=f"epoch {epoch}", leave=False
-    )
+    x, y = x.to(run.device, non_blocking=True), y.to(run.device)
     sparse = hasattr(run.svi, "update_subspace")  # SparseSVI weights its own KL
-    for i, (x, y) in enumerate(batches):
-        x, y = x.to(run.device, non_blocking=True), y.to(run.device)
-        step = (epoch - 1) * run.steps_per_epoch + i + 1
-        kl = LatentScaleMessenger(1.0 if sparse else run.kl_weight(step))
-        try:
-            with per_example, kl:
-                loss = run.svi.step(x, y)
-            if not math.isfinite(loss):  # SparseSVI raises; plain SVI returns it
-                raise FloatingPointError(
-                    f"the loss is {loss} at step {step}; lower --lr or --init-scale."
-                )
-            total += loss
-        except FloatingPointError as e:
-            raise TrainingDiverged(
-                f"training diverged in epoch {epoch}: {e} {_kept(run)}"
-            ) from e
-        count += 1
-        inner.update()
-        if inner.n % 20 == 0:
-            inner.set_postfix(loss=f"{total / count:.4g}", refresh=False)
-    inner.close()
-    return total / max(count, 1)
+    kl = LatentScaleMessenger(1.0 if sparse else run.kl_weight(step))
+    try:
+        with poutine.scale(scale=1.0 / run.num_data), kl:
+            loss = run.svi.step(x, y)
+        if not math.isfinite(loss):  # SparseSVI raises; plain SVI returns it
+            raise FloatingPointError(
+                f"the loss is {loss} at step {step}; lower --lr or --init-scale."
+            )
+    except FloatingPointError as e:
+        raise TrainingDiverged(
+            f"training diverged in epoch {epoch}: {e} {_kept(run)}"
+        ) from e
+    return loss
 
 
 def _kept(run: Run) -> str:
@@ -311,43 +313,42 @@ def _epochs_and_evaluation(
 ) -> dict[str, Any]:
     config = run.config
     elapsed0 = run.elapsed_s
-    bar = progress_bar(
+    # Bars close (and end their line) on exceptions too, before any message.
+    with progress_bar(
         progress, total=config.epochs, initial=run.epoch, desc="training"
-    )
-    for epoch in range(run.epoch + 1, config.epochs + 1):
-        lr = _set_lr(run, epoch)
-        epoch_start = time.perf_counter()
-        train_loss = _train_epoch(run, epoch, bar if progress else None)
-        _check_finite(run, epoch)
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "lr": lr,
-            "density": density_of(run),
-            "epoch_time_s": 0.0,
-        }
-        # Evaluation must not shift the training noise (e.g. when evaluating a
-        # shard per rank, or evaluating more often): fork the RNG around it.
-        cuda = [torch.cuda.current_device()] if run.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            row.update(quick_eval(run))
-        row["epoch_time_s"] = time.perf_counter() - epoch_start
-        if hasattr(run.svi, "num_updates"):
-            row["num_updates"] = run.svi.num_updates
-        run.history.append(row)
-        run.epoch = epoch
-        run.elapsed_s = elapsed0 + time.perf_counter() - start
-        _write_progress_files(run, out)
-        bar.update()
-        bar.set_postfix(
-            loss=f"{train_loss:.4g}",
-            acc=f"{row['test_accuracy']:.4f}",
-            density=f"{row['density']:.3f}",
-        )
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            bar.close()
-            return {}
-    bar.close()
+    ) as bar:
+        for epoch in range(run.epoch + 1, config.epochs + 1):
+            lr = _set_lr(run, epoch)
+            epoch_start = time.perf_counter()
+            train_loss = _train_epoch(run, epoch, bar if progress else None)
+            _check_finite(run, epoch)
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "lr": lr,
+                "density": density_of(run),
+                "epoch_time_s": 0.0,
+            }
+            # Evaluation must not shift the training noise (e.g. when evaluating a
+            # shard per rank, or evaluating more often): fork the RNG around it.
+            cuda = [torch.cuda.current_device()] if run.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                row.update(quick_eval(run))
+            row["epoch_time_s"] = time.perf_counter() - epoch_start
+            if hasattr(run.svi, "num_updates"):
+                row["num_updates"] = run.svi.num_updates
+            run.history.append(row)
+            run.epoch = epoch
+            run.elapsed_s = elapsed0 + time.perf_counter() - start
+            _write_progress_files(run, out)
+            bar.update()
+            bar.set_postfix(
+                loss=f"{train_loss:.4g}",
+                acc=f"{row['test_accuracy']:.4f}",
+                density=f"{row['density']:.3f}",
+            )
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                return {}
     metrics = final_evaluation(run, out, progress=progress)
     metrics["wall_time_s"] = elapsed0 + time.perf_counter() - start
     metrics["world_size"] = world_size()
