@@ -6,9 +6,12 @@ and :class:`~pyro.infer.SVI` for :class:`SparseSVI`::
     from pyro_ssvi import AutoSparseNormal, SparseSVI
 
     guide = AutoSparseNormal(model, density=0.1)
-    svi = SparseSVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_steps=5000)
+    svi = SparseSVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
     for step in range(5000):
         svi.step(x, y)
+
+With your own optimiser loop (e.g. ``torch.optim`` over Pyro's ``ELBOModule``
+parameters), step a :class:`SubspaceScheduler` after each optimiser step.
 
 The posterior of every weight tensor lives on a fixed-size set of active
 coordinates that is reselected during training (Li, Miao, Qiu, Zhang,
@@ -22,8 +25,9 @@ from .distributions import SparseNormal
 from .elbo import TraceSparseMeanField_ELBO
 from .guides import AutoSparseNormal
 from .initialization import init_to_kaiming
+from .scheduler import SubspaceScheduler, SubspaceUpdate
 from .schedules import SCHEDULES
-from .svi import ADDITIONS, SparseSVI, SubspaceUpdate
+from .svi import ADDITIONS, SparseSVI
 
 __all__ = [
     "ADDITIONS",
@@ -32,6 +36,7 @@ __all__ = [
     "SCHEDULES",
     "SparseNormal",
     "SparseSVI",
+    "SubspaceScheduler",
     "SubspaceUpdate",
     "TraceSparseMeanField_ELBO",
     "__version__",

@@ -1,33 +1,94 @@
-"""The one place where ``pyro_ssvi`` imports Pyro internals.
+"""The one place where ``pyro_ssvi`` touches Pyro's and torch's private internals.
 
-Pyro's autoguide helpers below are not part of its documented public API, so
-they are imported here and nowhere else; a Pyro release that moves them breaks
-this file only.
+Everything below is either private (an underscore name) or undocumented
+internal API of Pyro or torch. It is imported or accessed here and nowhere
+else, so a release that moves it breaks this file only, and
+``tests/test_pyro_compat.py`` checks each item's behaviour so that such a
+change fails loudly there.
+
+Checked against pyro-ppl 1.9.1 (commit ff6ae1c) and 1.9.2, and torch 2.14.1.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
+import torch
+from pyro.distributions import constraints
+
+# pyro 1.9.2: public module, undocumented helpers of the autoguides.
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.autoguide.utils import deep_setattr, helpful_support_errors
+
+# pyro 1.9.2: private helper of TraceMeanField_ELBO (model/guide order check).
 from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
+
+# pyro 1.9.2: private switch behind pyro.settings "module_local_params".
 from pyro.nn.module import _is_module_local_param_enabled
 from pyro.ops.tensor_utils import periodic_repeat
 from pyro.poutine.util import prune_subsample_sites
 
 __all__ = [
     "InitMessenger",
-    "create_optimizer",
+    "SoftplusPositive",
     "check_mean_field_requirement",
+    "create_optimizer",
     "deep_setattr",
+    "disable_torch_function_subclass",
     "helpful_support_errors",
     "is_module_local_param_enabled",
+    "module_context",
+    "param_store_name",
     "periodic_repeat",
+    "pyro_optim_optimizers",
     "prune_subsample_sites",
+    "tensor_version",
 ]
 
 check_mean_field_requirement = _check_mean_field_requirement
+
+#: pyro 1.9.2: the class of ``constraints.softplus_positive`` (private name
+#: ``_SoftplusPositive``), subclassed to register a faster transform.
+SoftplusPositive: type = type(constraints.softplus_positive)
+
+
+def is_module_local_param_enabled() -> bool:
+    """Whether ``pyro.settings.set(module_local_params=True)`` is in force."""
+    return bool(_is_module_local_param_enabled())
+
+
+def module_context(module: Any) -> AbstractContextManager:
+    """The context a ``PyroModule`` enters in ``__call__`` (pyro 1.9.2).
+
+    Inside it, reading a ``PyroParam`` attribute synchronises the module with
+    Pyro's global param store, as it does during a call: after
+    ``pyro.get_param_store().set_state(...)`` or ``.load(...)`` the module
+    then reads the restored tensors.
+    """
+    return module._pyro_context
+
+
+def param_store_name(module: Any, attribute: str) -> str:
+    """Name of a ``PyroModule`` attribute in Pyro's global param store.
+
+    ``PyroModule._pyro_name`` (pyro 1.9.2) is the module's path from its root
+    PyroModule, e.g. ``"AutoGuideList.0"``.
+    """
+    prefix = module._pyro_name
+    return f"{prefix}.{attribute}" if prefix else attribute
+
+
+def pyro_optim_optimizers(optim: Any) -> dict[torch.Tensor, torch.optim.Optimizer]:
+    """The torch optimisers a ``PyroOptim`` has created, by parameter.
+
+    Pyro 1.9.2 creates one torch optimiser (or LR scheduler, unwrapped here
+    through its public ``optimizer`` attribute) per parameter tensor, in the
+    undocumented dict ``PyroOptim.optim_objs``.
+    """
+    return {
+        param: getattr(opt, "optimizer", opt) for param, opt in optim.optim_objs.items()
+    }
 
 
 def create_optimizer(optim: Any, param: Any, args: dict[str, Any]) -> Any:
@@ -42,6 +103,11 @@ def create_optimizer(optim: Any, param: Any, args: dict[str, Any]) -> Any:
     return optimizer
 
 
-def is_module_local_param_enabled() -> bool:
-    """Whether ``pyro.settings.set(module_local_params=True)`` is in force."""
-    return bool(_is_module_local_param_enabled())
+def disable_torch_function_subclass() -> AbstractContextManager:
+    """torch 2.14: run torch functions on a tensor subclass as on a plain tensor."""
+    return torch._C.DisableTorchFunctionSubclass()
+
+
+def tensor_version(tensor: torch.Tensor) -> int:
+    """torch 2.14: a tensor's in-place modification counter (``_version``)."""
+    return int(tensor._version)

@@ -24,6 +24,8 @@ from pyro.distributions import constraints
 from pyro.distributions.transforms import SoftplusTransform
 from torch.distributions import biject_to, transform_to
 
+from ._pyro_compat import SoftplusPositive
+
 __all__ = ["FastSoftplusTransform", "softplus", "softplus_positive"]
 
 
@@ -69,7 +71,7 @@ class FastSoftplusTransform(SoftplusTransform):
         return -softplus(-x)
 
 
-class _FastSoftplusPositive(type(constraints.softplus_positive)):  # type: ignore[misc]
+class _FastSoftplusPositive(SoftplusPositive):  # type: ignore[misc,valid-type]
     """``softplus_positive``, transformed by :class:`FastSoftplusTransform`."""
 
 

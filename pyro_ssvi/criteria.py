@@ -33,6 +33,7 @@ References:
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 from typing import Callable
@@ -41,12 +42,18 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ADDITIONS",
     "CRITERIA",
     "DEFAULT_CRITERION",
+    "addition_scores",
     "expected_abs",
     "expected_exp_abs",
+    "get_addition",
     "get_criterion",
+    "grad_abs",
     "mean_abs",
+    "needs_grad",
+    "random_scores",
     "removal_scores",
     "snr",
     "snr_abs",
@@ -544,3 +551,85 @@ def _candidates(scores: Tensor, k: int) -> Tensor | None:
     t = torch.kthvalue(sample, max(1, rank)).values
     candidates = torch.nonzero(scores >= t).squeeze(1)
     return candidates if candidates.numel() >= k else None
+
+
+# ------------------------------------------------------------ addition rules
+AdditionRule = Callable[..., Tensor]
+
+
+def grad_abs(name: str, posterior: object, grad: Tensor | None) -> Tensor:
+    r"""Addition score :math:`|\partial L / \partial \theta_j|`, the paper's rule.
+
+    ``grad`` is the gradient of the expected negative log-likelihood with
+    respect to every coordinate of the site's weight, active or not, on the
+    minibatch of the update (see :class:`~pyro_ssvi.SubspaceScheduler`).
+    """
+    if grad is None:
+        raise ValueError(f"addition 'grad' needs the gradient of site {name!r}")
+    return grad.reshape(-1).abs()
+
+
+grad_abs.needs_grad = True  # type: ignore[attr-defined]
+
+
+def random_scores(name: str, posterior: object, grad: Tensor | None) -> Tensor:
+    """Addition score drawn uniformly at random: random growth (an ablation)."""
+    n = posterior.event_shape.numel()  # type: ignore[attr-defined]
+    return torch.rand(n, device=posterior.loc.device)  # type: ignore[attr-defined]
+
+
+#: Addition rules by name: ``(site_name, posterior, grad) -> scores`` of all
+#: ``n`` coordinates (higher means add). Rules with ``needs_grad = True``
+#: receive the dense gradient; others get None.
+ADDITIONS: dict[str, AdditionRule] = {"grad": grad_abs, "random": random_scores}
+
+
+def get_addition(rule: str | AdditionRule) -> AdditionRule:
+    """Resolves an addition rule name or callable.
+
+    A callable is called as ``rule(site_name, posterior, grad)``, or as
+    ``rule(site_name, posterior)`` if it takes two arguments; it receives a
+    gradient only if it has an attribute ``needs_grad = True``.
+
+    Raises:
+        ValueError: For an unknown name. TypeError: for anything else.
+    """
+    if isinstance(rule, str):
+        if rule not in ADDITIONS:
+            raise ValueError(
+                f"unknown addition rule {rule!r}; valid names are {sorted(ADDITIONS)}, "
+                "or pass a callable (site_name, posterior, grad) -> scores"
+            )
+        return ADDITIONS[rule]
+    if callable(rule):
+        return rule
+    raise TypeError(f"addition must be a name or a callable, got {type(rule)!r}")
+
+
+def needs_grad(rule: AdditionRule) -> bool:
+    """Whether an addition rule reads the dense gradient."""
+    return bool(getattr(rule, "needs_grad", False))
+
+
+def addition_scores(
+    rule: AdditionRule, name: str, posterior: object, grad: Tensor | None
+) -> Tensor:
+    """Scores all coordinates for addition with a validated rule.
+
+    Returns:
+        A 1-D tensor of length ``n`` (NaN counts as ``-inf`` in selection).
+
+    Raises:
+        ValueError: If the rule returns the wrong shape.
+    """
+    takes_grad = len(inspect.signature(rule).parameters) >= 3
+    with torch.no_grad():
+        scores = rule(name, posterior, grad) if takes_grad else rule(name, posterior)
+    n = posterior.event_shape.numel()  # type: ignore[attr-defined]
+    if not isinstance(scores, Tensor) or scores.shape != (n,):
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores)
+        raise ValueError(
+            f"the addition rule returned {shape} for site {name!r}; expected a "
+            f"tensor of shape ({n},)"
+        )
+    return scores

@@ -11,7 +11,8 @@ Example::
 
     q = SparseNormal(loc, scale, indices, shape=(400, 784))
     w = q.rsample()                   # (400, 784), zero off the active set
-    kl = kl_divergence(q, prior)      # summed over the k active coordinates
+    kl = kl_divergence(q, prior)      # KL on the k active coordinates, minus
+                                      # the prior's log-density at the zeros
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from pyro.distributions import Independent, Normal, TorchDistribution
 from torch.distributions import constraints, register_kl
 
-__all__ = ["SparseNormal"]
+__all__ = ["ShiftedSparseNormal", "SparseNormal"]
 
 _HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
 
@@ -175,6 +176,25 @@ class SparseNormal(TorchDistribution):
         return (_HALF_LOG_2PI_E + self.scale.log()).sum(-1)
 
 
+def _compact(t: torch.Tensor, event_shape: torch.Size) -> tuple[torch.Tensor, int]:
+    """A prior parameter without its broadcast copies, and how often each value repeats.
+
+    ``Normal(0., s).expand(shape)`` stores ``s`` once with zero strides; summing
+    a function of it over the event equals summing over the stored values
+    times the number of copies. Returns ``(t', m)`` with
+    ``sum_event f(t) = m * sum_event' f(t')``.
+    """
+    n = len(event_shape)
+    if t.dim() < n:
+        t = t.expand(event_shape)
+    multiplicity = 1
+    for d in range(t.dim() - n, t.dim()):
+        if t.stride(d) == 0 and t.shape[d] > 1:
+            multiplicity *= t.shape[d]
+            t = t.narrow(d, 0, 1)
+    return t, multiplicity
+
+
 def _gather_param(
     t: torch.Tensor, event_shape: torch.Size, indices: torch.Tensor
 ) -> torch.Tensor:
@@ -211,9 +231,65 @@ def _kl_active_normal(
     return (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum(-1)
 
 
+def _normal_log_prob_at_zero(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (loc / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)
+
+
+def _inactive_normal_log_prob(p: SparseNormal, base: Normal) -> torch.Tensor:
+    r""":math:`\sum_{j \notin A} \log \mathcal{N}(0; m_j, s_j^2)` (shape ``batch``).
+
+    Summed over the whole event on the stored (non-broadcast) prior values and
+    less the active coordinates' share, so ``O(k)`` for the usual constant
+    prior and ``O(n)`` only for a prior whose parameters really vary.
+    """
+    shape, n = p.event_shape, len(p.event_shape)
+    loc, scale = torch.broadcast_tensors(base.loc, base.scale)
+    lead = loc.shape[: loc.dim() - n] if loc.dim() >= n else torch.Size()
+    loc_c, m_loc = _compact(loc, shape)
+    scale_c, m_scale = _compact(scale, shape)
+    if m_loc == m_scale and loc_c.shape == scale_c.shape:
+        total = m_loc * _normal_log_prob_at_zero(loc_c, scale_c).reshape(
+            lead + (-1,)
+        ).sum(-1)
+    else:  # different broadcast patterns: sum densely
+        total = _normal_log_prob_at_zero(loc, scale).reshape(lead + (-1,)).sum(-1)
+    loc_a = _gather_param(loc, shape, p.indices)
+    scale_a = _gather_param(scale, shape, p.indices)
+    active = _normal_log_prob_at_zero(loc_a, scale_a)
+    active = active.expand(active.shape[:-1] + (p.num_active,)).sum(-1)
+    return total - active
+
+
+def _inactive_log_prob(
+    p: SparseNormal, base: torch.distributions.Distribution
+) -> torch.Tensor:
+    r""":math:`\sum_{j \notin A} \log p_j(0)` for any factorised prior (dense)."""
+    n = len(p.event_shape)
+    zeros = torch.zeros(p.event_shape, dtype=p.loc.dtype, device=p.loc.device)
+    log_p0 = base.log_prob(zeros)
+    lead = log_p0.shape[: log_p0.dim() - n]
+    log_p0 = log_p0.reshape(lead + (-1,))
+    return log_p0.sum(-1) - log_p0.index_select(-1, p.indices).sum(-1)
+
+
 def _kl_sparse_factorised(
     p: SparseNormal, q: torch.distributions.Distribution
 ) -> torch.Tensor:
+    r"""The KL term of the ELBO for a sparse posterior against a factorised prior.
+
+    .. math::
+
+        \mathrm{KL}_A(q \,\|\, p) = \sum_{j \in A} \mathrm{KL}\big(
+            \mathcal{N}(\mu_j, \sigma_j^2) \,\|\, p_j\big)
+            - \sum_{j \notin A} \log p_j(0),
+
+    the expectation of :math:`\log q(\theta) - \log p(\theta)` that
+    :class:`~pyro.infer.Trace_ELBO` estimates: the inactive coordinates are
+    exact zeros, so the prior's density there belongs to the objective. For
+    a fixed prior the second sum is a constant; for a prior with learnable
+    parameters (hierarchical, ARD) it carries their gradient, so they are
+    fitted as under ``Trace_ELBO``.
+    """
     if q.event_shape != p.event_shape and len(q.event_shape) != 0:
         raise NotImplementedError
     base = _unwrap_independent(q)
@@ -222,14 +298,15 @@ def _kl_sparse_factorised(
     if isinstance(base, torch.distributions.Normal):
         loc_q = _gather_param(base.loc, p.event_shape, p.indices)
         scale_q = _gather_param(base.scale, p.event_shape, p.indices)
-        return _kl_active_normal(p, loc_q, scale_q)
+        active = _kl_active_normal(p, loc_q, scale_q)
+        return active - _inactive_normal_log_prob(p, base)
     # Any other univariate factorised prior: analytic entropy of the active
     # coordinates plus a one-draw reparameterised estimate of the cross-entropy,
     # both restricted to the active set (an unbiased estimate of the KL).
     dense = p.rsample()
     n = len(p.event_shape)
     log_p = base.log_prob(dense.expand(base.batch_shape[: -n or None] + dense.shape))
-    return -p.entropy() - p.gather(log_p).sum(-1)
+    return -p.entropy() - p.gather(log_p).sum(-1) - _inactive_log_prob(p, base)
 
 
 @register_kl(SparseNormal, Independent)
@@ -240,3 +317,49 @@ def _kl_sparse_independent(p: SparseNormal, q: Independent) -> torch.Tensor:
 @register_kl(SparseNormal, Normal)
 def _kl_sparse_normal(p: SparseNormal, q: Normal) -> torch.Tensor:
     return _kl_sparse_factorised(p, q)
+
+
+class ShiftedSparseNormal(TorchDistribution):
+    r"""A :class:`SparseNormal` translated by a dense tensor: :math:`\theta + \delta`.
+
+    :class:`~pyro_ssvi.SubspaceScheduler` samples sparse sites from this with
+    :math:`\delta = 0` (a leaf that requires grad), so that
+    :math:`\partial L / \partial \delta` is the gradient of the loss with
+    respect to every coordinate of the weight, active or not: the addition
+    score. Only the scheduler's likelihood pass samples it; no KL is
+    registered for it.
+
+    Args:
+        base: The sparse posterior.
+        shift: A tensor of the event shape.
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = True
+
+    def __init__(self, base: SparseNormal, shift: torch.Tensor) -> None:
+        self.base = base
+        self.shift = shift
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self) -> constraints.Constraint:
+        return self.base.support
+
+    def rsample(  # type: ignore[override]
+        self, sample_shape: torch.Size = torch.Size()
+    ) -> torch.Tensor:
+        return self.base.rsample(sample_shape) + self.shift
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base.log_prob(value - self.shift)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.base.mean + self.shift
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.base.variance
+
+

@@ -20,9 +20,16 @@ from typing import Any, Callable
 
 import torch
 from pyro.distributions import constraints
-from pyro.infer.autoguide.initialization import init_to_feasible
+from pyro.infer.autoguide.initialization import (
+    init_to_feasible,
+    init_to_mean,
+    init_to_median,
+    init_to_sample,
+    init_to_uniform,
+    init_to_value,
+)
 
-__all__ = ["init_to_kaiming"]
+__all__ = ["init_gives_values", "init_to_kaiming"]
 
 
 def init_to_kaiming(
@@ -77,3 +84,49 @@ def init_to_kaiming(
     fan_in = template[0].numel()
     std = gain / math.sqrt(fan_in)
     return torch.randn_like(template) * std
+
+
+def init_gives_values(init_loc_fn: Callable[..., Any], site_name: str) -> bool:
+    """Whether ``init_loc_fn`` starts ``site_name`` from given values.
+
+    Given values are informative (a pretrained network's weights, Pyro's
+    :func:`~pyro.infer.autoguide.init_to_value`, any user function): the
+    guide then starts a sparse site on the ``k`` largest-magnitude
+    coordinates of those values. Draws from the prior or a generic rule carry
+    no such information, and the active set starts at random, as in the SSVI
+    paper. The generic rules are :func:`init_to_kaiming` and Pyro's
+    ``init_to_feasible``, ``init_to_sample``, ``init_to_uniform``,
+    ``init_to_mean`` and ``init_to_median`` (also partially applied);
+    ``init_to_value`` gives values for the sites in its ``values`` and
+    defers to its ``fallback`` for the others.
+
+    Args:
+        init_loc_fn: The guide's initialiser.
+        site_name: A latent site.
+
+    Returns:
+        True for given values, False for a generic rule.
+    """
+    fn: Any = init_loc_fn
+    while isinstance(fn, functools.partial):
+        if fn.func is init_to_value:
+            if site_name in fn.keywords.get("values", {}):
+                return True
+            fn = fn.keywords.get("fallback", init_to_uniform)
+            continue
+        fn = fn.func
+    if fn is init_to_value:  # called without values: all from its fallback
+        return False
+    return fn not in _GENERIC_INITS
+
+
+_GENERIC_INITS = frozenset(
+    {
+        init_to_kaiming,
+        init_to_feasible,
+        init_to_sample,
+        init_to_uniform,
+        init_to_mean,
+        init_to_median,
+    }
+)

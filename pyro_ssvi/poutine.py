@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from pyro.poutine.messenger import Messenger
 
+from ._pyro_compat import disable_torch_function_subclass, tensor_version
 from .layers.lrt import conv_moments, linear_moments, sample_moments
 from .layers.sparse import SparseStructure, sparse_linear
 
@@ -127,7 +128,6 @@ class LazyWeight(torch.Tensor):
     _handler: "LazyWeightMessenger"
     _sample: torch.Tensor | None
     _active_draw: torch.Tensor | None
-    _capture: dict[str, torch.Tensor] | None
 
     @staticmethod
     def __new__(
@@ -137,14 +137,8 @@ class LazyWeight(torch.Tensor):
         base = torch.zeros((), dtype=loc.dtype, device=loc.device)
         obj = base.expand(posterior.event_shape).as_subclass(cls)
         obj.posterior, obj.site, obj._handler = posterior, name, handler
-        obj._sample, obj._active_draw, obj._capture = None, None, None
+        obj._sample, obj._active_draw = None, None
         return obj
-
-    def capture_gradient(self, store: dict[str, torch.Tensor]) -> None:
-        """Accumulate ``dL/dE[W]`` (dense) into ``store[site]`` on backward."""
-        self._capture = store
-        if self._sample is not None and self._sample.requires_grad:
-            self._sample.register_hook(self._store_hook())
 
     def values(self) -> torch.Tensor:
         """The active coordinates of the weight sample (sparse posteriors).
@@ -155,7 +149,7 @@ class LazyWeight(torch.Tensor):
         """
         if self._active_draw is None:
             post = self.posterior
-            with torch._C.DisableTorchFunctionSubclass():
+            with disable_torch_function_subclass():
                 eps = torch.randn(
                     post.loc.shape, dtype=post.loc.dtype, device=post.loc.device
                 )
@@ -165,33 +159,13 @@ class LazyWeight(torch.Tensor):
     def sample(self) -> torch.Tensor:
         """An exact weight sample (drawn on first use, then reused)."""
         if self._sample is None:
-            with torch._C.DisableTorchFunctionSubclass():
+            with disable_torch_function_subclass():
                 if hasattr(self.posterior, "indices"):
                     value = self.posterior.scatter(self.values())
                 else:
                     value = self.posterior.rsample()
-            if self._capture is not None and value.requires_grad:
-                value.register_hook(self._store_hook())
             self._sample = value
         return self._sample
-
-    def _store_hook(self, owned: bool = False) -> Callable[[torch.Tensor], None]:
-        """A hook adding its gradient into the capture store.
-
-        ``owned``: the hook receives tensors nobody else holds (computed for
-        it), which it may keep without a copy; autograd's own are cloned.
-        """
-        store, name = self._capture, self.site
-
-        def hook(grad: torch.Tensor) -> None:
-            assert store is not None
-            g = grad.detach()
-            if name in store:
-                store[name] = store[name] + g
-            else:
-                store[name] = g if owned else g.clone()
-
-        return hook
 
     @classmethod
     def __torch_function__(
@@ -202,7 +176,7 @@ class LazyWeight(torch.Tensor):
             result = _layer_call(func, args, kwargs)
             if result is not None:
                 return result
-        with torch._C.DisableTorchFunctionSubclass():
+        with disable_torch_function_subclass():
             if func in _METADATA:
                 return func(*args, **kwargs)
             args, kwargs = _materialise((args, kwargs))
@@ -229,7 +203,7 @@ def _layer_call(func: Any, args: Any, kwargs: Any) -> torch.Tensor | None:
         return None  # weight sampling of a convolution: the exact dense sample
     if isinstance(bias, LazyWeight):
         bias = bias.sample()
-    with torch._C.DisableTorchFunctionSubclass():
+    with disable_torch_function_subclass():
         if not weight._handler.lrt:
             out = weight._handler.sampled_linear(weight, x)
             return out if bias is None else out + bias
@@ -314,22 +288,15 @@ class LazyWeightMessenger(Messenger):
             structure = self.structure(post)
             mean = sparse_linear(x, post.loc, structure)
             var = sparse_linear(x * x, post.scale**2, structure)
-            if weight._capture is not None:
-                mean.register_hook(self._linear_capture(weight, x))
             self.decisions[weight.site] = "sparse"
             return mean, var
-        w_mean = post.mean
-        if weight._capture is not None and w_mean.requires_grad:
-            w_mean.register_hook(weight._store_hook())
         self.decisions[weight.site] = "dense"
-        return linear_moments(x, w_mean, post.variance)
+        return linear_moments(x, post.mean, post.variance)
 
     def sampled_linear(self, weight: LazyWeight, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T`` for the weight sample, on the sparse or the dense path."""
         if self._use_sparse(weight, x):
             out = sparse_linear(x, weight.values(), self.structure(weight.posterior))
-            if weight._capture is not None:
-                out.register_hook(self._linear_capture(weight, x))
             self.decisions[weight.site] = "sparse"
             return out
         self.decisions[weight.site] = "dense"
@@ -340,22 +307,7 @@ class LazyWeightMessenger(Messenger):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of a convolution (dense kernels)."""
         post = weight.posterior
-        w_mean = post.mean
-        if weight._capture is not None and w_mean.requires_grad:
-            w_mean.register_hook(weight._store_hook())
-        return conv_moments(x, w_mean, post.variance, **conv_kwargs)
-
-    @staticmethod
-    def _linear_capture(
-        weight: LazyWeight, x: torch.Tensor
-    ) -> Callable[[torch.Tensor], None]:
-        store = weight._store_hook(owned=True)
-        inputs = x.detach().reshape(-1, x.shape[-1])
-
-        def hook(grad: torch.Tensor) -> None:
-            store(grad.reshape(-1, grad.shape[-1]).T @ inputs)
-
-        return hook
+        return conv_moments(x, post.mean, post.variance, **conv_kwargs)
 
     # --------------------------------------------------------- sparse path
     def structure(self, post: Any) -> SparseStructure:
@@ -365,10 +317,15 @@ class LazyWeightMessenger(Messenger):
         if (
             cached is None
             or cached[0]() is not indices
-            or cached[1] != indices._version
+            or cached[1] != tensor_version(indices)
         ):
             structure = SparseStructure(indices, post.event_shape)
-            cached = (weakref.ref(indices), indices._version, structure)
+            cached = (weakref.ref(indices), tensor_version(indices), structure)
+            self._structures = {  # drop the structures of replaced active sets
+                key: value
+                for key, value in self._structures.items()
+                if value[0]() is not None
+            }
             self._structures[id(indices)] = cached
         return cached[2]
 

@@ -159,8 +159,22 @@ def _check_options(num_samples: int, batch_size: int) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}.")
 
 
+def _is_loaded(guide: Any) -> bool:
+    """An AutoSparseNormal loaded from a state dict (it checks itself on use)."""
+    from .guides import AutoSparseNormal
+
+    try:
+        return isinstance(guide, AutoSparseNormal) and bool(guide.site_names())
+    except RuntimeError:  # no parameters yet
+        return False
+
+
 def _require_setup(guide: Any) -> None:
-    if isinstance(guide, AutoGuide) and guide.prototype_trace is None:
+    if (
+        isinstance(guide, AutoGuide)
+        and guide.prototype_trace is None
+        and not _is_loaded(guide)
+    ):
         raise ValueError(
             f"{type(guide).__name__} has not been run on the model yet (a new or "
             "freshly loaded autoguide), so sampling it would trace the model "

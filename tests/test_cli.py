@@ -222,7 +222,7 @@ def test_evaluate_reproduces_mean_weight_metrics(tmp_path, capsys):
     run, ckpt = load_run(out)
     saved_guide = load_checkpoint(ckpt)["guide"]
     for name, idx in run.guide.active_indices().items():
-        assert torch.equal(idx, saved_guide[f"indices.{name}"].long())
+        assert torch.equal(idx, saved_guide[f"indices.{name}_unconstrained"].long())
     assert run.epoch == 1 and run.train_data is None
 
 

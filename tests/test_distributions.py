@@ -92,9 +92,12 @@ def test_kl_equals_sum_of_closed_form_kls_on_active_set(prior_kind):
         dist.Normal(q.loc, q.scale),
         dist.Normal(loc_p.reshape(-1)[q.indices], scale_p.reshape(-1)[q.indices]),
     )
+    # The inactive coordinates are exact zeros: the prior's log-density there.
+    log_p0 = dist.Normal(loc_p, scale_p).log_prob(torch.zeros(SHAPE, dtype=torch.float64))
     kl = kl_divergence(q, prior)
     assert kl.shape == ()
-    assert torch.allclose(kl, per_coord.sum(), rtol=1e-12)
+    expected = per_coord.sum() - log_p0[_off_mask(q)].sum()
+    assert torch.allclose(kl, expected, rtol=1e-12)
 
 
 def test_kl_against_laplace_prior_is_unbiased():
@@ -109,6 +112,8 @@ def test_kl_against_laplace_prior_is_unbiased():
         torch.erf(mu / (s * math.sqrt(2)))
     )
     exact = -q.entropy() + (math.log(2 * b) + e_abs / b).sum()
+    # minus the prior's log-density at the 14 inactive zeros, -log(2b) each
+    exact += (20 - 6) * math.log(2 * b)
     n = 4000
     draws = torch.stack([kl_divergence(q, prior) for _ in range(n)])
     # 5 standard errors of the Monte Carlo mean.

@@ -38,8 +38,8 @@ def _off_active(guide, name, value):
 def test_default_rule_weights_sparse_biases_dense():
     _, guide = _guide()
     assert guide.sparse_site_names() == ["net.0.weight", "net.2.weight"]
-    for name, m in guide._meta.items():
-        assert m["sparse"] == name.endswith("weight")
+    for name in guide.site_names():
+        assert (name in guide.sparse_site_names()) == name.endswith("weight")
 
 
 @pytest.mark.parametrize("density", [0.01, 0.1, 0.3, 0.5, 1.0])
@@ -107,10 +107,12 @@ def test_mean_field_elbo_kl_is_exact_and_deterministic():
     elbo = TraceMeanField_ELBO()
     losses = {elbo.loss(model, guide) for _ in range(5)}
     assert len(losses) == 1
-    post = guide.get_posterior("w")
+    post = guide.site_posterior("w")
     expected = torch.distributions.kl_divergence(
         dist.Normal(post.loc, post.scale), dist.Normal(0.0, 2.0)
     ).sum()
+    # The 6 inactive coordinates are exact zeros: -log N(0; 0, 2^2) each.
+    expected += 6 * (math.log(2.0) + 0.5 * math.log(2 * math.pi))
     assert losses.pop() == pytest.approx(expected.item(), rel=1e-6)
 
 
@@ -148,7 +150,7 @@ def test_median_quantiles_and_posterior():
     _, guide = _guide()
     med = guide.median()
     q = guide.quantiles([0.1, 0.5, 0.9])
-    for name in guide._meta:
+    for name in guide.site_names():
         assert med[name].shape == guide.site_shape(name)
         assert q[name].shape == (3,) + guide.site_shape(name)
         assert torch.allclose(q[name][1], med[name], atol=1e-6)
@@ -156,18 +158,19 @@ def test_median_quantiles_and_posterior():
     for name in guide.sparse_site_names():
         assert torch.all(_off_active(guide, name, med[name]) == 0)
         assert torch.all(_off_active(guide, name, q[name][2]) == 0)
-        post = guide.get_posterior(name)
+        post = guide.site_posterior(name)
         assert torch.equal(post.mean, med[name])
-    assert isinstance(guide.get_posterior("net.0.bias"), dist.Independent)
+    assert isinstance(guide.site_posterior("net.0.bias"), dist.Independent)
     with pytest.raises(KeyError, match="no site 'nope'"):
-        guide.get_posterior("nope")
+        guide.site_posterior("nope")
 
 
 def test_num_variational_params_counts_active_and_dense():
     _, guide = _guide(0.25)
     expected = 2 * (12 + 6 + 8 + 3)  # (loc, scale) x (active w1, w2, dense b1, b2)
     assert guide.num_variational_params() == expected
-    assert sum(p.numel() for p in guide.parameters()) == expected
+    # guide.parameters() also holds the (untrained) active indices of w1, w2.
+    assert sum(p.numel() for p in guide.parameters()) == expected + 12 + 6
 
 
 def test_unbuilt_guide_says_what_to_do():
@@ -205,14 +208,37 @@ def test_module_local_params_leave_the_global_store_empty():
     assert guide.num_variational_params() > 0
 
 
-def test_stale_global_param_store_is_refused():
+def test_a_new_guide_reuses_the_global_store_like_any_pyro_module():
+    """Like AutoNormal, a new guide of the same name picks up the store's
+    parameters; its locs, scales and indices all come from there, together."""
     model, guide = _guide()
     TraceMeanField_ELBO().loss(model, guide, X, Y)  # registers its params
+    _, again = _guide()
+    again(X, Y)
+    assert all(torch.equal(a, b) for a, b in zip(guide.parameters(), again.parameters()))
+    assert all(
+        torch.equal(guide.active_indices()[k], v)
+        for k, v in again.active_indices().items()
+    )
+
+
+def test_partial_stale_store_entries_are_refused():
+    """Locs without indices (e.g. from an old file) cannot be paired: refuse."""
+    model, guide = _guide()
+    TraceMeanField_ELBO().loss(model, guide, X, Y)
+    del pyro.get_param_store()["AutoSparseNormal.indices.net.0.weight"]
     with pytest.raises(ValueError, match="pyro.clear_param_store"):
         _guide()
 
 
 # ------------------------------------------------------------------- state
+def _autonormal_state():
+    model = tiny_classifier()
+    guide = AutoNormal(model)
+    guide(X, Y)
+    return guide.state_dict()
+
+
 def _roundtrip(state):
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -226,11 +252,15 @@ def test_state_dict_roundtrip_into_fresh_guide_before_first_call():
         for p in guide.parameters():
             p.add_(torch.randn_like(p))
     state = _roundtrip(guide.state_dict())
-    assert state["indices.net.0.weight"].dtype == torch.int32  # compact on disk
+    # tensors only, indices as integers (int32: compact on disk)
+    assert all(torch.is_tensor(v) for v in state.values())
+    assert state["indices.net.0.weight_unconstrained"].dtype == torch.int32
     pyro.clear_param_store()
     fresh = AutoSparseNormal(tiny_classifier(), density=0.3)
     fresh.load_state_dict(state)
-    saved, loaded = guide.median(), fresh.median()  # before any call
+    with pytest.raises(ValueError, match="call guide.setup"):
+        fresh.median()  # not yet checked against the model
+    saved, loaded = guide.median(), fresh.median(X)  # checks it, without labels
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
     for name, idx in fresh.active_indices().items():
         assert idx.dtype == torch.int64 and torch.equal(
@@ -260,6 +290,10 @@ def test_state_dict_load_into_built_guide_and_mismatches():
         wrong.load_state_dict(state)
     with pytest.raises(ValueError, match="saved from an AutoSparseNormal"):
         AutoSparseNormal(tiny_classifier()).load_state_dict({})
+    with pytest.raises(ValueError, match="saved from an AutoSparseNormal"):
+        AutoSparseNormal(tiny_classifier()).load_state_dict(
+            _autonormal_state()
+        )
 
 
 # ---------------------------------------------------------------- bad input
@@ -283,7 +317,7 @@ def test_bad_constructor_arguments(kwargs, error, match):
         AutoSparseNormal(tiny_classifier(), **kwargs)
 
 
-def test_no_eligible_site_is_refused():
+def test_no_eligible_site_warns_and_works_as_autonormal():
     class Small(PyroModule):
         def __init__(self):
             super().__init__()
@@ -292,8 +326,21 @@ def test_no_eligible_site_is_refused():
         def forward(self):
             return self.b
 
-    with pytest.raises(ValueError, match="no latent site is sparse"):
-        AutoSparseNormal(Small()).setup()
+    with pytest.warns(UserWarning, match="no latent site is sparse"):
+        guide = AutoSparseNormal(Small()).setup()
+    assert guide.sparse_site_names() == [] and guide.density == 1.0
+    assert guide()["b"].shape == (3,)
+    # At density 1 a dense guide is what was asked for: no warning.
+    AutoSparseNormal(Small(), density=1.0).setup()
+
+
+def test_model_without_latent_sites_works_as_autonormal():
+    class Observed(PyroModule):
+        def forward(self, y):
+            pyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+
+    for cls in (AutoNormal, AutoSparseNormal):
+        assert cls(Observed())(torch.tensor(0.5)) == {}
 
 
 def test_non_factorised_prior_on_requested_site_is_refused():

@@ -29,7 +29,9 @@ MODULES = [
     "pyro_ssvi.plots",
     "pyro_ssvi.poutine",
     "pyro_ssvi.predict",
+    "pyro_ssvi.scheduler",
     "pyro_ssvi.schedules",
+    "pyro_ssvi.subspace",
     "pyro_ssvi.svi",
     "pyro_ssvi.training",
 ]

@@ -18,22 +18,26 @@ from ._rundir import check_checkpoint_matches, load_run_state
 
 # --------------------------------------------------------------- evaluation
 def _site_sizes(guide: Any) -> tuple[dict[str, int], dict[str, int]]:
-    """``(num_active, numel)`` of every weight site (dense sites fully active).
-
-    Weight sites are the sparse ones and every site of two or more
-    dimensions, in model order.
-    """
-    sparse = guide.num_active() if hasattr(guide, "num_active") else {}
-    numel = {
+    """``(num_active, numel)`` of every weight site (dense sites fully active)."""
+    if hasattr(guide, "num_active"):
+        active = guide.num_active()
+        numel = {n: guide.site_shape(n).numel() for n in active}
+        for name in guide.site_names():
+            if name not in active and len(guide.site_shape(name)) >= 2:
+                active[name] = numel[name] = guide.site_shape(name).numel()
+        return active, numel
+    sizes = {
         name: value.numel()
         for name, value in guide.median().items()
-        if name in sparse or value.dim() >= 2
+        if value.dim() >= 2
     }
-    return {n: sparse.get(n, size) for n, size in numel.items()}, numel
+    return dict(sizes), dict(sizes)
 
 
 def num_variational_params(guide: Any) -> int:
     """Number of variational parameters (means and scales) of a guide."""
+    if hasattr(guide, "num_variational_params"):
+        return int(guide.num_variational_params())
     return sum(p.numel() for p in guide.parameters())
 
 

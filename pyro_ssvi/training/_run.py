@@ -164,6 +164,7 @@ def build_run(
             init_scale=c.init_scale,
             dense_sites=model.dense_sites,
             init_loc_fn=model.init_loc_fn(),
+            init_active="random",  # a fresh network: the paper's random subset
         )
     else:
         guide = AutoNormal(

@@ -1,0 +1,472 @@
+r"""``SubspaceScheduler``: SSVI's subspace reselection, for any training loop.
+
+Like a torch learning-rate scheduler, it is stepped once after every
+optimisation step, and it edits the optimiser's state (the moments of the
+coordinates it moves) along with the guide::
+
+    pyro.settings.set(module_local_params=True)
+    guide = AutoSparseNormal(model, density=0.1).setup(x0, y0)
+    elbo = TraceMeanField_ELBO()(model, guide)        # Pyro's ELBOModule
+    optimizer = torch.optim.Adam(elbo.parameters(), lr=1e-3)
+    scheduler = SubspaceScheduler(model, guide, optimizer, num_steps=10_000)
+    for x, y in loader:
+        optimizer.zero_grad()
+        elbo(x, y).backward()
+        optimizer.step()
+        scheduler.step(x, y)          # reselects when an update is due
+
+:class:`~pyro_ssvi.SparseSVI` is ``pyro.infer.SVI`` plus one of these.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
+
+import torch
+from pyro import poutine
+from pyro.optim import PyroOptim
+from pyro.poutine.messenger import Messenger
+from torch.distributions import transform_to
+
+from ._pyro_compat import pyro_optim_optimizers
+from .criteria import (
+    addition_scores,
+    get_addition,
+    get_criterion,
+    needs_grad,
+    removal_scores,
+)
+from .distributed import all_reduce_mean_, check_indices_agree, is_distributed
+from .distributions import ShiftedSparseNormal, SparseNormal
+from .guides import AutoSparseNormal
+from .schedules import drop_fraction_at, get_schedule, needs_horizon, update_due
+from .subspace import move, num_to_swap, refill_value, reselect
+
+__all__ = ["SubspaceScheduler", "SubspaceUpdate", "find_sparse_guides"]
+
+
+class SubspaceUpdate(NamedTuple):
+    """Record of one subspace reselection.
+
+    Attributes:
+        step: Number of optimisation steps taken when the update ran.
+        drop_fraction: The fraction ``r_t`` of each active set put up for
+            replacement.
+        num_dropped: ``{site: floor(r_t * k)}``, coordinates removed (some
+            may be re-added at once).
+        num_swapped: ``{site: n}``, coordinates that actually changed: newly
+            active ones (as many became inactive).
+    """
+
+    step: int
+    drop_fraction: float
+    num_dropped: dict[str, int]
+    num_swapped: dict[str, int]
+
+
+def find_sparse_guides(guide: Any) -> list[AutoSparseNormal]:
+    """Every :class:`~pyro_ssvi.AutoSparseNormal` inside ``guide``.
+
+    Looks through ``nn.Module`` children (``AutoGuideList`` and any module
+    holding guides) and through Pyro's handler wrappers such as
+    ``poutine.scale(guide, 1/N)`` or ``poutine.block(guide, ...)`` (which are
+    ``functools.partial`` objects around the guide).
+    """
+    found: list[AutoSparseNormal] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, depth: int) -> None:
+        if id(obj) in seen or depth > 20:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, torch.nn.Module):
+            found.extend(m for m in obj.modules() if isinstance(m, AutoSparseNormal))
+            return
+        for attr in ("args", "keywords", "func", "__wrapped__", "__self__"):
+            inner = getattr(obj, attr, None)
+            if isinstance(inner, dict):
+                inner = tuple(inner.values())
+            for item in inner if isinstance(inner, tuple) else (inner,):
+                if item is not None and (callable(item) or isinstance(item, tuple)):
+                    visit(item, depth + 1)
+
+    visit(guide, 0)
+    unique = list(dict.fromkeys(found))
+    return unique
+
+
+class _Probes(Messenger):
+    """Samples every sparse guide site shifted by a zero probe that requires grad.
+
+    The gradient of the loss with respect to a probe is the gradient with
+    respect to every coordinate of the site's weight, active or not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probes: dict[str, torch.Tensor] = {}
+
+    def _pyro_sample(self, msg: Any) -> None:
+        fn = msg["fn"]
+        if isinstance(fn, SparseNormal) and msg["value"] is None:
+            probe = torch.zeros(
+                fn.event_shape,
+                dtype=fn.loc.dtype,
+                device=fn.loc.device,
+                requires_grad=True,
+            )
+            self.probes[msg["name"]] = probe
+            msg["fn"] = ShiftedSparseNormal(fn, probe)
+
+
+def likelihood_gradients(
+    model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
+) -> dict[str, torch.Tensor]:
+    r"""Gradient of the negative log-likelihood with respect to every sparse weight.
+
+    One draw :math:`\theta \sim q` from the guide, with every sparse site
+    sampled as :math:`\theta + \delta`, :math:`\delta = 0`; then
+
+    .. math:: g = \frac{\partial}{\partial \delta}
+        \Big(-\sum_{\text{observed } i} \log p(y_i \mid \theta + \delta)\Big),
+
+    each observed site weighted by its scale (plates, subsampling,
+    ``poutine.scale``) and mask, as in the ELBO. The KL term is left out: its
+    gradient is zero at the inactive coordinates. Under ``torch.distributed``
+    the gradients are averaged over ranks. Works with any ELBO (JIT ones
+    too: this pass is not compiled), any handler-wrapped guide, LRT or not.
+
+    Returns:
+        ``{site name: dense gradient of the site's shape}``.
+    """
+    probes = _Probes()
+    with torch.enable_grad():
+        with probes:
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+        model_trace.compute_log_prob(site_filter=lambda _, site: site["is_observed"])
+        nll = -sum(
+            (
+                site["log_prob_sum"]
+                for site in model_trace.nodes.values()
+                if site["type"] == "sample" and site["is_observed"]
+            ),
+            torch.zeros(()),
+        )
+        names = list(probes.probes)
+        inputs = [probes.probes[n] for n in names]
+        grads = (
+            torch.autograd.grad(nll, inputs, allow_unused=True)
+            if inputs and nll.requires_grad
+            else [None] * len(inputs)
+        )
+    result = {}
+    for name, probe, grad in zip(names, inputs, grads):
+        grad = torch.zeros_like(probe) if grad is None else grad
+        result[name] = all_reduce_mean_(grad.detach())
+    return result
+
+
+def _torch_optimizers(optimizer: Any) -> Iterator[Any]:
+    """The torch optimisers (or ``PyroOptim``) behind ``optimizer``."""
+    if optimizer is None:
+        return
+    if isinstance(optimizer, (list, tuple)):
+        for item in optimizer:
+            yield from _torch_optimizers(item)
+        return
+    yield getattr(optimizer, "optimizer", optimizer)  # torch LR schedulers
+
+
+def _move_optimizer_state(
+    optimizer: Any, param: torch.Tensor, source: torch.Tensor
+) -> None:
+    """Moments of ``param`` follow its coordinates; new coordinates start at 0."""
+    for opt in _torch_optimizers(optimizer):
+        if isinstance(opt, PyroOptim):
+            opt = pyro_optim_optimizers(opt).get(param)
+            if opt is None:
+                continue
+        state = getattr(opt, "state", {}).get(param)
+        for value in (state or {}).values():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                value.copy_(move(value, source, 0.0))
+    if param.grad is not None:
+        param.grad.zero_()
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    for opt in _torch_optimizers(optimizer):
+        if not (isinstance(opt, PyroOptim) or hasattr(opt, "state")):
+            raise TypeError(
+                "SubspaceScheduler: optimizer must be a torch.optim.Optimizer, a "
+                "torch LR scheduler, a pyro.optim.PyroOptim, a list of these or "
+                f"None, got {type(opt).__name__}."
+            )
+
+
+class SubspaceScheduler:
+    r"""Reselects the sparse subspaces of a guide on a schedule.
+
+    :meth:`step` counts one optimisation step; at every step ``t`` that is a
+    multiple of ``update_every`` below ``stop_updates_at`` it calls
+    :meth:`update`, which for every sparse site:
+
+    1. removes the :math:`s = \lfloor r_t k \rfloor` active coordinates with
+       the lowest ``removal`` score (:data:`pyro_ssvi.criteria.CRITERIA`;
+       the SNR of :math:`|\theta|` by default), with
+       :math:`r_t` from :func:`pyro_ssvi.schedules.drop_fraction_at`;
+    2. adds :math:`s` coordinates, among all not kept, with the highest
+       ``addition`` score (``"grad"``: :math:`|\partial L/\partial\theta_j|`
+       of the negative log-likelihood on the minibatch passed to
+       :meth:`step`, see :func:`likelihood_gradients`; ``"random"``);
+    3. moves the kept coordinates' means, scales and optimiser moments with
+       them (:func:`pyro_ssvi.subspace.reselect`, :func:`~pyro_ssvi.subspace.move`).
+       New coordinates start at mean 0, at the mean unconstrained scale of the
+       coordinates that stay active, and with zero moments; a coordinate
+       removed and re-added keeps everything.
+
+    All edits are in place, so the optimiser keeps holding the same tensors.
+
+    Args:
+        model: The Pyro model.
+        guide: A guide containing :class:`~pyro_ssvi.AutoSparseNormal` (alone,
+            in an ``AutoGuideList``, or wrapped in Pyro handlers).
+        optimizer: The optimiser whose moments must follow the coordinates:
+            a ``torch.optim.Optimizer``, a torch LR scheduler, a
+            ``pyro.optim.PyroOptim``, a list of these, or None for an
+            optimiser without per-coordinate state.
+        update_every: Steps between updates.
+        removal: A name from :data:`~pyro_ssvi.criteria.CRITERIA` or a
+            callable ``(loc, scale) -> scores``.
+        addition: ``"grad"``, ``"random"`` or a callable
+            ``(site_name, posterior, grad) -> scores`` of all coordinates
+            (see :func:`~pyro_ssvi.criteria.get_addition`).
+        drop_fraction: Initial fraction :math:`\alpha \in [0, 1)`.
+        drop_schedule: ``"cosine"``, ``"linear"``, ``"constant"``,
+            ``"inverse"`` or a callable ``progress -> multiplier``. Default:
+            ``"cosine"`` (the reference's) when there is a stop step, else
+            ``"inverse"``, which needs none.
+        stop_updates_at: Step from which no more updates happen. Default:
+            ``floor(0.75 * num_steps)`` as in the reference implementation,
+            or never without ``num_steps``.
+        num_steps: Planned number of training steps.
+        sparse_guides: The ``AutoSparseNormal`` guides to reselect, if
+            finding them inside ``guide`` is not possible.
+
+    Raises:
+        ValueError, TypeError: For invalid arguments, with the fix named.
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        guide: Callable[..., Any],
+        optimizer: Any = None,
+        *,
+        update_every: int = 100,
+        removal: str | Callable[..., torch.Tensor] = "snr_abs",
+        addition: str | Callable[..., torch.Tensor] = "grad",
+        drop_fraction: float = 0.3,
+        drop_schedule: str | Callable[[float], float] | None = None,
+        stop_updates_at: int | None = None,
+        num_steps: int | None = None,
+        sparse_guides: AutoSparseNormal | Iterable[AutoSparseNormal] | None = None,
+    ) -> None:
+        self.model, self.guide, self.optimizer = model, guide, optimizer
+        _check_optimizer(optimizer)
+        if sparse_guides is None:
+            self.sparse_guides = find_sparse_guides(guide)
+        elif isinstance(sparse_guides, AutoSparseNormal):
+            self.sparse_guides = [sparse_guides]
+        else:
+            self.sparse_guides = list(sparse_guides)
+        if not self.sparse_guides or not all(
+            isinstance(g, AutoSparseNormal) for g in self.sparse_guides
+        ):
+            raise TypeError(
+                "SparseSVI needs an AutoSparseNormal guide (alone, inside an "
+                "AutoGuideList, or wrapped in poutine handlers), got "
+                f"{type(guide).__name__}; pass sparse_guides=... if it is hidden "
+                "elsewhere, or use pyro.infer.SVI for other guides."
+            )
+        self.update_every = _check_int("update_every", update_every, 1)
+        self.removal = get_criterion(removal)
+        self.addition = get_addition(addition)
+        if isinstance(drop_fraction, bool) or not 0.0 <= drop_fraction < 1.0:
+            raise ValueError(
+                f"SparseSVI: drop_fraction must be in [0, 1), got {drop_fraction!r}."
+            )
+        self.drop_fraction = float(drop_fraction)
+        if num_steps is not None:
+            _check_int("num_steps", num_steps, 1)
+        if stop_updates_at is None and num_steps is not None:
+            stop_updates_at = int(0.75 * num_steps)
+        if stop_updates_at is not None:
+            _check_int("stop_updates_at", stop_updates_at, 0)
+        self.stop_updates_at = stop_updates_at
+        if drop_schedule is None:
+            drop_schedule = "cosine" if stop_updates_at else "inverse"
+        get_schedule(drop_schedule)
+        if needs_horizon(drop_schedule) and not stop_updates_at:
+            raise ValueError(
+                f"SparseSVI: drop_schedule {drop_schedule!r} decays towards the stop "
+                "step; pass num_steps= (or stop_updates_at=), or use "
+                "drop_schedule='inverse' or 'constant', which need no horizon."
+            )
+        self.drop_schedule = drop_schedule
+        self.step_count = 0
+        self.updates: list[SubspaceUpdate] = []
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------ schedule
+    @property
+    def num_updates(self) -> int:
+        """Number of subspace updates performed so far."""
+        return len(self.updates)
+
+    def drop_fraction_at(self, step: int | None = None) -> float:
+        """The drop fraction :math:`r_t` of an update at ``step`` (default: now)."""
+        return drop_fraction_at(
+            self.step_count if step is None else step,
+            alpha=self.drop_fraction,
+            schedule=self.drop_schedule,
+            update_every=self.update_every,
+            stop_at=self.stop_updates_at,
+        )
+
+    def update_due(self, step: int | None = None) -> bool:
+        """Whether an update runs at ``step`` (default: the current step)."""
+        return update_due(
+            self.step_count if step is None else step,
+            update_every=self.update_every,
+            stop_at=self.stop_updates_at,
+        )
+
+    def step(self, *args: Any, **kwargs: Any) -> SubspaceUpdate | None:
+        """Count one optimisation step; reselect if an update is due.
+
+        Call it after each optimiser step, with that step's minibatch (the
+        model's ``*args, **kwargs``; the ``"grad"`` addition rule runs one
+        extra forward and backward pass on it when an update is due).
+
+        Returns:
+            The :class:`SubspaceUpdate` if one ran, else None.
+        """
+        self.step_count += 1
+        if not self.update_due():
+            return None
+        return self.update(*args, **kwargs)
+
+    # --------------------------------------------------------- reselection
+    def update(self, *args: Any, **kwargs: Any) -> SubspaceUpdate:
+        """Reselect every sparse site's subspace now, with the current fraction.
+
+        With ``addition="grad"`` the model's arguments are required (one
+        forward and backward pass on them gives the gradient). The update is
+        recorded in :attr:`updates`.
+        """
+        grads: dict[str, torch.Tensor] = {}
+        if needs_grad(self.addition):
+            if not args and not kwargs:
+                raise ValueError(
+                    "SubspaceScheduler.update: addition='grad' needs a minibatch; "
+                    "call it with the model's arguments, e.g. update(x, y)."
+                )
+            grads = likelihood_gradients(self.model, self.guide, *args, **kwargs)
+        fraction = self.drop_fraction_at()
+        dropped: dict[str, int] = {}
+        swapped: dict[str, int] = {}
+        several = len(self.sparse_guides) > 1
+        for i, guide in enumerate(self.sparse_guides):
+            for name in guide.sparse_site_names():
+                key = f"{i}.{name}" if several else name
+                if needs_grad(self.addition) and name not in grads:
+                    self._warn_unseen(name)
+                    dropped[key] = swapped[key] = 0
+                    continue
+                dropped[key], swapped[key] = self._reselect_site(
+                    guide, name, fraction, grads.get(name)
+                )
+        record = SubspaceUpdate(self.step_count, fraction, dropped, swapped)
+        self.updates.append(record)
+        if is_distributed():
+            check_indices_agree(self.sparse_guides, self.step_count)
+        return record
+
+    def _warn_unseen(self, name: str) -> None:
+        if name not in self._warned:
+            self._warned.add(name)
+            warnings.warn(
+                f"SubspaceScheduler: sparse site {name!r} was not sampled by the "
+                "guide as the loss sees it (hidden by poutine.block?), so its "
+                "subspace is not reselected.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    @torch.no_grad()
+    def _reselect_site(
+        self,
+        guide: AutoSparseNormal,
+        name: str,
+        fraction: float,
+        grad: torch.Tensor | None,
+    ) -> tuple[int, int]:
+        params = guide.subspace_params(name)
+        loc_u, scale_u, stored = params
+        if not (bool(torch.isfinite(loc_u).all()) and bool(torch.isfinite(scale_u).all())):
+            raise FloatingPointError(
+                f"SparseSVI: the parameters of site {name!r} are not finite at step "
+                f"{self.step_count}; the subspace was not changed. Lower the learning "
+                "rate or use a smaller init_scale."
+            )
+        num_swap = num_to_swap(loc_u.numel(), fraction)
+        if num_swap == 0:
+            return 0, 0
+        scale = transform_to(guide.scale_constraint)(scale_u)
+        post = SparseNormal(loc_u, scale, stored.long(), guide.site_shape(name))
+        result = reselect(
+            post.indices,
+            removal_scores(self.removal, loc_u, scale),
+            addition_scores(self.addition, name, post, grad),
+            num_swap,
+        )
+        new_scale = move(scale_u, result.source, 0.0)
+        new_scale[result.source < 0] = refill_value(new_scale, result.source)
+        loc_u.copy_(move(loc_u, result.source, 0.0))
+        scale_u.copy_(new_scale)
+        stored.copy_(result.indices.to(stored.dtype))
+        for param in (loc_u, scale_u):
+            _move_optimizer_state(self.optimizer, param, result.source)
+        return result.num_removed, result.num_added
+
+    # --------------------------------------------------------- serialisation
+    def state_dict(self) -> dict[str, Any]:
+        """Progress of the schedule: step count and update history."""
+        return {
+            "step_count": self.step_count,
+            "updates": [list(u) for u in self.updates],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output, e.g. to resume training."""
+        if not {"step_count", "updates"} <= set(state):
+            raise ValueError(
+                "SubspaceScheduler.load_state_dict expects keys {'step_count', "
+                f"'updates'}}, got {sorted(state)}."
+            )
+        self.step_count = _check_int("step_count", state["step_count"], 0)
+        self.updates = [SubspaceUpdate(*u) for u in state["updates"]]
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"SparseSVI: {name} must be an int, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"SparseSVI: {name} must be >= {minimum}, got {value!r}.")
+    return value
+
