@@ -318,8 +318,7 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import resume_config, train
-    from .training._config import TrainConfig
+    from .training import TrainConfig, resume_config, train
 
     given = _given(args)
     out = args.output_dir or _default_dir(
@@ -483,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"{_one_line(e)} (set PYRO_SSVI_DEBUG=1 for a traceback)")
     except KeyboardInterrupt as e:
         name = received[-1] if received else "SIGINT"
-        detail = str(e) or "stopped before training began; nothing was lost"
+        detail = str(e) or "stopped; nothing was lost"
         _error(f"interrupted by {name}: {' '.join(detail.split())}")
         return 128 + getattr(signal, name)
     return 1

@@ -361,5 +361,3 @@ class ShiftedSparseNormal(TorchDistribution):
     @property
     def variance(self) -> torch.Tensor:
         return self.base.variance
-
-

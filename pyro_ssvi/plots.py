@@ -393,7 +393,7 @@ def plot_layer_density(
     ax.invert_yaxis()  # first site on top
     ax.set_xlim(0, 1.1 * max(max(density), 1e-3))
     ax.set_xlabel("density (active / total)")
-    ax.set_title("Active fraction per sparse site")
+    ax.set_title("Active fraction per weight site")
     return _save(fig, path)
 
 
@@ -479,7 +479,8 @@ def plot_density_tradeoff(
     The x ticks are the values in ``rows``, labelled as plain numbers (no
     crowded minor labels); axes carry readable names (:data:`METRIC_LABELS`),
     and ``reference`` (e.g. the dense-VI row) is drawn as a dashed
-    horizontal line in each panel that has its metric.
+    horizontal line in each panel that has its metric. The first panel holds
+    the legend.
 
     Args:
         rows: One dict per run, with key ``x`` (> 0) and any of ``ys``.
@@ -530,7 +531,8 @@ def plot_density_tradeoff(
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel=_label(x), ylabel=_label(y))
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize="small", title=group)
+        ax.margins(y=0.2)  # keep points off the edges, where a legend may sit
+    axes[0].legend(fontsize="small", title=group)  # the same entries in every panel
     return _save(fig, path)
 
 

@@ -215,12 +215,13 @@ def test_density_tradeoff_lines_reference_and_readable_axes(tmp_path):
             assert line.get_xdata().tolist() == [r["density"] for r in mine]
             assert line.get_ydata().tolist() == [r[key] for r in mine]
         assert ref.get_ydata() == [dense[key]] * 2 and ref.get_linestyle() == "--"
-        assert _legend(ax) == ["snr", "mean", "dense VI (AutoNormal)"]
         assert ax.get_xscale() == "log" and ax.get_ylabel() == plots.METRIC_LABELS[key]
         assert ax.get_xlabel() == "density (log scale)"
         labels = [t.get_text() for t in ax.get_xticklabels()]
         assert labels == ["0.01", "0.02", "0.05", "0.1", "1"]
         assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
+    assert _legend(fig.axes[0]) == ["snr", "mean", "dense VI (AutoNormal)"]
+    assert fig.axes[1].get_legend() is None  # one legend: the same in each panel
 
 
 def test_failed_write_leaves_no_temporary_file(tmp_path):
