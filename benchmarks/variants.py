@@ -31,6 +31,7 @@ from pyro.infer.autoguide import AutoNormal
 from torch import nn
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI
+from pyro_ssvi._pyro_compat import pyro_optim_optimizers
 from pyro_ssvi.models import BayesianClassifier, mlp, resnet18_cifar
 
 VARIANTS = (
@@ -71,14 +72,16 @@ def _tensor_bytes(tensors: Any) -> int:
 
 
 def _pyro_state_bytes(guide: nn.Module, optim: Any) -> dict[str, int]:
-    params = _tensor_bytes(guide.parameters())
+    """Trained parameters, optimiser moments, and the rest (active indices)."""
+    trained = [p for p in guide.parameters() if p.requires_grad]
+    params = _tensor_bytes(trained)
     moments = 0
-    for opt in optim.optim_objs.values():
-        opt = getattr(opt, "optimizer", opt)
+    for opt in pyro_optim_optimizers(optim).values():
         for state in opt.state.values():
             moments += _tensor_bytes(v for v in state.values() if v.dim() > 0)
-    buffers = _tensor_bytes(guide.buffers())
-    return {"params": params, "optimizer": moments, "indices": buffers}
+    untrained = [p for p in guide.parameters() if not p.requires_grad]
+    indices = _tensor_bytes(untrained) + _tensor_bytes(guide.buffers())
+    return {"params": params, "optimizer": moments, "indices": indices}
 
 
 def pyro_variant(
@@ -143,11 +146,11 @@ def _pyro_variant(
     svi.step(x, y)  # parameters and optimiser state exist from here on
 
     def update_step() -> Any:
-        svi.update_every = 1
+        svi.subspace.update_every = 1
         try:
             return svi.step(x, y)
         finally:
-            svi.update_every = 10**9
+            svi.subspace.update_every = 10**9
 
     def info() -> dict[str, Any]:
         lrt = getattr(svi, "lazy_weights", None)

@@ -7,6 +7,14 @@ else, so a release that moves it breaks this file only, and
 change fails loudly there.
 
 Checked against pyro-ppl 1.9.1 (commit ff6ae1c) and 1.9.2, and torch 2.14.1.
+
+One more place depends on Pyro's design rather than its documented API:
+:class:`pyro_ssvi.elbo.TraceSparseMeanField_ELBO` overrides the two hooks
+every Pyro ELBO implements, ``_get_trace`` and
+``_differentiable_loss_particle`` (as ``TraceMeanField_ELBO`` does);
+``tests/test_elbo.py`` compares its loss and gradients with
+``TraceMeanField_ELBO`` on models with plates, subsampling and
+``poutine.scale``.
 """
 
 from __future__ import annotations

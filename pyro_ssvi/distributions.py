@@ -195,6 +195,15 @@ def _compact(t: torch.Tensor, event_shape: torch.Size) -> tuple[torch.Tensor, in
     return t, multiplicity
 
 
+def _is_constant(t: torch.Tensor, event_shape: torch.Size) -> bool:
+    """Whether a prior parameter is one value over the event (zero strides)."""
+    n = len(event_shape)
+    if t.dim() < n:
+        t = t.expand(event_shape)
+    sizes, strides = t.shape[t.dim() - n :], t.stride()[t.dim() - n :]
+    return all(st == 0 or sz == 1 for sz, st in zip(sizes, strides))
+
+
 def _gather_param(
     t: torch.Tensor, event_shape: torch.Size, indices: torch.Tensor
 ) -> torch.Tensor:
@@ -202,15 +211,14 @@ def _gather_param(
 
     Parameters that are constant over the event (the usual
     ``Normal(0., s).expand(shape)``, whose strides are zero) are read once
-    instead of being materialised densely.
+    instead of being materialised densely: shape ``(..., 1)``.
     """
     n = len(event_shape)
     if t.dim() < n:
         t = t.expand(event_shape)
-    lead = t.shape[: t.dim() - n]
-    sizes, strides = t.shape[t.dim() - n :], t.stride()[t.dim() - n :]
-    if all(st == 0 or sz == 1 for sz, st in zip(sizes, strides)):
+    if _is_constant(t, event_shape):
         return t[(Ellipsis,) + (0,) * n].unsqueeze(-1)
+    lead = t.shape[: t.dim() - n]
     flat = t.expand(lead + event_shape).reshape(lead + (event_shape.numel(),))
     return flat.index_select(-1, indices)
 
@@ -235,14 +243,20 @@ def _normal_log_prob_at_zero(loc: torch.Tensor, scale: torch.Tensor) -> torch.Te
     return -0.5 * (loc / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)
 
 
-def _inactive_normal_log_prob(p: SparseNormal, base: Normal) -> torch.Tensor:
+def _inactive_normal_log_prob(
+    p: SparseNormal, base: Normal, loc_a: torch.Tensor, scale_a: torch.Tensor
+) -> torch.Tensor:
     r""":math:`\sum_{j \notin A} \log \mathcal{N}(0; m_j, s_j^2)` (shape ``batch``).
 
-    Summed over the whole event on the stored (non-broadcast) prior values and
-    less the active coordinates' share, so ``O(k)`` for the usual constant
-    prior and ``O(n)`` only for a prior whose parameters really vary.
+    ``loc_a``, ``scale_a``: the prior's parameters at the active coordinates
+    (from :func:`_gather_param`). For the usual constant prior this is
+    :math:`(n - k) \log \mathcal{N}(0; m, s^2)`; otherwise the sum over the
+    whole event (on the stored, non-broadcast values) less the active share.
     """
     shape, n = p.event_shape, len(p.event_shape)
+    active = _normal_log_prob_at_zero(loc_a, scale_a)
+    if _is_constant(base.loc, shape) and _is_constant(base.scale, shape):
+        return (shape.numel() - p.num_active) * active[..., 0]
     loc, scale = torch.broadcast_tensors(base.loc, base.scale)
     lead = loc.shape[: loc.dim() - n] if loc.dim() >= n else torch.Size()
     loc_c, m_loc = _compact(loc, shape)
@@ -253,9 +267,6 @@ def _inactive_normal_log_prob(p: SparseNormal, base: Normal) -> torch.Tensor:
         ).sum(-1)
     else:  # different broadcast patterns: sum densely
         total = _normal_log_prob_at_zero(loc, scale).reshape(lead + (-1,)).sum(-1)
-    loc_a = _gather_param(loc, shape, p.indices)
-    scale_a = _gather_param(scale, shape, p.indices)
-    active = _normal_log_prob_at_zero(loc_a, scale_a)
     active = active.expand(active.shape[:-1] + (p.num_active,)).sum(-1)
     return total - active
 
@@ -299,7 +310,7 @@ def _kl_sparse_factorised(
         loc_q = _gather_param(base.loc, p.event_shape, p.indices)
         scale_q = _gather_param(base.scale, p.event_shape, p.indices)
         active = _kl_active_normal(p, loc_q, scale_q)
-        return active - _inactive_normal_log_prob(p, base)
+        return active - _inactive_normal_log_prob(p, base, loc_q, scale_q)
     # Any other univariate factorised prior: analytic entropy of the active
     # coordinates plus a one-draw reparameterised estimate of the cross-entropy,
     # both restricted to the active set (an unbiased estimate of the KL).

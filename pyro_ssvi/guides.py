@@ -183,11 +183,16 @@ class AutoSparseNormal(AutoGuide):
             :mod:`pyro.infer.autoguide.initialization`); the default
             :func:`~pyro_ssvi.init_to_kaiming` gives fan-in scaled weights.
         init_scale: Initial posterior standard deviation (in unconstrained
-            space for constrained sites), a float > 0. Default:
-            :data:`DEFAULT_INIT_SCALE` (0.1, ``AutoNormal``'s) for ordinary
-            sites and :data:`DEFAULT_WEIGHT_INIT_SCALE` (0.01) for network
-            weights (real sites of at least two dimensions outside plates),
-            whose fan-in scaled means are about that small.
+            space for constrained sites): a float > 0, or a pair
+            ``(mean, std)`` to draw every coordinate's scale as
+            :math:`\sigma_j = |\varepsilon_j|`,
+            :math:`\varepsilon_j \sim \mathcal{N}(\text{mean}, \text{std}^2)`
+            (exact zeros redrawn), as the SSVI reference implementation does
+            with ``(6e-4, 5e-4)``. Default: :data:`DEFAULT_INIT_SCALE` (0.1,
+            ``AutoNormal``'s) for ordinary sites and
+            :data:`DEFAULT_WEIGHT_INIT_SCALE` (0.01) for network weights
+            (real sites of at least two dimensions outside plates), whose
+            fan-in scaled means are about that small.
         init_active: ``"auto"``, ``"random"`` or ``"magnitude"``; see above.
         sparse_sites: None, a collection of site names, or a predicate; see
             above.
@@ -218,7 +223,7 @@ class AutoSparseNormal(AutoGuide):
         *,
         density: float = 0.1,
         init_loc_fn: Callable[[dict[str, Any]], torch.Tensor] = init_to_kaiming,
-        init_scale: float | None = None,
+        init_scale: float | tuple[float, float] | None = None,
         init_active: str = "auto",
         sparse_sites: Collection[str] | Callable[[str, dict], bool] | None = None,
         min_sparse_numel: int = DEFAULT_MIN_SPARSE_NUMEL,
@@ -238,7 +243,11 @@ class AutoSparseNormal(AutoGuide):
             )
         self.target_density = float(density)
         self.init_loc_fn = init_loc_fn
-        self._init_scale = None if init_scale is None else float(init_scale)
+        self._init_scale = (
+            init_scale
+            if init_scale is None or isinstance(init_scale, tuple)
+            else float(init_scale)
+        )
         self.init_active = init_active
         self._sparse_sites = sparse_sites
         self.dense_sites = frozenset(dense_sites)
@@ -257,8 +266,8 @@ class AutoSparseNormal(AutoGuide):
         # costs a third of a small network's step.
         self._leaves: dict[tuple[str, str], tuple[PyroModule, str]] = {}
         self._infer_cache: dict[str, dict[str, Any]] = {}
-        # site -> (float64 index tensor, its version, the int64 indices)
-        self._index_cache: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        # site -> (loc read with it, float64 indices, their version, int64 indices)
+        self._index_cache: dict[str, tuple[Any, torch.Tensor, int, torch.Tensor]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # PyroModule's drops Pyro's weakrefs from the parameters; AutoGuide's
@@ -354,7 +363,7 @@ class AutoSparseNormal(AutoGuide):
             idx = self._initial_active_set(name, value, k)
             loc = value.reshape(-1).index_select(0, idx).contiguous()
             info = Site(True, value.shape, 1, site["fn"].support)
-            self._new_params(name, info, loc, torch.full_like(loc, scale), idx)
+            self._new_params(name, info, loc, _initial_scales(loc, scale), idx)
             return
         loc = unconstrained
         for frame in site["cond_indep_stack"]:  # subsampled: repeat to full size
@@ -363,7 +372,7 @@ class AutoSparseNormal(AutoGuide):
                 loc = periodic_repeat(loc, full_size, frame.dim - event_dim)
         loc = loc.contiguous()
         info = Site(False, value.shape, event_dim, site["fn"].support)
-        self._new_params(name, info, loc, torch.full_like(loc, scale), None)
+        self._new_params(name, info, loc, _initial_scales(loc, scale), None)
 
     def _initial_active_set(
         self, name: str, value: torch.Tensor, k: int
@@ -438,8 +447,26 @@ class AutoSparseNormal(AutoGuide):
         """The site's ``(loc, scale)`` parameters (length ``k`` for sparse sites)."""
         return self._param("locs", name), self._param("scales", name)
 
-    def _indices(self, name: str) -> torch.Tensor:
-        """The site's active indices as int64 (derived from the stored float64)."""
+    def _indices(self, name: str, loc: torch.Tensor | None = None) -> torch.Tensor:
+        """The site's active indices as int64 (derived from the stored float64).
+
+        Reading the stored tensor is a ``pyro.param`` statement (it keeps the
+        guide in step with Pyro's param store). Within a step, ``loc`` (the
+        site's loc as just read) tells whether that is needed: the param store
+        replaces a site's tensors together, so while the loc and the stored
+        indices are the very tensors of the last read, and the indices were
+        not edited since, the cached int64 indices are current.
+        """
+        if torch.jit.is_tracing():  # a traced graph must read its input
+            return self._param("indices", name).long()
+        cached = self._index_cache.get(name)
+        if (
+            cached is not None
+            and loc is not None
+            and cached[0] is loc
+            and cached[2] == tensor_version(cached[1])
+        ):
+            return cached[3]
         stored = self._param("indices", name)
         if stored.dtype != torch.float64:
             raise RuntimeError(
@@ -447,14 +474,13 @@ class AutoSparseNormal(AutoGuide):
                 f"converted to {stored.dtype}; they are exact integers in float64. "
                 "Move the guide with guide.to(device) and reload its state_dict."
             )
-        if torch.jit.is_tracing():  # a traced graph must read its input
-            return stored.long()
-        cached = self._index_cache.get(name)
         version = tensor_version(stored)
-        if cached is None or cached[0] is not stored or cached[1] != version:
-            cached = (stored, version, stored.detach().long())
-            self._index_cache[name] = cached
-        return cached[2]
+        if cached is None or cached[1] is not stored or cached[2] != version:
+            idx = stored.detach().long()
+        else:
+            idx = cached[3]
+        self._index_cache[name] = (loc, stored, version, idx)
+        return idx
 
     def subspace_params(self, name: str) -> SubspaceParams:
         """The stored tensors of a sparse site (those its optimisers hold).
@@ -508,7 +534,7 @@ class AutoSparseNormal(AutoGuide):
         info = self._sites[name]
         loc, scale = self._get_loc_and_scale(name)
         if info.sparse:
-            return SparseNormal(loc, scale, self._indices(name), info.shape)
+            return SparseNormal(loc, scale, self._indices(name, loc), info.shape)
         base = dist.Normal(loc, scale).to_event(info.event_dim)
         support = self._support(name)
         if _base_support(support) is constraints.real:
@@ -886,6 +912,19 @@ def _after_load(module: AutoSparseNormal, incompatible: Any) -> None:
     module._index_cache.clear()
 
 
+def _initial_scales(like: torch.Tensor, scale: float | tuple[float, float]) -> torch.Tensor:
+    r"""A constant scale, or :math:`|\varepsilon|`, :math:`\varepsilon \sim
+    \mathcal{N}(\text{mean}, \text{std}^2)` per coordinate (zeros redrawn)."""
+    if not isinstance(scale, tuple):
+        return torch.full_like(like, scale)
+    mean, std = scale
+    draw = (torch.randn_like(like) * std + mean).abs()
+    while not bool((draw > 0).all()):
+        zero = draw == 0
+        draw[zero] = (torch.randn_like(draw[zero]) * std + mean).abs()
+    return draw
+
+
 def _eligibility(site: dict[str, Any]) -> tuple[bool, str]:
     fn = site["fn"]
     if _base_support(fn.support) is not constraints.real:
@@ -930,7 +969,21 @@ def _validate(
             f"AutoSparseNormal: density must be in (0, 1], got {density!r}; "
             "use e.g. density=0.1 to keep 10% of each weight tensor."
         )
-    if init_scale is not None:
+    if isinstance(init_scale, tuple):
+        if len(init_scale) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in init_scale
+        ):
+            raise TypeError(
+                "AutoSparseNormal: init_scale must be a float or a pair (mean, std), "
+                f"got {init_scale!r}."
+            )
+        mean, std = init_scale
+        if not (mean >= 0 and std >= 0 and mean + std > 0):
+            raise ValueError(
+                "AutoSparseNormal: init_scale=(mean, std) needs mean >= 0, std >= 0 "
+                f"and not both 0, got {init_scale!r}; e.g. (6e-4, 5e-4)."
+            )
+    elif init_scale is not None:
         if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)):
             raise TypeError(
                 f"AutoSparseNormal: init_scale must be a float, got {init_scale!r}."

@@ -371,12 +371,15 @@ class SubspaceScheduler:
         """
         grads: dict[str, torch.Tensor] = {}
         if needs_grad(self.addition):
-            if not args and not kwargs:
+            try:
+                grads = likelihood_gradients(self.model, self.guide, *args, **kwargs)
+            except TypeError as e:
+                if args or kwargs:
+                    raise
                 raise ValueError(
                     "SubspaceScheduler.update: addition='grad' needs a minibatch; "
                     "call it with the model's arguments, e.g. update(x, y)."
-                )
-            grads = likelihood_gradients(self.model, self.guide, *args, **kwargs)
+                ) from e
         fraction = self.drop_fraction_at()
         dropped: dict[str, int] = {}
         swapped: dict[str, int] = {}

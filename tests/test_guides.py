@@ -379,3 +379,54 @@ def test_dense_sites_override_the_default_rule():
         AutoSparseNormal(tiny_classifier(), dense_sites=["nope"]).setup(X, Y)
     with pytest.raises(TypeError, match="dense_sites must be a collection"):
         AutoSparseNormal(tiny_classifier(), dense_sites="net.0.weight")
+
+
+def test_state_dicts_of_pyro_ssvi_0_1_load_unchanged():
+    """tests/data/guide_v0_1.pt: a trained guide saved by pyro_ssvi 0.1 (int64
+    index buffers and a dict _extra_state), with its median and indices."""
+    from pathlib import Path
+
+    saved = torch.load(
+        Path(__file__).parent / "data" / "guide_v0_1.pt", weights_only=True
+    )
+    assert "_extra_state" in saved["guide"]  # really the old format
+    for setup_first in (False, True):
+        pyro.clear_param_store()
+        guide = AutoSparseNormal(tiny_classifier(), density=0.3)
+        if setup_first:
+            guide.setup(X, Y)
+        guide.load_state_dict(saved["guide"])
+        median = guide.median(X)
+        assert all(torch.equal(median[k], v) for k, v in saved["median"].items())
+        indices = guide.active_indices()
+        assert all(torch.equal(indices[k], v) for k, v in saved["indices"].items())
+
+
+def test_init_scale_pair_draws_folded_normal_scales():
+    """init_scale=(m, s): sigma = |eps|, eps ~ N(m, s^2), per coordinate. The
+    folded normal's mean is s sqrt(2/pi) exp(-m^2 / 2s^2) + m erf(m / s sqrt 2)
+    and its second moment m^2 + s^2."""
+    m, sd = 6e-4, 5e-4
+    model = tiny_classifier(in_features=60, hidden=100)
+    x, y = torch.randn(4, 60), torch.tensor([0, 1, 2, 0])
+    guide = AutoSparseNormal(model, density=0.5, init_scale=(m, sd)).setup(x, y)
+    scales = torch.cat([guide.site_posterior(n).scale for n in guide.sparse_site_names()])
+    scales = scales.double()
+    n = scales.numel()
+    mean = sd * math.sqrt(2 / math.pi) * math.exp(-(m**2) / (2 * sd**2)) + m * math.erf(
+        m / (sd * math.sqrt(2))
+    )
+    second = m**2 + sd**2
+    std = math.sqrt(second - mean**2)
+    # 5 standard errors of the mean and of the second moment (whose variance
+    # is E[s^4] - E[s^2]^2, with E[s^4] = m^4 + 6 m^2 sd^2 + 3 sd^4).
+    assert abs(scales.mean().item() - mean) < 5 * std / math.sqrt(n)
+    fourth = m**4 + 6 * m**2 * sd**2 + 3 * sd**4
+    assert abs((scales**2).mean().item() - second) < 5 * math.sqrt(
+        (fourth - second**2) / n
+    )
+    assert bool((scales > 0).all()) and scales.std() > 0
+    with pytest.raises(ValueError, match="mean >= 0"):
+        AutoSparseNormal(model, init_scale=(-1.0, 0.1))
+    with pytest.raises(TypeError, match="pair"):
+        AutoSparseNormal(model, init_scale=(1.0, 0.1, 3.0))
