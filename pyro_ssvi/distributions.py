@@ -393,5 +393,3 @@ class ShiftedSparseNormal(TorchDistribution):
     @property
     def variance(self) -> torch.Tensor:
         return self.base.variance
-
-

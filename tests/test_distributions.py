@@ -93,7 +93,9 @@ def test_kl_equals_sum_of_closed_form_kls_on_active_set(prior_kind):
         dist.Normal(loc_p.reshape(-1)[q.indices], scale_p.reshape(-1)[q.indices]),
     )
     # The inactive coordinates are exact zeros: the prior's log-density there.
-    log_p0 = dist.Normal(loc_p, scale_p).log_prob(torch.zeros(SHAPE, dtype=torch.float64))
+    log_p0 = dist.Normal(loc_p, scale_p).log_prob(
+        torch.zeros(SHAPE, dtype=torch.float64)
+    )
     kl = kl_divergence(q, prior)
     assert kl.shape == ()
     expected = per_coord.sum() - log_p0[_off_mask(q)].sum()

@@ -102,7 +102,8 @@ def test_init_messenger_and_helpers():
         with compat.helpful_support_errors(site):
             raise NotImplementedError
     assert torch.equal(
-        compat.periodic_repeat(torch.tensor([1, 2]), 5, 0), torch.tensor([1, 2, 1, 2, 1])
+        compat.periodic_repeat(torch.tensor([1, 2]), 5, 0),
+        torch.tensor([1, 2, 1, 2, 1]),
     )
 
 
@@ -113,7 +114,9 @@ def test_mean_field_check_and_subsample_pruning_are_callable():
     from pyro import poutine
 
     guide_trace = poutine.trace(guide).get_trace(X, Y)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(X, Y)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        X, Y
+    )
     assert "data" in model_trace.nodes
     pruned = compat.prune_subsample_sites(model_trace)
     assert "data" not in pruned.nodes
