@@ -91,9 +91,8 @@ class GroupedStep:
                 groups[key] = dict(group, params=[])
             groups[key]["params"].append(p)
         shared = self._shared.get(cls)
-        if shared is None:
-            first = next(iter(groups.values()))
-            shared = cls(first["params"], **{k: v for k, v in first.items() if k != "params"})
+        if shared is None:  # its own defaults are never used: groups replace them
+            shared = cls(next(iter(groups.values()))["params"])
             self._shared[cls] = shared
         shared.param_groups = list(groups.values())
         shared.state = {p: opt.state[p] for p, opt in members}  # type: ignore[assignment]
