@@ -298,10 +298,12 @@ def check_agrees(
 
     Compares the loss and its gradients with respect to the guide's trained
     tensors (float tolerance: ``rtol=1e-4``, ``atol=1e-5`` relative to the
-    gradient's scale). Random state is restored afterwards.
+    gradient's scale). Random state and the model's buffers (batch-norm
+    statistics) are restored afterwards.
     """
     params = [p for triple in fast._params() for p in triple[:2]]
     devices = sorted({p.device.index for p in params if p.is_cuda})
+    buffers = [(b, b.detach().clone()) for b in fast.model.buffers()]
     results = []
     for run in (traced, lambda: fast(*args, **kwargs)[0]):
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
@@ -309,6 +311,9 @@ def check_agrees(
             loss = run()
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         results.append((loss.detach(), grads))
+        with torch.no_grad():  # e.g. batch-norm statistics: as if not run
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
     (loss_t, grads_t), (loss_f, grads_f) = results
     if not bool(torch.isfinite(loss_t)):
         raise NotNow("the traced loss is not finite")
