@@ -34,6 +34,7 @@ statement runs), and records only the observed sites.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -49,8 +50,9 @@ from ._pyro_compat import (
     module_context,
     param_store_name,
     pyro_samples,
+    tensor_version,
 )
-from .distributions import sparse_normal_kl
+from .distributions import _is_constant, sparse_normal_kl
 from .poutine import (
     DenseMoments,
     LatentScaleMessenger,
@@ -79,6 +81,29 @@ class _Site(NamedTuple):
     prior_loc: torch.Tensor
     prior_scale: torch.Tensor
     lrt: bool
+    # For a prior constant over the tensor, N(m, s^2): (m, 1 / (2 s^2), c, version)
+    # with KL = sum (sigma^2 + (mu - m)^2) / (2 s^2) - sum log sigma + c.
+    constant: tuple[float, float, float, int] | None
+
+
+def _constant_prior(
+    loc: torch.Tensor, scale: torch.Tensor, shape: torch.Size, k: int
+) -> tuple[float, float, float, int] | None:
+    r"""Closed form of the KL term under a prior constant over the tensor.
+
+    With :math:`k` active of :math:`n` coordinates,
+    :math:`c = k(\log s - \tfrac12) - (n - k)\log\mathcal{N}(0; m, s^2)`.
+    """
+    if not (_is_constant(loc, shape) and _is_constant(scale, shape)):
+        return None
+    if loc.numel() and loc.dim() > len(shape) or scale.dim() > len(shape):
+        return None  # batched priors: the general path
+    m = float(loc.reshape(-1)[0]) if loc.numel() else 0.0
+    s = float(scale.reshape(-1)[0])
+    n = shape.numel()
+    log_p0 = -0.5 * (m / s) ** 2 - math.log(s) - 0.5 * math.log(2 * math.pi)
+    c = k * (math.log(s) - 0.5) - (n - k) * log_p0
+    return m, 0.5 / s**2, c, tensor_version(scale) + tensor_version(loc)
 
 
 class _Observe(Messenger):
@@ -179,7 +204,9 @@ class FastLoss:
         loc, scale = _normal_prior(prior, shape)
         sparse = name in self.guide.sparse_site_names()
         lrt = bool(self.guide._infer(name).get("lrt"))
-        return _Site(name, sparse, shape, module, attr, loc, scale, lrt)
+        k = self.guide.num_active()[name] if sparse else shape.numel()
+        constant = _constant_prior(loc, scale, shape, k)
+        return _Site(name, sparse, shape, module, attr, loc, scale, lrt, constant)
 
     # ------------------------------------------------------------ per step
     def _context(self) -> tuple[float, LazyWeightMessenger | None]:
@@ -255,11 +282,23 @@ class FastLoss:
         """Draw every site (the traced guide's random numbers, in its order)."""
         values: list[Any] = []
         kl: Any = 0.0
-        for site, (loc, scale_u, idx) in zip(self.sites, params):
-            if self.device is None or site.prior_scale.device != loc.device:
-                self._move_priors(loc.device)
+        if self.device is None or self.sites[0].prior_scale.device != params[0][0].device:
+            self._move_priors(params[0][0].device)
+        for i, (site, (loc, scale_u, idx)) in enumerate(zip(self.sites, params)):
             scale = self.scale_transform(scale_u)
-            if site.sparse:
+            const = site.constant
+            if const is not None and const[3] != tensor_version(
+                site.prior_scale
+            ) + tensor_version(site.prior_loc):  # the prior was edited: re-read it
+                k = loc.numel()
+                const = _constant_prior(site.prior_loc, site.prior_scale, site.shape, k)
+                self.sites[i] = site = site._replace(constant=const)
+            if const is not None:
+                m, half_inv_s2, c, _ = const
+                centred = loc if m == 0.0 else loc - m
+                squares = (scale.square() + centred.square()).sum()
+                kl = kl + (squares * half_inv_s2 - scale.log().sum() + c)
+            elif site.sparse:
                 kl = kl + sparse_normal_kl(
                     loc, scale, idx, site.shape, site.prior_loc, site.prior_scale
                 )
@@ -313,7 +352,8 @@ def check_agrees(
         results.append((loss.detach(), grads))
         with torch.no_grad():  # e.g. batch-norm statistics: as if not run
             for buffer, saved in buffers:
-                buffer.copy_(saved)
+                if not torch.equal(buffer, saved):
+                    buffer.copy_(saved)
     (loss_t, grads_t), (loss_f, grads_f) = results
     if not bool(torch.isfinite(loss_t)):
         raise NotNow("the traced loss is not finite")

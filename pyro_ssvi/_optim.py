@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import torch
 
-from ._pyro_compat import pyro_optim_grad_clip, pyro_optim_optimizers
+from ._pyro_compat import pyro_optim_grad_clip, pyro_optim_objects
 
 __all__ = ["GroupedStep"]
 
@@ -46,16 +46,19 @@ class GroupedStep:
     def __call__(self, params: Iterable[torch.Tensor]) -> None:
         """One optimiser step on ``params`` (those with a gradient move)."""
         params = list(params)
-        optimizers = pyro_optim_optimizers(self.optim)
-        new = [p for p in params if p not in optimizers]
-        if new:  # Pyro creates (and restores saved state for) their optimisers
+        objects = pyro_optim_objects(self.optim)
+        new = [p for p in params if p not in objects]
+        if new:  # Pyro creates (restoring saved state) and steps their optimisers
             self.optim(new)
+            fresh = set(new)
+            params = [p for p in params if p not in fresh]
         by_class: dict[type, list[tuple[torch.Tensor, Any]]] = {}
         single = []
         for p in params:
-            opt = optimizers.get(p)
+            opt = objects.get(p)
             if opt is None:
                 continue
+            opt = getattr(opt, "optimizer", opt)  # LR schedulers: their optimiser
             if type(opt) in _GROUPABLE and len(opt.param_groups) == 1:
                 by_class.setdefault(type(opt), []).append((p, opt))
             else:
@@ -78,14 +81,12 @@ class GroupedStep:
         """
         groups: dict[tuple, dict[str, Any]] = {}
         for p, opt in members:
-            hyper = opt.param_groups[0]
-            key = tuple(
-                ("tensor", id(v)) if isinstance(v, torch.Tensor) else v
-                for k, v in hyper.items()
-                if k != "params"
-            )
+            group = dict(opt.param_groups[0])
+            del group["params"]
+            key = tuple(group.values())
+            if any(map(torch.is_tensor, key)):  # e.g. a tensor lr: by identity
+                key = tuple(map(id, key))
             if key not in groups:
-                group = {k: v for k, v in hyper.items() if k != "params"}
                 if group.get("foreach") is None and not group.get("fused"):
                     group["foreach"] = True
                 groups[key] = dict(group, params=[])

@@ -53,6 +53,7 @@ __all__ = [
     "periodic_repeat",
     "prune_subsample_sites",
     "pyro_optim_grad_clip",
+    "pyro_optim_objects",
     "pyro_optim_optimizers",
     "pyro_samples",
     "tensor_version",
@@ -122,9 +123,16 @@ def pyro_optim_grad_clip(optim: Any) -> dict[torch.Tensor, Any]:
     """A ``PyroOptim``'s gradient-clipping functions by parameter (None: none).
 
     Pyro 1.9.2 keeps them in the undocumented dict ``PyroOptim.grad_clip``
-    (from ``clip_args``), applied before each parameter's step.
+    (from ``clip_args``), applied before each parameter's step. The live
+    dict: read it, don't change it.
     """
-    return dict(optim.grad_clip)
+    return optim.grad_clip
+
+
+def pyro_optim_objects(optim: Any) -> dict[torch.Tensor, Any]:
+    """The live dict of a ``PyroOptim``'s per-parameter optimisers (or LR
+    schedulers), ``PyroOptim.optim_objs`` in pyro 1.9.2: read, don't change."""
+    return optim.optim_objs
 
 
 def create_optimizer(optim: Any, param: Any, args: dict[str, Any]) -> Any:

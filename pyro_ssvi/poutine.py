@@ -308,12 +308,24 @@ class LazyWeightMessenger(Messenger):
 
     def state_dict(self) -> dict[str, Any]:
         """The timed path choices, so that a resumed run makes the same ones."""
-        return {"timed": [[list(k), v] for k, v in self._timed.items()]}
+        return {
+            "timed": [
+                [[list(k[0]), k[1], k[2], str(k[3]), str(k[4])], v]
+                for k, v in self._timed.items()
+            ]
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
         self._timed = {
-            (tuple(k[0]), k[1], k[2], k[3], k[4]): bool(v) for k, v in state["timed"]
+            (
+                tuple(k[0]),
+                k[1],
+                k[2],
+                torch.device(k[3]),
+                getattr(torch, str(k[4]).replace("torch.", "")),
+            ): bool(v)
+            for k, v in state["timed"]
         }
 
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
@@ -394,8 +406,8 @@ class LazyWeightMessenger(Messenger):
             tuple(post.event_shape),
             post.indices.numel(),
             x.shape[:-1].numel(),
-            str(x.device),
-            str(x.dtype),
+            x.device,
+            x.dtype,
         )
         if key not in self._timed:
             dense, sparse = _time_paths(self, post, x, self.lrt)

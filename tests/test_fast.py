@@ -185,3 +185,16 @@ def test_param_store_rollback_is_seen_by_the_fast_path():
     pyro.get_param_store().set_state(saved)
     pyro.set_rng_seed(8)
     assert svi.evaluate_loss(x, y) == pytest.approx(before, rel=1e-6)
+
+
+def test_a_prior_edited_in_place_is_read_again():
+    model, guide, x, y = _standard_pair()
+    elbo, traced = TraceSparseMeanField_ELBO(), TraceSparseMeanField_ELBO(fast=False)
+    assert elbo.fast_path(model, guide, x, y) is not None
+    with torch.no_grad():
+        for buffer in model.buffers():  # BayesianClassifier's prior scale
+            buffer.fill_(2.5)
+    pyro.set_rng_seed(6)
+    fast = elbo.loss(model, guide, x, y)
+    pyro.set_rng_seed(6)
+    assert fast == pytest.approx(traced.loss(model, guide, x, y), rel=1e-6)

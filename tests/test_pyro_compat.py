@@ -137,3 +137,12 @@ def test_torch_internals():
     s = torch.ones(2).as_subclass(Sub)
     with compat.disable_torch_function_subclass():
         assert torch.add(s, 1).sum().item() == 4.0
+
+
+def test_live_optimiser_dicts_of_a_pyro_optim():
+    optim = pyro.optim.ClippedAdam({"lr": 0.01})
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.ones(2)
+    optim([p])
+    assert compat.pyro_optim_objects(optim)[p] is compat.pyro_optim_optimizers(optim)[p]
+    assert p in compat.pyro_optim_grad_clip(optim)
