@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from variants import VARIANTS, build, network  # noqa: E402
+from variants import VARIANTS, available, build, network  # noqa: E402
 
 DENSITIES = (1.0, 0.2, 0.1, 0.05, 0.02)
 MODELS = {"mlp": 128, "wide_mlp": 128, "resnet18": 32}  # model -> batch size
@@ -102,20 +102,30 @@ def bench_density(
         if v.info is not None:
             row.update(v.info())
         rows.append(row)
-    masked = next((r for r in rows if r["variant"] == "masked_lrt_torch"), None)
-    for row in rows:
-        if masked is not None:
-            row["ratio_to_masked_lrt"] = (
-                row["median_step_ms"] / masked["median_step_ms"]
-            )
+    for reference, key in (
+        ("masked_lrt_torch", "ratio_to_masked_lrt"),
+        ("bayesian_torch", "ratio_to_bayesian_torch"),
+        ("floor", "ratio_to_floor"),
+        ("torch_ssvi", "ratio_to_torch_ssvi"),
+    ):
+        ref = next((r for r in rows if r["variant"] == reference), None)
+        for row in rows:
+            if ref is not None:
+                row[key] = row["median_step_ms"] / ref["median_step_ms"]
     del built
     return rows
 
 
 def peak_memory_mb(model: str, variant: str, density: float, device: str) -> float:
-    """Peak resident memory of the variant run alone, minus the process baseline."""
+    """Peak resident memory of the variant run alone, minus the process baseline.
+
+    The child allocates large blocks with ``mmap`` (glibc's
+    ``MALLOC_MMAP_THRESHOLD_=65536``), so memory the warm-up freed goes back to
+    the system instead of being reused unseen by the measured steps.
+    """
     cmd = [sys.executable, __file__, "--_peak", model, variant, str(density), device]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -151,10 +161,11 @@ def _peak_child(model: str, variant: str, density: float, device: str) -> None:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     head = (
-        "| model | density | variant | step (ms) | vs dense Pyro | vs masked LRT "
-        "| state MB (params+opt) | index MB | peak MB | update cost @100 | paths |"
+        "| model | density | variant | step (ms) | vs dense Pyro | vs bayesian-torch "
+        "| vs floor | vs masked LRT | state MB (params+opt) | index MB | peak MB "
+        "| update cost @100 | paths |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 13]
 
     def fmt(value: Any, spec: str) -> str:
         return "n/a" if value is None else format(value, spec)
@@ -166,6 +177,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['model']} | {r['density']:g} | {r['variant']} "
             f"| {r['median_step_ms']:.1f} "
             f"| {fmt(r.get('ratio_to_pyro_dense'), '.3f')}x "
+            f"| {fmt(r.get('ratio_to_bayesian_torch'), '.3f')}x "
+            f"| {fmt(r.get('ratio_to_floor'), '.2f')}x "
             f"| {fmt(r.get('ratio_to_masked_lrt'), '.3f')}x "
             f"| {(sb['params'] + sb['optimizer']) / 2**20:.2f} "
             f"| {sb['indices'] / 2**20:.2f} | {fmt(r.get('peak_mb'), '.0f')} "
@@ -228,7 +241,10 @@ def main() -> None:
         action="store_true",
         help="keep the rows already in <out>/results.json (re-measured ones replaced)",
     )
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.variants = [v for v in args.variants if available(v)]
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     if args.append and (args.out / "results.json").is_file():

@@ -310,6 +310,7 @@ class SparseLayers:
     def __init__(self, net: nn.Module, density: float) -> None:
         self.layers = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
         self.indices, self.structures = [], []
+        self.shapes = [layer.weight.shape for layer in self.layers]
         for i, layer in enumerate(self.layers):
             n = layer.weight.numel()
             dense = i == 0 and isinstance(layer, nn.Conv2d)
@@ -329,17 +330,21 @@ class SparseLayers:
     def _forward(
         self, i: int, layer: nn.Module, weights: Callable[[int], torch.Tensor]
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        structure, idx = self.structures[i], self.indices[i]
+        structure, idx, shape = self.structures[i], self.indices[i], self.shapes[i]
+        dense = idx.numel() == shape.numel()
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             values = weights(i)
             if structure is not None:
                 out = sparse_linear(x, values, structure)
                 return out if layer.bias is None else out + layer.bias
-            w = values.new_zeros(layer.weight.numel()).index_copy(0, idx, values)
-            return layer._conv_forward(x, w.view_as(layer.weight), layer.bias) if isinstance(
-                layer, nn.Conv2d
-            ) else F.linear(x, w.view_as(layer.weight), layer.bias)
+            if dense:  # all active (in index order: a permutation of the tensor)
+                w = values.new_empty(shape.numel()).index_copy(0, idx, values)
+            else:
+                w = values.new_zeros(shape.numel()).index_copy(0, idx, values)
+            if isinstance(layer, nn.Conv2d):
+                return layer._conv_forward(x, w.view(shape), layer.bias)
+            return F.linear(x, w.view(shape), layer.bias)
 
         return forward
 

@@ -304,6 +304,8 @@ class AutoSparseNormal(AutoGuide):
         self._sites = {}
         for name, site in sites.items():
             self._add_site(name, site)
+            # The dense initial value is in the parameters now; keep its shape.
+            site["value"] = site["value"].new_zeros(()).expand(site["value"].shape)
         if sites and self.target_density < 1 and not self.sparse_site_names():
             warnings.warn(
                 "AutoSparseNormal: no latent site is sparse, so the guide is a dense "

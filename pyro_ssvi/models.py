@@ -221,7 +221,8 @@ class BayesianClassifier(PyroModule):
         **bayes_kwargs: Passed to :func:`make_bayesian`.
 
     Attributes:
-        initial_values: ``{site name: the network's own initial value}``.
+        initial_values: ``{site name: the network's own initial value}``, until
+            a guide's setup uses it (see :meth:`init_loc_fn`).
         dense_sites: Site names the network asks to keep dense under SSVI
             (from its ``ssvi_dense_parameters`` attribute); pass them to
             ``AutoSparseNormal(..., dense_sites=model.dense_sites)``.
@@ -238,24 +239,47 @@ class BayesianClassifier(PyroModule):
         self.net = net
         self.num_data = num_data
         self.initial_values = {f"net.{k}": v for k, v in initial.items()}
+        self._released_values: set[str] = set()
         self.dense_sites = tuple(f"net.{k}" for k in dense if k in initial)
 
     def init_loc_fn(
         self,
         fallback: Callable[[dict[str, Any]], torch.Tensor] | None = init_to_feasible,
+        *,
+        keep: bool = False,
     ) -> Callable[[dict[str, Any]], torch.Tensor]:
         """Initialiser that starts every weight mean at the network's own weights.
 
         Values are moved to the device of each site's prior, so the guide's
-        parameters land where the model lives.
+        parameters land where the model lives. The model holds a dense copy of
+        every weight until a guide has used it: by default the initialiser
+        then releases it (``initial_values`` loses the site), so a trained
+        sparse guide does not keep the dense network alive. Pass
+        ``keep=True`` to start several guides from the same model.
+
+        Raises:
+            ValueError: At guide setup, for a site whose value an earlier
+                guide already used and released.
         """
         values = self.initial_values
+        released = self._released_values
 
         def init(site: dict[str, Any]) -> torch.Tensor:
-            if site["name"] in values:
-                return values[site["name"]].to(site["fn"].mean.device)
+            name = site["name"]
+            if name in values:
+                value = values[name].to(site["fn"].mean.device)
+                if not keep:
+                    del values[name]
+                    released.add(name)
+                return value
+            if name in released:
+                raise ValueError(
+                    f"BayesianClassifier: the initial value of site {name!r} was "
+                    "given to an earlier guide and released; call "
+                    "model.init_loc_fn(keep=True) when one model starts several guides."
+                )
             if fallback is None:
-                raise ValueError(f"no initial value for site {site['name']!r}")
+                raise ValueError(f"no initial value for site {name!r}")
             return fallback(site)
 
         return init

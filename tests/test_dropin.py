@@ -385,9 +385,19 @@ def test_pretrained_values_start_on_their_largest_coordinates():
         expected = flat.abs().argsort(descending=True, stable=True)[:k].sort().values
         assert torch.equal(guide.active_indices()[name], expected)
         assert torch.equal(guide.site_posterior(name).loc, flat[expected])
-    # Random draws from a rule stay a random subset, as in the paper.
+    # init_active="random" starts on a random subset of the same values; and
+    # generic rules (the default init_to_kaiming) count as random draws.
     pyro.clear_param_store()
-    guide = AutoSparseNormal(model, density=0.25).setup(X, Y)
-    drawn = guide.prototype_trace.nodes["net.0.weight"]["value"].reshape(-1)
-    top = drawn.abs().argsort(descending=True)[: guide.num_active()["net.0.weight"]]
-    assert not torch.equal(top.sort().values, guide.active_indices()["net.0.weight"])
+    guide = AutoSparseNormal(
+        model, density=0.25, init_loc_fn=init_to_value(values=values), init_active="random"
+    ).setup(X, Y)
+    for name in guide.sparse_site_names():
+        flat = values[name].reshape(-1)
+        k = guide.num_active()[name]
+        top = flat.abs().argsort(descending=True, stable=True)[:k].sort().values
+        assert not torch.equal(guide.active_indices()[name], top)
+        assert torch.equal(guide.site_posterior(name).loc, flat[guide.active_indices()[name]])
+    from pyro_ssvi.initialization import init_gives_values, init_to_kaiming
+
+    assert not init_gives_values(init_to_kaiming, "net.0.weight")
+    assert init_gives_values(init_to_value(values=values), "net.0.weight")

@@ -46,27 +46,34 @@ class SparseStructure:
             coordinates, a 1-D integer tensor.
         shape: ``(out, in)``.
 
+    Indices are int32 where they fit (12 bytes per active coordinate for
+    both layouts, the size of three float32 values), int64 otherwise.
+
     Attributes:
         shape: ``(out, in)``.
-        rows, cols: Row and column of every active coordinate.
+        cols: Column of every active coordinate.
     """
 
     def __init__(self, indices: torch.Tensor, shape: tuple[int, int]) -> None:
         out_features, in_features = shape
         idx = indices.to(torch.int64)
         self.shape = (int(out_features), int(in_features))
-        self.rows = idx // in_features
-        self.cols = idx % in_features
-        self._crow = self._pointers(self.rows, out_features)
-        self._order_t = torch.argsort(self.cols, stable=True)
-        self._crow_t = self._pointers(self.cols, in_features)
-        self._col_t = self.rows[self._order_t]
+        small = max(self.shape) < 2**31 and idx.numel() < 2**31
+        dtype = torch.int32 if small else torch.int64
+        rows = idx // in_features
+        cols = idx % in_features
+        self._crow = self._pointers(rows, out_features, dtype)
+        order_t = torch.argsort(cols, stable=True)
+        self._crow_t = self._pointers(cols, in_features, dtype)
+        self._col_t = rows[order_t].to(dtype)
+        self.cols = cols.to(dtype)
+        self._order_t = order_t.to(dtype)
 
     @staticmethod
-    def _pointers(keys: torch.Tensor, size: int) -> torch.Tensor:
+    def _pointers(keys: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
         crow = torch.zeros(size + 1, dtype=torch.int64, device=keys.device)
         crow[1:] = torch.bincount(keys, minlength=size).cumsum(0)
-        return crow
+        return crow.to(dtype)
 
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         """The sparse CSR ``(out, in)`` matrix with these active values."""
