@@ -338,13 +338,16 @@ def restore(setup: Setup, snap: dict[str, tuple[Tensor, ...]]) -> None:
 
 
 # ------------------------------------------------------------ comparison
-def _iou(a: Tensor, b: Tensor) -> tuple[int, int]:
-    return int((a & b).sum()), int((a | b).sum())
-
-
 @dataclass
 class Row:
-    """Agreement of one update (all sparse layers of one model)."""
+    """Agreement of one update, over all sparse layers of one model.
+
+    IoUs pool the layers (summed intersections over summed unions). The
+    ``*_float64`` fields and the value differences compare with the
+    reference's update with its criterion computed in float64; the others with
+    the float32 reference; ``added_iou_with_kl`` with the float32 reference
+    whose growth score includes the KL gradient.
+    """
 
     model: str
     criterion: str
@@ -356,42 +359,59 @@ class Row:
     removed_iou: float
     added_iou: float
     active_iou: float
+    removed_iou_float64: float
+    active_iou_float64: float
     max_loc_diff: float
     max_rho_diff: float
     max_momentum_diff: float
-    removed_iou_float64: float
     added_iou_with_kl: float
     reference_nan_scores: int
 
     @property
     def exact(self) -> bool:
-        """Identical sets and values (rho up to float32 summation order)."""
+        """The float64 reference's sets and values (rho to float32 rounding)."""
         return (
             self.counts_equal
-            and self.removed_iou == self.added_iou == self.active_iou == 1.0
+            and self.removed_iou_float64 == self.active_iou_float64 == 1.0
             and self.max_loc_diff == 0.0
-            and self.max_rho_diff <= 1e-5
+            and self.max_rho_diff <= RHO_TOLERANCE
             and self.max_momentum_diff == 0.0
         )
+
+    @property
+    def agrees_float32(self) -> bool:
+        """The float32 reference's sets, up to float32 near-ties."""
+        return min(self.removed_iou, self.added_iou, self.active_iou) >= FLOAT32_IOU
+
+
+#: New rho is a float32 mean over ~10^4 values, summed in another order.
+RHO_TOLERANCE = 1e-5
+#: Float32 scores that tie or swap at the removal boundary (about one pair
+#: per 10^5 removals for the stable criteria) still count as agreeing.
+FLOAT32_IOU = 0.999
 
 
 def _ratio(pair: list[int]) -> float:
     return 1.0 if pair[1] == 0 else pair[0] / pair[1]
 
 
-def compare_update(setup: Setup, criterion: str, step: int, seed: int = 0) -> Row:
-    """Run both updates from the same state at ``step``; the guide is changed."""
-    before = layer_states(setup)
+def _seeded_gradients(setup: Setup, seed: int) -> dict[str, Tensor]:
+    """The likelihood gradient that the update's own pass will draw."""
     pyro.set_rng_seed(seed)
     grads = likelihood_gradients(
         setup.scaled_model, setup.scaled_guide, setup.x, setup.y
     )
-    pyro.set_rng_seed(seed)  # the update's own gradient pass draws the same sample
+    pyro.set_rng_seed(seed)
     again = likelihood_gradients(
         setup.scaled_model, setup.scaled_guide, setup.x, setup.y
     )
     if any(not torch.equal(grads[k], again[k]) for k in grads):
         raise RuntimeError("the seeded gradient pass is not reproducible")
+    return grads
+
+
+def _ours(setup: Setup, criterion: str, step: int, seed: int) -> Any:
+    """``SparseSVI.update_subspace`` at ``step``, drawing the seeded gradient."""
     svi = SparseSVI(
         setup.scaled_model,
         setup.scaled_guide,
@@ -404,12 +424,32 @@ def compare_update(setup: Setup, criterion: str, step: int, seed: int = 0) -> Ro
     )
     svi.subspace.load_state_dict({"step_count": step, "updates": []})
     pyro.set_rng_seed(seed)
-    record = svi.update_subspace(setup.x, setup.y)
+    return svi.update_subspace(setup.x, setup.y)
+
+
+def _max_diff(ours: LayerState, ref: LayerState) -> dict[str, float]:
+    def diff(a: Tensor, b: Tensor) -> float:
+        return float((a - b).abs().max())
+
+    return {
+        "loc": diff(ours.mu, ref.mu),
+        "rho": diff(ours.rho, ref.rho),
+        "momentum": max(
+            diff(ours.momentum_mu, ref.momentum_mu),
+            diff(ours.momentum_rho, ref.momentum_rho),
+        ),
+    }
+
+
+def compare_update(setup: Setup, criterion: str, step: int, seed: int = 0) -> Row:
+    """Run both updates from the same state at ``step``; the guide is changed."""
+    before = layer_states(setup)
+    grads = _seeded_gradients(setup, seed)
+    record = _ours(setup, criterion, step, seed)
     after = layer_states(setup)
     r_ref = reference_drop_fraction(step)
-    sums: dict[str, list[int]] = {
-        k: [0, 0] for k in ("removed", "added", "active", "removed64", "added_kl")
-    }
+    keys = ("removed", "added", "active", "removed64", "active64", "added_kl")
+    sums: dict[str, list[int]] = {k: [0, 0] for k in keys}
     diffs = {"loc": 0.0, "rho": 0.0, "momentum": 0.0}
     counts_equal, num_nan = True, 0
     for site, old in before.items():
@@ -420,9 +460,12 @@ def compare_update(setup: Setup, criterion: str, step: int, seed: int = 0) -> Ro
         # d/dmu of KL_SCALE * beta * KL / N for the coordinates active at the
         # training step (mu = 0 elsewhere), as in the reference's dense gradient.
         kl_grad = KL_SCALE * reference_kl_beta(step) / setup.num_data
-        kl_grad = kl_grad * old.mu / PRIOR_SCALE**2
         ref_kl, _, _ = reference_update(
-            old, grads[site], criterion, r_ref, kl_grad=kl_grad
+            old,
+            grads[site],
+            criterion,
+            r_ref,
+            kl_grad=kl_grad * old.mu / PRIOR_SCALE**2,
         )
         ours = after[site]
         num_nan += nan
@@ -432,19 +475,14 @@ def compare_update(setup: Setup, criterion: str, step: int, seed: int = 0) -> Ro
             "added": (ours.mask & ~old.mask, ref.mask & ~old.mask),
             "active": (ours.mask, ref.mask),
             "removed64": (old.mask & ~ours.mask, old.mask & ~ref64.mask),
+            "active64": (ours.mask, ref64.mask),
             "added_kl": (ours.mask & ~old.mask, ref_kl.mask & ~old.mask),
         }
         for key, (a, b) in pairs.items():
-            inter, union = _iou(a, b)
-            sums[key][0] += inter
-            sums[key][1] += union
-        diffs["loc"] = max(diffs["loc"], float((ours.mu - ref.mu).abs().max()))
-        diffs["rho"] = max(diffs["rho"], float((ours.rho - ref.rho).abs().max()))
-        for a, b in (
-            (ours.momentum_mu, ref.momentum_mu),
-            (ours.momentum_rho, ref.momentum_rho),
-        ):
-            diffs["momentum"] = max(diffs["momentum"], float((a - b).abs().max()))
+            sums[key][0] += int((a & b).sum())
+            sums[key][1] += int((a | b).sum())
+        for key, value in _max_diff(ours, ref64).items():
+            diffs[key] = max(diffs[key], value)
     return Row(
         setup.name,
         criterion,
@@ -453,13 +491,10 @@ def compare_update(setup: Setup, criterion: str, step: int, seed: int = 0) -> Ro
         r_ref,
         sum(record.num_dropped.values()),
         counts_equal,
-        _ratio(sums["removed"]),
-        _ratio(sums["added"]),
-        _ratio(sums["active"]),
+        *(_ratio(sums[k]) for k in keys[:5]),
         diffs["loc"],
         diffs["rho"],
         diffs["momentum"],
-        _ratio(sums["removed64"]),
         _ratio(sums["added_kl"]),
         num_nan,
     )
@@ -535,27 +570,27 @@ def run(
                 rows.append(compare_update(setup, criterion, step, seed=seed + step))
     counts = resnet18_active_counts()
     return {
-        "rows": [asdict(r) | {"exact": r.exact} for r in rows],
+        "rows": [
+            asdict(r) | {"exact": r.exact, "agrees_float32": r.agrees_float32}
+            for r in rows
+        ],
         "schedule": schedule_agreement(counts["active_ours"]),
         "resnet18_active_counts": {
             k: v for k, v in counts.items() if k != "active_ours"
         },
         "failures": [
             f"{r.model} {r.criterion} step {r.step}"
+            + ("" if r.exact else " (float64 reference)")
+            + ("" if r.agrees_float32 else " (float32 reference)")
             for r in rows
-            if not r.exact and r.criterion not in FLOAT32_LIMITED
-        ]
-        + [
-            f"{r.model} {r.criterion} step {r.step} (float64 reference)"
-            for r in rows
-            if r.removed_iou_float64 != 1.0
+            if not r.exact
+            or (not r.agrees_float32 and r.criterion not in FLOAT32_LIMITED)
         ],
-        "float32_not_exact": sorted(
-            {
-                r.criterion
-                for r in rows
-                if not r.exact and r.criterion in FLOAT32_LIMITED
-            }
+        "float32_differing": sorted(
+            {r.criterion for r in rows if not r.agrees_float32}
+        ),
+        "float32_inexact": sorted(
+            {r.criterion for r in rows if min(r.removed_iou, r.active_iou) < 1.0}
         ),
     }
 
@@ -564,8 +599,8 @@ def markdown(result: dict[str, Any]) -> str:
     """The per-criterion table and the schedule lines."""
     lines = [
         "| model | criterion | step | r_t (ours / ref) | removed | removed IoU "
-        "| added IoU | active IoU | max dloc | max drho | max dmom "
-        "| removed IoU vs f64 ref | added IoU vs ref growth with KL | ref NaN scores |",
+        "| added IoU | active IoU | active IoU vs f64 ref | max dloc | max drho "
+        "| max dmom | added IoU vs growth with KL | ref NaN scores |",
         "|" + "---|" * 14,
     ]
     for r in result["rows"]:
@@ -573,9 +608,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['model']} | {r['criterion']} | {r['step']} "
             f"| {r['drop_fraction']:.6f} / {r['drop_fraction_reference']:.6f} "
             f"| {r['num_removed']} | {r['removed_iou']:.4f} | {r['added_iou']:.4f} "
-            f"| {r['active_iou']:.4f} | {r['max_loc_diff']:.1e} "
-            f"| {r['max_rho_diff']:.1e} | {r['max_momentum_diff']:.1e} "
-            f"| {r['removed_iou_float64']:.4f} | {r['added_iou_with_kl']:.4f} "
+            f"| {r['active_iou']:.4f} | {r['active_iou_float64']:.4f} "
+            f"| {r['max_loc_diff']:.1e} | {r['max_rho_diff']:.1e} "
+            f"| {r['max_momentum_diff']:.1e} | {r['added_iou_with_kl']:.4f} "
             f"| {r['reference_nan_scores']} |"
         )
     s = result["schedule"]
@@ -595,13 +630,19 @@ def markdown(result: dict[str, Any]) -> str:
         f"tensors differ, by at most {c['max_abs_layer_diff']}",
     ]
     if result["failures"]:
-        lines.append("NOT EXACT: " + "; ".join(result["failures"]))
+        lines.append("NOT AS EXPECTED: " + "; ".join(result["failures"]))
     else:
-        inexact = result["float32_not_exact"]
+        differing = result["float32_differing"]
+        inexact = sorted(set(result["float32_inexact"]) - set(differing))
         lines.append(
-            "every criterion agrees exactly with the float32 reference"
-            + (f" except {', '.join(inexact)}" if inexact else "")
-            + ", and every criterion with the float64 reference"
+            "every criterion: the float64 reference's sets, values and momenta; "
+            "the float32 reference's sets"
+            + (f" except {', '.join(differing)}" if differing else "")
+            + (
+                f" (float32 near-ties at the boundary: {', '.join(inexact)})"
+                if inexact
+                else ""
+            )
         )
     return "\n".join(lines)
 
