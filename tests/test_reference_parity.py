@@ -7,10 +7,7 @@ holds the reference's update written from its published formulas.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import benchmark_scripts
 import pytest
 import torch
 from common import classification_data
@@ -21,20 +18,11 @@ from pyro_ssvi.models import BayesianClassifier, mlp
 from pyro_ssvi.poutine import scale_kl
 from pyro_ssvi.scheduler import likelihood_gradients
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def parity():
-    """``benchmarks/parity.py`` as a module (registered, for its dataclasses)."""
-    spec = importlib.util.spec_from_file_location(
-        "ssvi_parity", ROOT / "benchmarks" / "parity.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    """``benchmarks/parity.py``, the reference's update from its formulas."""
+    return benchmark_scripts.load("parity")
 
 
 def _removed(scores: torch.Tensor, num_keep: int) -> torch.Tensor:
