@@ -7,16 +7,24 @@ holds the reference's update written from its published formulas.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shlex
+
 import benchmark_scripts
 import pytest
 import torch
 from common import classification_data
 
 from pyro_ssvi import AutoSparseNormal
+from pyro_ssvi.cli import build_parser
 from pyro_ssvi.criteria import CRITERIA, removal_scores, top_k
 from pyro_ssvi.models import BayesianClassifier, mlp
 from pyro_ssvi.poutine import scale_kl
 from pyro_ssvi.scheduler import likelihood_gradients
+from pyro_ssvi.training import TrainConfig
+
+ROOT = benchmark_scripts.ROOT
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +185,87 @@ def _classifier(prior_scale: float) -> BayesianClassifier:
     return BayesianClassifier(
         mlp(6, [8], 3, flatten=False), num_data=32, prior_scale=prior_scale
     )
+
+
+# --------------------------------------------------------- the CIFAR recipe
+#: The reference's CIFAR-10 ResNet-18 settings (spec section 7) as
+#: TrainConfig fields: what the README command and notebook 05 must resolve to.
+REFERENCE_CIFAR = dict(
+    model="resnet18",
+    dataset="cifar10",
+    density=0.1,
+    epochs=200,
+    batch_size=128,
+    optimizer="sgd",
+    lr=0.01,
+    momentum=0.9,
+    weight_decay=5e-4,
+    lr_schedule="cosine",
+    prior_scale=0.005,
+    init_scale=6e-4,  # the reference's mean; its draw needs init_scale=(m, s)
+    kl_weight=0.01,
+    kl_anneal_epochs=100,  # beta = min(2 e / E, 1)
+    removal="snr_abs",
+    addition="grad",
+    update_every=100,
+    drop_fraction=0.3,
+    drop_schedule="cosine",
+    lrt=True,
+    augment=True,
+)
+
+
+def _check_recipe(config) -> None:
+    values = config.to_dict()
+    assert {k: values[k] for k in REFERENCE_CIFAR} == REFERENCE_CIFAR
+    stop = [v for k, v in values.items() if k.startswith("stop_updates")]
+    assert stop == [0.75]
+
+
+def _readme_recipe_argv() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Paper-scale recipe") :]
+    block = section[section.index("```bash\n") + 8 :]
+    command = block[: block.index("```")].replace("\\\n", " ")
+    argv = shlex.split(command)
+    assert argv[:2] == ["pyro-ssvi", "train"]
+    return argv[1:]
+
+
+def _train_config(argv: list[str]):
+    """What ``pyro-ssvi train`` builds from ``argv``: every given flag is the
+    TrainConfig field of the same name."""
+    args = build_parser().parse_args(argv)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(
+        **{k: v for k, v in vars(args).items() if k in fields and v is not None}
+    )
+
+
+def test_readme_recipe_resolves_to_the_reference_settings():
+    _check_recipe(_train_config(_readme_recipe_argv()))
+
+
+def test_notebook_recipe_resolves_to_the_reference_settings(capsys):
+    notebook = json.loads((ROOT / "notebooks" / "05_cifar_resnet18.ipynb").read_text())
+    cell = next(
+        "".join(c["source"])
+        for c in notebook["cells"]
+        if "".join(c["source"]).startswith("config = TrainConfig(")
+    )
+    names = dict(json=json, dataclasses=dataclasses, TrainConfig=TrainConfig)
+    names.update(DATA_DIR="data", download=False, num_epochs=200, device="cuda")
+    names["smoke_test"] = False
+    exec(cell, names)
+    _check_recipe(names["config"])
+
+
+def test_gpu_check_trains_with_the_recipes_flags():
+    gpu_check = benchmark_scripts.load("gpu_check")
+    recipe = _train_config(_readme_recipe_argv()).to_dict()
+    argv = ["train", "--dataset", "cifar10", *gpu_check.RECIPE_FLAGS]
+    short = _train_config(argv).to_dict()
+    differ = {k for k in recipe if recipe[k] != short[k]}
+    # Only the run's length, its data and where it runs differ.
+    length_data_place = {"epochs", "kl_anneal_epochs", "data_dir", "download"}
+    assert differ <= length_data_place | {"num_workers", "device"}
