@@ -19,8 +19,10 @@ killed when it runs over), within one overall time limit:
    ``--sparse-compute auto`` timing the classifier's sparse kernels on the GPU.
 4. ``benchmark``: ``benchmarks/run.py`` on the device: dense Pyro against
    SSVI at densities 0.1 and 0.05, with and without LRT and sparse compute,
-   for the MLPs and ResNet-18 (no peak-memory subprocesses; ``--smoke``:
-   the small MLP and ResNet-18 at density 0.1).
+   for the MLPs and ResNet-18: every variant of ``benchmarks/variants.py``
+   that can run (no peak-memory subprocesses); ``--smoke``: the small MLP and
+   ResNet-18 at density 0.1, dense Pyro and SSVI without and with LRT and
+   sparse compute.
 
 Results: ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (stages, times,
 metrics, the benchmark table), ``<out>/bench/`` (``run.py``'s own results),
@@ -75,6 +77,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "resnet_eval": ["--num-samples", "4", "--eval-batch-size", "500"],
         "bench_models": ["mlp", "wide_mlp", "resnet18"],
         "bench_densities": ["0.1", "0.05"],
+        "bench_variants": None,  # every variant that can run here
         "bench_args": ["--reps", "5", "--steps", "5"],
     },
     "smoke": {
@@ -92,6 +95,8 @@ PLANS: dict[str, dict[str, Any]] = {
         "resnet_eval": ["--num-samples", "2", "--eval-batch-size", "16"],
         "bench_models": ["mlp", "resnet18"],
         "bench_densities": ["0.1"],  # a ResNet-18 step takes seconds on a CPU
+        # dense Pyro; SSVI without, and with, LRT and sparse compute
+        "bench_variants": ["pyro_dense", "ssvi", "ssvi_lrt_sparse"],
         "bench_args": ["--reps", "1", "--steps", "1", "--no-update-cost"],
     },
 }
@@ -314,13 +319,14 @@ class Check:
         bench = self.out / "bench"
         command = [sys.executable, str(ROOT / "benchmarks" / "run.py")]
         models, densities = self.plan["bench_models"], self.plan["bench_densities"]
+        variants = _variants(self.plan["bench_variants"])
         command += ["--models", *models, *self.plan["bench_args"]]
-        command += ["--densities", *densities]  # every variant of variants.py
+        command += ["--densities", *densities, "--variants", *variants]
         command += ["--device", self.device, "--no-memory", "--out", str(bench)]
         if self._run(stage, command):
             rows = json.loads((bench / "results.json").read_text())["rows"]
             stage.details = {"rows": [_bench_row(r) for r in rows]}
-            expected = len(models) * len(densities) * len(_variants())
+            expected = len(models) * len(densities) * len(variants)
             if len(rows) != expected:
                 self._fail(stage, f"{len(rows)} benchmark rows, expected {expected}")
         return stage
@@ -352,14 +358,15 @@ class Check:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
-def _variants() -> tuple[str, ...]:
-    """The variants ``benchmarks/run.py`` times (dense Pyro, masked LRT, SSVI...)."""
+def _variants(wanted: list[str] | None) -> list[str]:
+    """Those of ``wanted`` (default: all) that ``benchmarks/variants.py`` has
+    and can run here (bayesian-torch is optional)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from variants import VARIANTS
+        from variants import VARIANTS, available
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    return tuple(VARIANTS)
+    return [v for v in VARIANTS if (wanted is None or v in wanted) and available(v)]
 
 
 def _junit_counts(path: Path) -> dict[str, int]:

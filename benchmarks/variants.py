@@ -15,6 +15,15 @@ parameters plus optimiser state, and index buffers), and optionally an
   active coordinates (``sparse_compute="auto"``).
 * ``ssvi_lrt``: the same with local reparameterisation, dense kernels.
 * ``ssvi_lrt_sparse``: local reparameterisation with ``sparse_compute="auto"``.
+* ``torch_ssvi``: a hand-written SSVI step in plain PyTorch, the same maths
+  (active means and scales, one weight draw, closed-form KL with the inactive
+  zeros, likelihood scaled to the data set) and the kernels pyro_ssvi ships
+  (``sparse_linear`` for sparse linear layers), one multi-tensor Adam.
+* ``floor``: a deterministic network with the same active weights and the
+  same kernels, one multi-tensor Adam: what any sparse training step costs.
+* ``bayesian_torch``: IntelLabs' bayesian-torch mean-field layers
+  (``dnn_to_bnn``, reparameterisation), the peer a user would pick; only
+  when the package is installed.
 """
 
 from __future__ import annotations
@@ -32,16 +41,31 @@ from torch import nn
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI
 from pyro_ssvi._pyro_compat import pyro_optim_optimizers
+from pyro_ssvi.layers.sparse import SparseStructure, sparse_linear
 from pyro_ssvi.models import BayesianClassifier, mlp, resnet18_cifar
 
 VARIANTS = (
     "pyro_dense",
     "masked_lrt_torch",
+    "bayesian_torch",
     "ssvi",
     "ssvi_sparse",
     "ssvi_lrt",
     "ssvi_lrt_sparse",
+    "torch_ssvi",
+    "floor",
 )
+
+
+def available(name: str) -> bool:
+    """Whether a variant can run here (bayesian-torch is optional)."""
+    if name != "bayesian_torch":
+        return True
+    try:
+        import bayesian_torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 NUM_DATA = 50_000
 
 
@@ -273,10 +297,175 @@ def masked_lrt_variant(
     return Variant("masked_lrt_torch", step, state_bytes)
 
 
+class SparseLayers:
+    """The active weights of a plain network's layers, as pyro_ssvi keeps them.
+
+    Every linear and convolution layer but a dense stem (the first conv of a
+    ResNet, as in SSVI) gets ``k = round(density * n)`` random active
+    coordinates; linear layers at density < 1 run on ``sparse_linear``
+    (the kernel of pyro_ssvi's sparse compute), convolutions on the weight
+    scattered to its dense shape.
+    """
+
+    def __init__(self, net: nn.Module, density: float) -> None:
+        self.layers = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        self.indices, self.structures = [], []
+        for i, layer in enumerate(self.layers):
+            n = layer.weight.numel()
+            dense = i == 0 and isinstance(layer, nn.Conv2d)
+            k = n if dense else max(1, round(density * n))
+            idx = torch.randperm(n)[:k].sort().values
+            self.indices.append(idx)
+            sparse = isinstance(layer, nn.Linear) and k < n
+            self.structures.append(
+                SparseStructure(idx, tuple(layer.weight.shape)) if sparse else None
+            )
+
+    def patch(self, weights: Callable[[int], torch.Tensor]) -> None:
+        """Make layer ``i`` compute with ``weights(i)`` (its active values)."""
+        for i, layer in enumerate(self.layers):
+            layer.forward = self._forward(i, layer, weights)
+
+    def _forward(
+        self, i: int, layer: nn.Module, weights: Callable[[int], torch.Tensor]
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        structure, idx = self.structures[i], self.indices[i]
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            values = weights(i)
+            if structure is not None:
+                out = sparse_linear(x, values, structure)
+                return out if layer.bias is None else out + layer.bias
+            w = values.new_zeros(layer.weight.numel()).index_copy(0, idx, values)
+            return layer._conv_forward(x, w.view_as(layer.weight), layer.bias) if isinstance(
+                layer, nn.Conv2d
+            ) else F.linear(x, w.view_as(layer.weight), layer.bias)
+
+        return forward
+
+
+def floor_variant(model_name: str, density: float, x: torch.Tensor, y: torch.Tensor) -> Variant:
+    """A deterministic network on the same active weights and kernels."""
+    net, _ = network(model_name)
+    sparse = SparseLayers(net, density)
+    values = nn.ParameterList(
+        nn.Parameter(layer.weight.detach().reshape(-1)[idx].clone())
+        for layer, idx in zip(sparse.layers, sparse.indices)
+    )
+    for layer in sparse.layers:
+        del layer.weight
+        layer.weight = torch.empty(0)  # shape lookups only
+    sparse.patch(lambda i: values[i])
+    params = list(values) + [p for p in net.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3, foreach=True)
+
+    def step() -> float:
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    step()
+    return Variant("floor", step, lambda: _torch_state_bytes(params, optimizer, sparse))
+
+
+def torch_ssvi_variant(
+    model_name: str, density: float, x: torch.Tensor, y: torch.Tensor
+) -> Variant:
+    """SSVI written by hand in plain PyTorch: the same maths and kernels."""
+    net, _ = network(model_name)
+    sparse = SparseLayers(net, density)
+    locs = nn.ParameterList(
+        nn.Parameter(layer.weight.detach().reshape(-1)[idx].clone())
+        for layer, idx in zip(sparse.layers, sparse.indices)
+    )
+    rho0 = math.log(math.expm1(0.01))
+    rhos = nn.ParameterList(nn.Parameter(torch.full_like(l, rho0)) for l in locs)
+    shapes = [layer.weight.shape for layer in sparse.layers]
+    for layer in sparse.layers:
+        del layer.weight
+        layer.weight = torch.empty(0)
+    draws: list[torch.Tensor] = []
+    sparse.patch(lambda i: draws[i])
+    params = list(locs) + list(rhos) + [p for p in net.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3, foreach=True)
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+
+    def step() -> float:
+        draws.clear()
+        kl = 0.0
+        for loc, rho, shape in zip(locs, rhos, shapes):
+            scale = F.softplus(rho)
+            draws.append(loc + scale * torch.randn_like(loc))
+            # KL(N(loc, scale^2) || N(0, 1)) on the active set, and -log N(0; 0, 1)
+            # at the n - k inactive zeros (the prior's scale is 1).
+            kl = kl + (0.5 * (scale**2 + loc**2 - 1) - scale.log()).sum()
+            kl = kl + (shape.numel() - loc.numel()) * half_log_2pi
+        nll = F.cross_entropy(net(x), y, reduction="sum") * (NUM_DATA / len(x))
+        loss = nll + kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    step()
+    return Variant("torch_ssvi", step, lambda: _torch_state_bytes(params, optimizer, sparse))
+
+
+def bayesian_torch_variant(
+    model_name: str, density: float, x: torch.Tensor, y: torch.Tensor
+) -> Variant:
+    """bayesian-torch's dense mean-field layers (its documented recipe)."""
+    from bayesian_torch.models.dnn_to_bnn import dnn_to_bnn, get_kl_loss
+
+    net, _ = network(model_name)
+    dnn_to_bnn(
+        net,
+        {
+            "prior_mu": 0.0,
+            "prior_sigma": 1.0,
+            "posterior_mu_init": 0.0,
+            "posterior_rho_init": -4.6,
+            "type": "Reparameterization",
+            "moped_enable": False,
+        },
+    )
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def step() -> float:
+        loss = F.cross_entropy(net(x), y) + get_kl_loss(net) / NUM_DATA
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    step()
+    params = list(net.parameters())
+    return Variant("bayesian_torch", step, lambda: _torch_state_bytes(params, optimizer, None))
+
+
+def _torch_state_bytes(
+    params: list[torch.Tensor], optimizer: torch.optim.Optimizer, sparse: Any
+) -> dict[str, int]:
+    moments = sum(
+        _tensor_bytes(v for v in s.values() if v.dim() > 0)
+        for s in optimizer.state.values()
+    )
+    indices = _tensor_bytes(sparse.indices) if sparse is not None else 0
+    return {"params": _tensor_bytes(params), "optimizer": moments, "indices": indices}
+
+
 def build(
     name: str, model_name: str, density: float, x: torch.Tensor, y: torch.Tensor
 ) -> Variant:
     """Build a variant by name."""
     if name == "masked_lrt_torch":
         return masked_lrt_variant(model_name, density, x, y)
+    if name == "floor":
+        return floor_variant(model_name, density, x, y)
+    if name == "torch_ssvi":
+        return torch_ssvi_variant(model_name, density, x, y)
+    if name == "bayesian_torch":
+        return bayesian_torch_variant(model_name, density, x, y)
     return pyro_variant(name, model_name, density, x, y)

@@ -35,6 +35,7 @@ from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
 # pyro 1.9.2: private switch behind pyro.settings "module_local_params".
 from pyro.nn.module import _is_module_local_param_enabled
 from pyro.ops.tensor_utils import periodic_repeat
+from pyro.poutine import runtime as _runtime
 from pyro.poutine.util import prune_subsample_sites
 
 __all__ = [
@@ -44,13 +45,17 @@ __all__ = [
     "create_optimizer",
     "deep_setattr",
     "disable_torch_function_subclass",
+    "handler_stack",
     "helpful_support_errors",
     "is_module_local_param_enabled",
     "module_context",
     "param_store_name",
     "periodic_repeat",
-    "pyro_optim_optimizers",
     "prune_subsample_sites",
+    "pyro_optim_grad_clip",
+    "pyro_optim_objects",
+    "pyro_optim_optimizers",
+    "pyro_samples",
     "tensor_version",
 ]
 
@@ -87,6 +92,21 @@ def param_store_name(module: Any, attribute: str) -> str:
     return f"{prefix}.{attribute}" if prefix else attribute
 
 
+def handler_stack() -> list[Any]:
+    """The effect handlers active now, outermost first (pyro 1.9.2:
+    ``pyro.poutine.runtime._PYRO_STACK``)."""
+    return list(_runtime._PYRO_STACK)
+
+
+def pyro_samples(module: Any) -> dict[str, Any]:
+    """A ``PyroModule``'s ``PyroSample`` attributes: ``{name: prior}``.
+
+    pyro 1.9.2 keeps them in ``PyroModule._pyro_samples``; a prior is a
+    distribution or a callable of the module.
+    """
+    return dict(getattr(module, "__dict__", {}).get("_pyro_samples", {}))
+
+
 def pyro_optim_optimizers(optim: Any) -> dict[torch.Tensor, torch.optim.Optimizer]:
     """The torch optimisers a ``PyroOptim`` has created, by parameter.
 
@@ -97,6 +117,22 @@ def pyro_optim_optimizers(optim: Any) -> dict[torch.Tensor, torch.optim.Optimize
     return {
         param: getattr(opt, "optimizer", opt) for param, opt in optim.optim_objs.items()
     }
+
+
+def pyro_optim_grad_clip(optim: Any) -> dict[torch.Tensor, Any]:
+    """A ``PyroOptim``'s gradient-clipping functions by parameter (None: none).
+
+    Pyro 1.9.2 keeps them in the undocumented dict ``PyroOptim.grad_clip``
+    (from ``clip_args``), applied before each parameter's step. The live
+    dict: read it, don't change it.
+    """
+    return optim.grad_clip
+
+
+def pyro_optim_objects(optim: Any) -> dict[torch.Tensor, Any]:
+    """The live dict of a ``PyroOptim``'s per-parameter optimisers (or LR
+    schedulers), ``PyroOptim.optim_objs`` in pyro 1.9.2: read, don't change."""
+    return optim.optim_objs
 
 
 def create_optimizer(optim: Any, param: Any, args: dict[str, Any]) -> Any:

@@ -14,41 +14,54 @@ Bayesian MLP 784-400-400-10 at density 0.1. Every flag maps to a field of
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+
+from ._version import __version__
 
 __all__ = ["build_parser", "main"]
 
-# flag name -> (type, help); defaults come from TrainConfig.
+# flag name -> (type, help); the default is appended to the help, unless it is
+# None (then the help says what happens without the flag).
 _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
-    "model": (str, "network: mlp, lenet or resnet18"),
-    "dataset": (
+    "model": (str, "network"),
+    "dataset": (str, "data set (mnist and digits need no --data-dir)"),
+    "data_dir": (
         str,
-        "mnist (embedded), fashion_mnist, cifar10, cifar100, svhn, digits",
+        "directory with data sets in torchvision's layout (default: none, the "
+        "embedded data only)",
     ),
-    "data_dir": (str, "directory with data sets in torchvision's layout"),
-    "ood_dataset": (str, "out-of-distribution set (default: the usual one; 'none')"),
-    "guide": (str, "ssvi (sparse) or autonormal (Pyro's dense-VI baseline)"),
+    "ood_dataset": (
+        str,
+        "out-of-distribution set, a data set name or 'none' (default: the data "
+        "set's usual one, Fashion-MNIST for MNIST)",
+    ),
+    "guide": (str, "guide (ssvi: sparse; autonormal: Pyro's dense-VI baseline)"),
     "density": (float, "fraction of each weight tensor that is active, in (0, 1]"),
-    "removal": (str, "removal criterion (see pyro_ssvi.criteria.CRITERIA)"),
-    "addition": (str, "addition rule: grad or random"),
+    "removal": (str, "removal criterion"),
+    "addition": (str, "addition rule"),
     "update_every": (int, "steps between subspace updates"),
     "drop_fraction": (float, "initial fraction of each active set replaced"),
-    "drop_schedule": (str, "decay of the drop fraction: cosine, linear, constant"),
-    "stop_updates_at": (float, "fraction of training after which updates stop"),
-    "optimizer": (str, "adam or sgd"),
+    "drop_schedule": (str, "decay of the drop fraction"),
+    "stop_updates_fraction": (
+        float,
+        "fraction of the training steps after which the subspace is frozen",
+    ),
+    "optimizer": (str, "optimiser"),
     "lr": (float, "learning rate"),
     "momentum": (float, "SGD momentum"),
     "weight_decay": (float, "weight decay"),
-    "lr_schedule": (str, "cosine (per epoch) or constant"),
+    "lr_schedule": (str, "learning-rate schedule (cosine: per epoch, to 0)"),
     "sparse_compute": (
         str,
         "sparse kernels for sparse linear layers (LRT moments, or weight samples "
-        "without --lrt): off, on, auto (timed once per layer)",
+        "without --lrt); auto times both once per layer",
     ),
     "prior_scale": (float, "standard deviation of the Normal weight prior"),
     "init_scale": (float, "initial posterior standard deviation"),
@@ -58,8 +71,11 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
     "batch_size": (int, "minibatch size"),
     "num_samples": (int, "posterior samples for the Monte Carlo evaluation"),
     "eval_batch_size": (int, "inputs per forward pass in evaluation"),
-    "train_limit": (int, "use only the first N training examples"),
-    "test_limit": (int, "use only the first N test (and OOD) examples"),
+    "train_limit": (int, "use only the first N training examples (default: all)"),
+    "test_limit": (
+        int,
+        "use only the first N test (and OOD) examples (default: all)",
+    ),
     "num_workers": (int, "data-loader workers for on-disk data sets"),
     "device": (str, "auto, cpu, cuda or cuda:N"),
     "seed": (int, "random seed"),
@@ -69,16 +85,45 @@ _BOOL_FLAGS = {
     "augment": "random crops (and flips where they keep the label)",
     "lrt": "local reparameterisation of linear and conv layers (SSVI guide)",
 }
+_SIGNALS = ("SIGINT", "SIGTERM")
 
 
 class CLIError(Exception):
     """A one-line error for the user (exit code 1)."""
 
 
+def _options() -> dict[str, Sequence[str]]:
+    """The names each option flag accepts, from the registries."""
+    from .criteria import CRITERIA
+    from .data import DATASETS
+    from .schedules import SCHEDULES
+    from .svi import ADDITIONS
+    from .training import MODELS
+    from .training._config import LR_SCHEDULES, OPTIMIZERS, SPARSE_COMPUTE
+
+    return {
+        "model": list(MODELS),
+        "dataset": list(DATASETS),
+        "removal": list(CRITERIA),
+        "addition": ADDITIONS,
+        "drop_schedule": list(SCHEDULES),
+        "optimizer": OPTIMIZERS,
+        "lr_schedule": LR_SCHEDULES,
+        "sparse_compute": list(SPARSE_COMPUTE),
+    }
+
+
+def _help(text: str, default: Any, options: Sequence[str] | None) -> str:
+    if options is not None:
+        text = f"{text}: {', '.join(options)}"
+    return text if default is None else f"{text} (default: {default})"
+
+
 def _add_train_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     from .training import TrainConfig
 
     defaults = TrainConfig()
+    options = _options()
     group = parser.add_argument_group("training configuration")
     for name, (kind, text) in _TRAIN_FLAGS.items():
         if name in skip:
@@ -90,17 +135,39 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
             type=kind,
             default=None,
             metavar=name.split("_")[-1].upper(),
-            help=f"{text} (default: {default})",
+            help=_help(text, default, options.get(name)),
         )
+    group.add_argument(  # its earlier name (the meaning is the same), still accepted
+        "--stop-updates-at",
+        dest="stop_updates_at",
+        type=float,
+        default=None,
+        help=argparse.SUPPRESS,
+    )
     for name, text in _BOOL_FLAGS.items():
         group.add_argument(
             "--" + name, dest=name, action="store_true", default=None, help=text
         )
 
 
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
+    import torch
+
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads of torch (default: torch's choice, here "
+        f"{torch.get_num_threads()}); on a machine shared with other jobs, 1 or a "
+        "few run much faster",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _add_run_flags(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
-        "--output-dir", type=Path, default=None, help=f"{what} (default: under runs/)"
+        "--output-dir", type=_path, default=None, help=f"{what} (default: under runs/)"
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing run there"
@@ -110,7 +177,11 @@ def _add_run_flags(parser: argparse.ArgumentParser, what: str) -> None:
         action="store_true",
         help="continue the run there from its checkpoint",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_common_flags(parser)
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro-ssvi",
         description="Sparse Subspace Variational Inference for Bayesian networks.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"pyro-ssvi {__version__}"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
@@ -135,14 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a run directory or checkpoint, optionally on another "
         "data set or with another number of posterior samples.",
     )
-    ev.add_argument("path", type=Path, help="run directory or checkpoint.pt")
+    ev.add_argument("path", type=_path, help="run directory or checkpoint.pt")
     ev.add_argument("--dataset", default=None, help="evaluate on this data set")
-    ev.add_argument("--ood-dataset", default=None, help="OOD set ('none' to skip)")
+    ev.add_argument(
+        "--ood-dataset",
+        default=None,
+        help="OOD set, or 'none' to skip (default: the run's)",
+    )
     ev.add_argument("--data-dir", default=None, help="directory with data sets")
     ev.add_argument("--num-samples", type=int, default=None, help="posterior samples")
     ev.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     ev.add_argument("--test-limit", type=int, default=None, help="first N examples")
-    ev.add_argument("--output", type=Path, default=None, help="also write JSON here")
+    ev.add_argument("--output", type=_path, default=None, help="also write JSON here")
+    _add_common_flags(ev)
     cmp_ = sub.add_parser(
         "compare",
         help="dense VI versus SSVI at several densities, same budget",
@@ -162,36 +241,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     names = list(_TRAIN_FLAGS) + list(_BOOL_FLAGS)
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-
-
-def _config(values: dict[str, Any]) -> Any:
-    from .training import TrainConfig
-
-    return TrainConfig(**values)
+    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    old = getattr(args, "stop_updates_at", None)
+    if old is not None:
+        print(
+            "pyro-ssvi: note: --stop-updates-at is now --stop-updates-fraction",
+            file=sys.stderr,
+        )
+        given.setdefault("stop_updates_fraction", old)
+    return given
 
 
 def _default_dir(prefix: str) -> Path:
     return Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _resume_config(out: Path, given: dict[str, Any]) -> Any:
-    """The saved configuration, with flags given now checked against it."""
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .training import TrainConfig
-
-    state = load_checkpoint(out / "checkpoint.pt", map_location="cpu")
-    saved = TrainConfig.from_dict(state["config"])
-    runtime = {"device", "num_workers", "eval_batch_size", "download"}
-    for key, value in given.items():
-        if key not in runtime and getattr(saved, key) != value:
-            raise CheckpointError(
-                f"--{key.replace('_', '-')} {value} differs from the run's saved "
-                f"{getattr(saved, key)!r}; --resume continues with the saved settings"
-            )
-    return dataclasses.replace(
-        saved, **{k: v for k, v in given.items() if k in runtime}
-    )
+def _is_reporter() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 reports
 
 
 def _fmt(value: Any) -> str:
@@ -202,14 +268,36 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _header(
+    command: str, what: str, place: str = "", device: str | None = None
+) -> None:
+    """The first lines of a command: what runs where, with how many threads."""
+    import torch
+
+    from .training import resolve_device
+
+    if not _is_reporter():
+        return
+    where = "" if device is None else f"device {resolve_device(device)}, "
+    place = f"; {place}" if place else ""
+    print(f"pyro-ssvi {command}: {what}")
+    threads = torch.get_num_threads()
+    plural = "s" if threads != 1 else ""
+    print(f"  {where}{threads} torch thread{plural}{place}")
+
+
+# Metrics shown for Monte Carlo and mean-weight predictions side by side.
+_PAIRED = (
+    ("test accuracy", "test_accuracy"),
+    ("test NLL", "test_nll"),
+    ("test ECE (top-label, 15 bins)", "test_ece"),
+    ("test marginal CE (reference ECE)", "test_marginal_ce"),
+    ("OOD AUROC (entropy)", "ood_auroc"),
+)
+
+
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
-    rows = [
-        ("test accuracy", metrics["test_accuracy"]),
-        ("test NLL", metrics["test_nll"]),
-        ("test ECE (top-label, 15 bins)", metrics["test_ece"]),
-        ("test marginal CE (reference ECE)", metrics.get("test_marginal_ce")),
-        ("OOD AUROC (entropy)", metrics.get("ood_auroc")),
-        ("accuracy with mean weights", metrics.get("test_accuracy_mean_weights")),
+    single = [
         ("density", metrics["density"]),
         ("variational parameters", metrics["num_variational_params"]),
         ("checkpoint size (MB)", metrics["checkpoint_bytes"] / 1e6),
@@ -217,31 +305,39 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         ("subspace updates", metrics.get("num_updates")),
         ("wall time (s)", metrics["wall_time_s"]),
     ]
-    width = max(len(k) for k, _ in rows)
-    print(
-        f"\n{metrics['model']} on {metrics['dataset']}, guide {metrics['guide']}, "
-        f"{metrics['num_samples']} posterior samples"
-    )
-    for key, value in rows:
-        print(f"  {key:<{width}}  {_fmt(value)}")
+    width = max(len(k) for k, _ in (*_PAIRED, *single))
+    mc = f"MC, {metrics['num_samples']} samples"
+    print(f"\n{metrics['model']} on {metrics['dataset']}, guide {metrics['guide']}")
+    print(f"  {'':<{width}}  {mc:>15}  {'mean weights':>12}")
+    for label, key in _PAIRED:
+        both = _fmt(metrics.get(key)), _fmt(metrics.get(f"{key}_mean_weights"))
+        print(f"  {label:<{width}}  {both[0]:>15}  {both[1]:>12}")
+    for label, value in single:
+        print(f"  {label:<{width}}  {_fmt(value):>15}")
     print(f"run directory: {out}")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import train
+    from .training import TrainConfig, resume_config, train
 
     given = _given(args)
     out = args.output_dir or _default_dir(
         f"{given.get('model', 'mlp')}-{given.get('dataset', 'mnist')}"
     )
     if args.resume and args.overwrite:
-        raise CLIError("--resume and --overwrite exclude each other")
+        raise CLIError("--resume and --overwrite exclude each other; pick one")
+    config = resume_config(out, given) if args.resume else TrainConfig(**given)
+    what = (
+        f"{config.model} on {config.dataset}, {config.guide} guide at density "
+        f"{config.density:g}, {config.epochs} epochs, seed {config.seed}"
+    )
     if args.resume:
-        if not (out / "checkpoint.pt").is_file():
-            raise CLIError(f"--resume: {out} has no checkpoint.pt to resume from")
-        config = _resume_config(out, given)
-    else:
-        config = _config(given)
+        what += (
+            "; resuming from its checkpoint"
+            if (out / "checkpoint.pt").is_file()
+            else "; it stopped before its first checkpoint, so it starts again"
+        )
+    _header("train", what, f"run directory {out}", device=config.device)
     metrics = train(
         config,
         out,
@@ -249,17 +345,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+    if _is_reporter():
         _print_summary(metrics, out)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import write_json
+    from .checkpoint import check_writable, write_json
     from .training import evaluate_run
 
     if args.num_samples is not None and args.num_samples < 1:
         raise CLIError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.output is not None:
+        check_writable(args.output)  # before the evaluation, not after it
+    samples = "" if args.num_samples is None else f" with {args.num_samples} samples"
+    _header("evaluate", f"{args.path}{samples}", device=args.device)
     metrics = evaluate_run(
         args.path,
         dataset=args.dataset,
@@ -268,6 +368,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         device=args.device,
         test_limit=args.test_limit,
+        progress=not args.no_progress,
     )
     for key in sorted(metrics):
         print(f"{key}: {_fmt(metrics[key])}")
@@ -283,6 +384,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     out = args.output_dir or _default_dir("compare")
     if any(not 0.0 < d <= 1.0 for d in args.densities):
         raise CLIError(f"--densities must all be in (0, 1], got {args.densities}")
+    dense = "" if args.no_dense else "dense VI and "
+    densities = ", ".join(f"{d:g}" for d in args.densities)
+    what = f"{dense}SSVI at density {densities}"
+    _header("compare", what, f"directory {out}", device=given.get("device", "auto"))
     table = compare(
         given,
         args.densities,
@@ -292,44 +397,94 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+    if _is_reporter():
         print(table)
         print(f"written: {out / 'comparison.md'}, {out / 'comparison.json'}")
     return 0
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``count`` for the command (None: unchanged)."""
+    import torch
+
+    if count is None:
+        yield
+        return
+    if count < 1:
+        raise CLIError(f"--threads must be >= 1, got {count}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def _stop_signals(received: list[str]) -> Iterator[None]:
+    """SIGTERM (from ``timeout``, schedulers) stops the command like Ctrl-C.
+
+    Either raises ``KeyboardInterrupt``, so training stops where it is and
+    keeps its last checkpoint (file writes hold signals until they finish).
+    The names of the signals received go to ``received``.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt
+
+    kinds = [getattr(signal, name) for name in _SIGNALS]
+    previous = {s: signal.signal(s, stop) for s in kinds}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _error(text: str) -> None:
+    print(f"pyro-ssvi: error: {text}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``pyro-ssvi``; returns the process exit code.
 
     Expected failures (bad flags, unusable output directories, missing data,
-    bad checkpoints, a diverging loss) print one ``pyro-ssvi: error: ...``
-    line to stderr and return 1; usage errors return 2 (argparse).
+    bad checkpoints, a diverging loss, a full disk) print one
+    ``pyro-ssvi: error: ...`` line to stderr naming the problem and the fix,
+    and return 1; usage errors return 2 (argparse). Ctrl-C and SIGTERM stop
+    at once, keep the last checkpoint, say so in one line and return 130 or
+    143.
     """
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
-    from .training import ConfigError, RunDirError, TrainingDiverged
+    from .training import ConfigError, RunDirError, RunStopped
 
-    expected = (CLIError, RunDirError, CheckpointError, TrainingDiverged, ConfigError)
-
+    expected = (CLIError, RunDirError, CheckpointError, RunStopped, ConfigError)
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "compare": _cmd_compare}
+    received: list[str] = []
     try:
-        return commands[args.command](args)
-    except (*expected, FileNotFoundError, PermissionError) as e:
-        print(f"pyro-ssvi: error: {e}", file=sys.stderr)
-    except (ValueError, OSError, RuntimeError) as e:
+        with _stop_signals(received), _threads(args.threads):
+            return commands[args.command](args)
+    except (*expected, OSError) as e:  # OSError: missing files, full disks, ...
+        _error(_one_line(e))
+    except (ValueError, RuntimeError) as e:
         if os.environ.get("PYRO_SSVI_DEBUG"):
             raise
-        print(
-            f"pyro-ssvi: error: {e} (set PYRO_SSVI_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-    except KeyboardInterrupt:
-        print(
-            "pyro-ssvi: interrupted; the last epoch's checkpoint is kept "
-            "(continue with --resume)",
-            file=sys.stderr,
-        )
-        return 130
+        _error(f"{_one_line(e)} (set PYRO_SSVI_DEBUG=1 for a traceback)")
+    except KeyboardInterrupt as e:
+        name = received[-1] if received else "SIGINT"
+        detail = str(e) or "stopped; nothing was lost"
+        _error(f"interrupted by {name}: {' '.join(detail.split())}")
+        return 128 + getattr(signal, name)
     return 1
 
 

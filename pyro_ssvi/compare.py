@@ -2,7 +2,8 @@
 
 Each variant is an ordinary run directory under the comparison directory
 (``autonormal/``, ``ssvi-d0.1/``, ...); the table goes to ``comparison.md``
-and ``comparison.json``, the trade-off plot to ``density_tradeoff.png``::
+and ``comparison.json``, the trade-off plot (SSVI against density, dense VI
+as a reference line) to ``density_tradeoff.png``::
 
     table = compare({"epochs": 15}, [0.1, 0.05], "runs/compare")
 """
@@ -139,7 +140,10 @@ def _write_comparison(out: Path, table: str, rows: list[dict[str, Any]]) -> None
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "comparison.md", lambda fh: fh.write(table.encode()))
     write_json(out / "comparison.json", rows)
+    sparse = [r for r in rows if r.get("guide") == "ssvi"]
+    dense = next((r for r in rows if r.get("guide") == "autonormal"), None)
     plot_density_tradeoff(
-        [r for r in rows if r.get("guide") == "ssvi"] or rows,
+        sparse or rows,
         out / "density_tradeoff.png",
+        reference=dense if sparse else None,
     )

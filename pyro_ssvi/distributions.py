@@ -24,7 +24,7 @@ import torch
 from pyro.distributions import Independent, Normal, TorchDistribution
 from torch.distributions import constraints, register_kl
 
-__all__ = ["ShiftedSparseNormal", "SparseNormal"]
+__all__ = ["ShiftedSparseNormal", "SparseNormal", "sparse_normal_kl"]
 
 _HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
 
@@ -231,44 +231,66 @@ def _unwrap_independent(
     return q
 
 
-def _kl_active_normal(
-    p: SparseNormal, loc_q: torch.Tensor, scale_q: torch.Tensor
-) -> torch.Tensor:
-    var_ratio = (p.scale / scale_q) ** 2
-    t1 = ((p.loc - loc_q) / scale_q) ** 2
-    return (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum(-1)
-
-
 def _normal_log_prob_at_zero(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return -0.5 * (loc / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)
 
 
-def _inactive_normal_log_prob(
-    p: SparseNormal, base: Normal, loc_a: torch.Tensor, scale_a: torch.Tensor
+def sparse_normal_kl(
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    indices: torch.Tensor,
+    shape: torch.Size,
+    prior_loc: torch.Tensor,
+    prior_scale: torch.Tensor,
 ) -> torch.Tensor:
-    r""":math:`\sum_{j \notin A} \log \mathcal{N}(0; m_j, s_j^2)` (shape ``batch``).
+    r"""The ELBO's KL term of a sparse posterior against a factorised Normal prior.
 
-    ``loc_a``, ``scale_a``: the prior's parameters at the active coordinates
-    (from :func:`_gather_param`). For the usual constant prior this is
-    :math:`(n - k) \log \mathcal{N}(0; m, s^2)`; otherwise the sum over the
-    whole event (on the stored, non-broadcast values) less the active share.
+    .. math::
+
+        \mathrm{KL}_A = \sum_{j \in A} \Big[\log \frac{s_j}{\sigma_j}
+            + \frac{\sigma_j^2 + (\mu_j - m_j)^2}{2 s_j^2} - \frac12\Big]
+            - \sum_{j \notin A} \log \mathcal{N}(0; m_j, s_j^2)
+
+    with posterior :math:`\mathcal{N}(\mu_j, \sigma_j^2)` on the active set
+    :math:`A` and prior :math:`\mathcal{N}(m_j, s_j^2)`. A prior whose
+    parameters are one value over the tensor (``Normal(m, s).expand(shape)``,
+    zero strides) costs :math:`O(k)`; the second sum is then
+    :math:`(n - k) \log \mathcal{N}(0; m, s^2)`.
+
+    Args:
+        loc, scale: Active means and standard deviations, shape ``(..., k)``.
+        indices: Flat indices of the active coordinates, shape ``(k,)``.
+        shape: The full event shape (``n`` elements).
+        prior_loc, prior_scale: The prior's parameters, broadcastable to
+            ``batch + shape``.
+
+    Returns:
+        Shape ``batch``.
     """
-    shape, n = p.event_shape, len(p.event_shape)
-    active = _normal_log_prob_at_zero(loc_a, scale_a)
-    if _is_constant(base.loc, shape) and _is_constant(base.scale, shape):
-        return (shape.numel() - p.num_active) * active[..., 0]
-    loc, scale = torch.broadcast_tensors(base.loc, base.scale)
-    lead = loc.shape[: loc.dim() - n] if loc.dim() >= n else torch.Size()
-    loc_c, m_loc = _compact(loc, shape)
-    scale_c, m_scale = _compact(scale, shape)
+    n = len(shape)
+    prior_loc, prior_scale = torch.broadcast_tensors(prior_loc, prior_scale)
+    loc_q = _gather_param(prior_loc, shape, indices)
+    scale_q = _gather_param(prior_scale, shape, indices)
+    var_ratio = (scale / scale_q) ** 2
+    t1 = ((loc - loc_q) / scale_q) ** 2
+    active_kl = (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum(-1)
+    k = indices.shape[0]
+    active_lp0 = _normal_log_prob_at_zero(loc_q, scale_q)
+    if _is_constant(prior_loc, shape) and _is_constant(prior_scale, shape):
+        return active_kl - (shape.numel() - k) * active_lp0[..., 0]
+    lead = prior_loc.shape[: prior_loc.dim() - n] if prior_loc.dim() >= n else ()
+    loc_c, m_loc = _compact(prior_loc, shape)
+    scale_c, m_scale = _compact(prior_scale, shape)
     if m_loc == m_scale and loc_c.shape == scale_c.shape:
         total = m_loc * _normal_log_prob_at_zero(loc_c, scale_c).reshape(
-            lead + (-1,)
+            tuple(lead) + (-1,)
         ).sum(-1)
     else:  # different broadcast patterns: sum densely
-        total = _normal_log_prob_at_zero(loc, scale).reshape(lead + (-1,)).sum(-1)
-    active = active.expand(active.shape[:-1] + (p.num_active,)).sum(-1)
-    return total - active
+        total = _normal_log_prob_at_zero(prior_loc, prior_scale).reshape(
+            tuple(lead) + (-1,)
+        ).sum(-1)
+    active_lp0 = active_lp0.expand(active_lp0.shape[:-1] + (k,)).sum(-1)
+    return active_kl - (total - active_lp0)
 
 
 def _inactive_log_prob(
@@ -307,10 +329,9 @@ def _kl_sparse_factorised(
     if base.event_shape != torch.Size():
         raise NotImplementedError  # not factorised: let Pyro fall back to MC
     if isinstance(base, torch.distributions.Normal):
-        loc_q = _gather_param(base.loc, p.event_shape, p.indices)
-        scale_q = _gather_param(base.scale, p.event_shape, p.indices)
-        active = _kl_active_normal(p, loc_q, scale_q)
-        return active - _inactive_normal_log_prob(p, base, loc_q, scale_q)
+        return sparse_normal_kl(
+            p.loc, p.scale, p.indices, p.event_shape, base.loc, base.scale
+        )
     # Any other univariate factorised prior: analytic entropy of the active
     # coordinates plus a one-draw reparameterised estimate of the cross-entropy,
     # both restricted to the active set (an unbiased estimate of the KL).
@@ -372,5 +393,3 @@ class ShiftedSparseNormal(TorchDistribution):
     @property
     def variance(self) -> torch.Tensor:
         return self.base.variance
-
-

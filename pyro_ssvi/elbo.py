@@ -1,4 +1,4 @@
-"""A mean-field ELBO that computes only the log-densities it uses.
+"""A mean-field ELBO that computes only what it uses, directly when it can.
 
 Pyro's :class:`~pyro.infer.TraceMeanField_ELBO` scores every site of the model
 and the guide (``compute_log_prob`` / ``compute_score_parts``) before it knows
@@ -7,13 +7,21 @@ analytic KL, those scores are never used, yet the prior's ``log_prob`` of every
 dense weight tensor (and the support check of Pyro's validation) costs about
 as much as the network's forward pass. :class:`TraceSparseMeanField_ELBO`
 returns the same loss and gradients and scores only observed sites, plus the
-latent sites whose KL divergence is not available, when the loss reaches them::
+latent sites whose KL divergence is not available, when the loss reaches them.
+
+For the standard case (an ``AutoSparseNormal`` over a ``PyroModule``
+network with Normal priors; see :mod:`pyro_ssvi._fast` for exactly what is
+covered) it skips tracing altogether: the guide's parameters are sampled
+directly, the network runs once with the samples in place, and the KL is taken
+in closed form from the tensors. That path is checked once against the traced
+one (same random numbers: same loss and gradients) before it is used::
 
     svi = SparseSVI(model, guide, optim, TraceSparseMeanField_ELBO())
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -24,6 +32,7 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.util import check_model_guide_match, check_site_shape
 
+from ._fast import FastLoss, NotNow, Unsupported, build_fast_loss
 from ._pyro_compat import check_mean_field_requirement, prune_subsample_sites
 
 __all__ = ["TraceSparseMeanField_ELBO"]
@@ -58,7 +67,86 @@ class TraceSparseMeanField_ELBO(TraceMeanField_ELBO):
     It accepts every argument of :class:`~pyro.infer.TraceMeanField_ELBO`
     (``num_particles``, ``vectorize_particles``, ...), and is the default loss
     of :class:`~pyro_ssvi.SparseSVI`.
+
+    Args:
+        *args, **kwargs: As for :class:`~pyro.infer.TraceMeanField_ELBO`.
+        fast: Use the direct computation where it applies (one particle, an
+            ``AutoSparseNormal`` over a ``PyroModule``; see
+            :mod:`pyro_ssvi._fast`). ``False`` always traces.
     """
+
+    def __init__(self, *args: Any, fast: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fast = fast
+        self._fast: Any = weakref.WeakKeyDictionary()  # guide -> (model ref, path)
+
+    # ------------------------------------------------------------- fast path
+    def fast_path(
+        self, model: Any, guide: Any, *args: Any, **kwargs: Any
+    ) -> FastLoss | None:
+        """The checked fast path for ``(model, guide)``, or None (traced).
+
+        Built and checked against the traced loss (without drawing from the
+        global random state) on first use for a pair, then cached.
+        """
+        if not self.fast or self.num_particles != 1 or self.vectorize_particles:
+            return None
+        if getattr(guide, "prototype_trace", None) is None:
+            return None  # the traced path sets the guide up
+        try:
+            entry = self._fast.get(guide)
+        except TypeError:  # not weak-referenceable
+            return None
+        if entry is None or entry[0]() is not model:
+            try:
+                fast = build_fast_loss(
+                model,
+                guide,
+                    lambda: super(TraceSparseMeanField_ELBO, self).differentiable_loss(
+                        model, guide, *args, **kwargs
+                    ),
+                    args,
+                    kwargs,
+                )
+            except NotNow:
+                return None
+            entry = (weakref.ref(model), fast)
+            self._fast[guide] = entry
+        return entry[1]
+
+    def fast_loss(
+        self, model: Any, guide: Any, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+        """``(loss, trained tensors)`` by the fast path, or None to trace."""
+        fast = self.fast_path(model, guide, *args, **kwargs)
+        if fast is None:
+            return None
+        try:
+            return fast(*args, **kwargs)
+        except Unsupported:  # e.g. another handler is active around this call
+            return None
+
+    def differentiable_loss(
+        self, model: Any, guide: Any, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        result = self.fast_loss(model, guide, *args, **kwargs)
+        if result is not None:
+            return result[0]
+        return super().differentiable_loss(model, guide, *args, **kwargs)
+
+    def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        with torch.no_grad():
+            result = self.fast_loss(model, guide, *args, **kwargs)
+        if result is not None:
+            return torch_item(result[0])
+        return super().loss(model, guide, *args, **kwargs)
+
+    def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+        result = self.fast_loss(model, guide, *args, **kwargs)
+        if result is None:
+            return super().loss_and_grads(model, guide, *args, **kwargs)
+        result[0].backward()
+        return torch_item(result[0])
 
     def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)

@@ -355,7 +355,9 @@ class AutoSparseNormal(AutoGuide):
         sparse = self._site_is_sparse(name, site)
         scale = self._init_scale
         if scale is None:
-            scale = DEFAULT_WEIGHT_INIT_SCALE if _is_weight(site) else DEFAULT_INIT_SCALE
+            scale = (
+                DEFAULT_WEIGHT_INIT_SCALE if _is_weight(site) else DEFAULT_INIT_SCALE
+            )
         if sparse:
             k = max(1, int(round(self.target_density * value.numel())))
             idx = self._initial_active_set(name, value, k)
@@ -372,7 +374,9 @@ class AutoSparseNormal(AutoGuide):
         info = Site(False, value.shape, event_dim, site["fn"].support)
         self._new_params(name, info, loc, _initial_scales(loc, scale), None)
 
-    def _initial_active_set(self, name: str, value: torch.Tensor, k: int) -> torch.Tensor:
+    def _initial_active_set(
+        self, name: str, value: torch.Tensor, k: int
+    ) -> torch.Tensor:
         rule = self.init_active
         if rule == "auto":
             given = init_gives_values(self.init_loc_fn, name)
@@ -657,7 +661,10 @@ class AutoSparseNormal(AutoGuide):
 
     def num_active(self) -> dict[str, int]:
         """Number ``k`` of active coordinates of every sparse site."""
-        return {n: int(self.subspace_params(n).loc.numel()) for n in self.sparse_site_names()}
+        return {
+            n: int(self.subspace_params(n).loc.numel())
+            for n in self.sparse_site_names()
+        }
 
     @property
     def density(self) -> float:
@@ -725,7 +732,9 @@ class AutoSparseNormal(AutoGuide):
             for name, info in self._sites.items():
                 loc, scale = self._get_loc_and_scale(name)
                 q = torch.as_tensor(quantiles, dtype=loc.dtype, device=loc.device)
-                values = dist.Normal(loc, scale).icdf(q.reshape((-1,) + (1,) * loc.dim()))
+                values = dist.Normal(loc, scale).icdf(
+                    q.reshape((-1,) + (1,) * loc.dim())
+                )
                 if info.sparse:
                     post = self._posterior(name)
                     assert isinstance(post, SparseNormal)

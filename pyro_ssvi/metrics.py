@@ -3,9 +3,12 @@ r"""Accuracy, calibration and out-of-distribution metrics of predictive probabil
 Every metric is a pure function of the mean predictive probabilities
 ``probs`` (shape ``(N, C)``, rows summing to one) and integer ``labels``
 (shape ``(N,)``); sums are taken in float64 and scalars are returned as Python
-floats. :class:`ClassificationAccumulator` collects batches and computes all
-of them at once; it keeps the ``(N, C)`` mean probabilities (an aggregate,
-needed by equal-mass binning), never per-posterior-sample tensors.
+floats. Accuracy, AUROC and AUPR are scikit-learn's; this module validates
+their inputs and fixes the OOD convention. NLL and Brier score are one-line
+means whose conventions scikit-learn does not share (``log_loss`` clips at
+its ``eps``, ``brier_score_loss`` is binary before 1.7); the calibration
+errors have no library implementation to reuse. Streaming over batches and
+posterior samples is :mod:`pyro_ssvi.predict`'s job.
 
 Two calibration errors are provided, and they are *not* comparable:
 :func:`ece` is Guo et al.'s top-label L1 ECE with equal-width bins, and
@@ -17,10 +20,8 @@ Example::
     from pyro_ssvi import metrics
 
     metrics.accuracy(probs, labels)            # 0.93
-    acc = metrics.ClassificationAccumulator()
-    for batch_probs, batch_labels in batches:
-        acc.update(batch_probs, batch_labels)
-    acc.compute()   # {'accuracy': ..., 'nll': ..., 'ece': ..., 'marginal_ce': ...}
+    metrics.classification_metrics(probs, labels, probs_ood=probs_ood)
+    # {'accuracy': ..., 'nll': ..., 'ece': ..., 'marginal_ce': ..., 'ood_auroc': ...}
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from typing import Any, NamedTuple
 import torch
 
 __all__ = [
-    "ClassificationAccumulator",
     "ReliabilityBins",
     "accuracy",
     "aupr",
@@ -145,8 +145,10 @@ def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
     Raises:
         ValueError: For malformed ``probs`` or ``labels`` (see module notes).
     """
+    from sklearn.metrics import accuracy_score
+
     probs, labels = _check_inputs(probs, labels)
-    return (probs.argmax(-1) == labels).to(_F64).mean().item()
+    return float(accuracy_score(labels.cpu(), probs.argmax(-1).cpu()))
 
 
 def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
@@ -502,28 +504,25 @@ def _check_mean_entropy(mean_entropy: Any, probs: torch.Tensor) -> torch.Tensor:
 
 
 # -------------------------------------------------------------- OOD detection
-def _grouped_scores(
-    scores_in: Any, scores_out: Any
-) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """Per distinct score (ascending): counts of in-distribution and OOD points."""
-    s_in = _check_scores(scores_in, "scores_in")
-    s_out = _check_scores(scores_out, "scores_out").to(s_in.device)
-    _, inverse = torch.unique(torch.cat([s_in, s_out]), return_inverse=True)
-    num_groups = int(inverse.max().item()) + 1
-    neg = torch.bincount(inverse[: s_in.numel()], minlength=num_groups).to(_F64)
-    pos = torch.bincount(inverse[s_in.numel() :], minlength=num_groups).to(_F64)
-    return neg, pos, s_in.numel(), s_out.numel()
+def _ood_problem(scores_in: Any, scores_out: Any) -> tuple[Any, Any]:
+    """Binary labels (OOD = 1) and scores for scikit-learn, validated."""
+    import numpy as np
+
+    s_in = _check_scores(scores_in, "scores_in").cpu().numpy()
+    s_out = _check_scores(scores_out, "scores_out").cpu().numpy()
+    labels = np.r_[np.zeros(len(s_in)), np.ones(len(s_out))]
+    return labels, np.r_[s_in, s_out]
 
 
 def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
     r"""Area under the ROC curve for detecting OOD inputs by a score.
 
-    OOD is the positive class and a *higher* score means "more OOD". Ties
-    count one half, as in ``sklearn.metrics.roc_auc_score``:
+    OOD is the positive class and a *higher* score means "more OOD";
+    ``sklearn.metrics.roc_auc_score``, so ties count one half:
 
     .. math:: \mathrm{AUROC} = P(s_{out} > s_{in}) + \tfrac12 P(s_{out} = s_{in})
 
-    over independent pairs, computed exactly from midranks.
+    over independent pairs.
 
     Args:
         scores_in: Scores of in-distribution inputs (negatives), shape ``(N,)``.
@@ -535,18 +534,16 @@ def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
     Raises:
         ValueError: For empty, non-1-D or non-finite scores.
     """
-    neg, pos, n_in, n_out = _grouped_scores(scores_in, scores_out)
-    # Pairs (in, out) with s_out > s_in, plus half of the tied pairs.
-    neg_below = torch.cumsum(neg, 0) - neg
-    wins = (pos * (neg_below + 0.5 * neg)).sum()
-    return (wins / (n_in * n_out)).item()
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(*_ood_problem(scores_in, scores_out)))
 
 
 def aupr(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
     r"""Average precision for detecting OOD inputs (OOD positive, high = OOD).
 
-    As ``sklearn.metrics.average_precision_score``: thresholds at each
-    distinct score, descending; tied scores enter together, and
+    ``sklearn.metrics.average_precision_score``: thresholds at each distinct
+    score, descending; tied scores enter together, and
 
     .. math:: \mathrm{AP} = \sum_k (R_k - R_{k-1}) P_k
 
@@ -563,11 +560,9 @@ def aupr(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
     Raises:
         ValueError: For empty, non-1-D or non-finite scores.
     """
-    neg, pos, _, n_out = _grouped_scores(scores_in, scores_out)
-    pos, neg = pos.flip(0), neg.flip(0)
-    true_pos = torch.cumsum(pos, 0)
-    precision = true_pos / (true_pos + torch.cumsum(neg, 0))
-    return ((pos / n_out) * precision).sum().item()
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(*_ood_problem(scores_in, scores_out)))
 
 
 def ood_metrics(probs_in: torch.Tensor, probs_out: torch.Tensor) -> dict[str, float]:
@@ -648,109 +643,3 @@ def classification_metrics(
     if probs_ood is not None:
         result.update(ood_metrics(probs, probs_ood))
     return result
-
-
-class ClassificationAccumulator:
-    """Collect predictions batch by batch, then compute every metric at once.
-
-    Only the mean predictive probabilities (needed in full by equal-mass
-    binning and the OOD rankings), the labels and the per-example mean
-    entropies are kept, moved to the CPU; :meth:`compute` equals
-    :func:`classification_metrics` on the concatenated batches exactly.
-
-    Args:
-        num_bins: Bins of both calibration errors.
-
-    Example::
-
-        acc = ClassificationAccumulator()
-        for probs, labels in batches:
-            acc.update(probs, labels)
-        for probs in ood_batches:
-            acc.update_ood(probs)
-        metrics = acc.compute()
-    """
-
-    def __init__(self, num_bins: int = 15) -> None:
-        self.num_bins = _check_num_bins(num_bins)
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget every batch."""
-        self._probs: list[torch.Tensor] = []
-        self._labels: list[torch.Tensor] = []
-        self._entropy: list[torch.Tensor] = []
-        self._ood: list[torch.Tensor] = []
-
-    @property
-    def num_examples(self) -> int:
-        """Number of in-distribution examples seen so far."""
-        return sum(len(p) for p in self._probs)
-
-    def update(
-        self,
-        mean_probs: torch.Tensor,
-        labels: torch.Tensor,
-        mean_entropy: torch.Tensor | None = None,
-    ) -> None:
-        """Add a batch of in-distribution predictions.
-
-        Args:
-            mean_probs: Mean predictive probabilities, shape ``(B, C)``.
-            labels: Integer labels, shape ``(B,)``.
-            mean_entropy: Mean entropy over posterior samples, shape ``(B,)``;
-                give it for every batch or for none.
-
-        Raises:
-            ValueError: For malformed inputs, a class count that differs from
-                earlier batches, or ``mean_entropy`` given for only some batches.
-        """
-        mean_probs, labels = _check_inputs(mean_probs, labels)
-        self._check_classes(mean_probs)
-        if self._probs and (mean_entropy is None) != (not self._entropy):
-            raise ValueError(
-                "ClassificationAccumulator.update: give mean_entropy for every "
-                "batch or for none."
-            )
-        if mean_entropy is not None:
-            entropy = _check_mean_entropy(mean_entropy, mean_probs)
-            self._entropy.append(entropy.cpu())
-        self._probs.append(mean_probs.cpu())
-        self._labels.append(labels.cpu())
-
-    def update_ood(self, mean_probs: torch.Tensor) -> None:
-        """Add a batch of predictions on out-of-distribution inputs, shape ``(B, C)``.
-
-        Raises:
-            ValueError: For malformed ``mean_probs`` or a different class count.
-        """
-        mean_probs = _check_probs(mean_probs, "mean_probs")
-        self._check_classes(mean_probs)
-        self._ood.append(mean_probs.cpu())
-
-    def _check_classes(self, probs: torch.Tensor) -> None:
-        seen = (self._probs or self._ood)[:1]
-        if seen and seen[0].shape[1] != probs.shape[1]:
-            raise ValueError(
-                f"ClassificationAccumulator: batch has {probs.shape[1]} classes, "
-                f"earlier batches had {seen[0].shape[1]}."
-            )
-
-    def compute(self) -> dict[str, float]:
-        """All metrics of :func:`classification_metrics` over the batches so far.
-
-        Raises:
-            ValueError: If no in-distribution batch was added; call
-                :meth:`update` first.
-        """
-        if not self._probs:
-            raise ValueError(
-                "ClassificationAccumulator.compute: no batches; call update() first."
-            )
-        return classification_metrics(
-            torch.cat(self._probs),
-            torch.cat(self._labels),
-            torch.cat(self._entropy) if self._entropy else None,
-            probs_ood=torch.cat(self._ood) if self._ood else None,
-            num_bins=self.num_bins,
-        )

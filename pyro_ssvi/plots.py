@@ -3,13 +3,16 @@
 Every function draws on its own :class:`matplotlib.figure.Figure` with the
 Agg canvas (pyplot and the global backend are never touched), writes the PNG
 atomically (a temporary file in the target directory, then
-:func:`os.replace`) and returns the path. matplotlib is imported only when a
-function is called::
+:func:`os.replace`) and returns the figure, whose artists hold exactly the
+data drawn (tests read them back). Every calibration error says whether it
+comes from Monte Carlo predictions or from the mean weights. matplotlib is
+imported only when a function is called::
 
     from pyro_ssvi import plots
 
     plots.plot_reliability(pred.probs, pred.labels, "runs/reliability.png")
-    plots.plot_training_curves(history, "runs/curves.png")
+    fig = plots.plot_training_curves(history, "runs/curves.png")
+    fig.axes[0].lines[0].get_ydata()   # the training losses
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .checkpoint import atomic_write
 from .metrics import auroc, ece, reliability_bins
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "plot_density_tradeoff",
@@ -38,35 +44,51 @@ __all__ = [
 #: Dots per inch of every figure; a ``(w, h)``-inch figure is ``100 w x 100 h`` px.
 DPI = 100
 
-#: History keys drawn by :func:`plot_training_curves`, with axis labels.
+#: History keys drawn by :func:`plot_training_curves`, with axis labels. The
+#: per-epoch test metrics of ``pyro-ssvi train`` use the mean weights.
 TRAINING_CURVES = {
-    "train_loss": "training loss (negative ELBO)",
+    "train_loss": "training loss (−ELBO / N)",
     "test_accuracy": "test accuracy",
     "test_nll": "test NLL",
-    "test_ece": "test ECE",
-    "test_marginal_ce": "test marginal CE",
+    "test_ece": "test ECE (top-label, 15 bins)",
+}
+
+#: Axis labels of metrics keys in :func:`plot_density_tradeoff` (other keys
+#: are shown with spaces for underscores).
+METRIC_LABELS = {
+    "density": "density (log scale)",
+    "test_accuracy": "test accuracy (MC)",
+    "test_nll": "test NLL (MC)",
+    "test_ece": "test ECE (MC, top-label, 15 bins)",
+    "test_marginal_ce": "test marginal CE (MC)",
+    "ood_auroc": "OOD AUROC (entropy, MC)",
 }
 
 _PathLike = str | os.PathLike
 
 
 # --------------------------------------------------------------- infrastructure
-def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> Any:
+def _figure(
+    width: float, height: float, nrows: int = 1, ncols: int = 1
+) -> tuple[Figure, list[Any]]:
     """A constrained-layout figure on an Agg canvas, and its axes (a flat list)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
+    if not nrows:
+        return fig, []
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, [ax for row in axes for ax in row]
 
 
-def _save(fig: Any, path: _PathLike) -> Path:
+def _save(fig: Figure, path: _PathLike) -> Figure:
     """Write ``fig`` as a PNG at ``path`` atomically, creating its directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))
+    return fig
 
 
 def _vector(values: Any, name: str) -> torch.Tensor:
@@ -109,70 +131,123 @@ def _series(
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def _grid(count: int, max_cols: int = 3) -> tuple[int, int]:
-    cols = min(count, max_cols)
-    return math.ceil(count / cols), cols
+def _grid(count: int) -> tuple[int, int]:
+    """Rows and columns for ``count`` panels: one row up to 3, then 2 rows."""
+    if count <= 3:
+        return 1, count
+    return 2, math.ceil(count / 2)
 
 
-def _hide_unused(axes: list[Any], used: int) -> None:
-    for ax in axes[used:]:
-        ax.set_visible(False)
+def _panels(count: int, width: float, height: float) -> tuple[Figure, list[Any]]:
+    """A figure with exactly ``count`` panels (an odd last row is centred)."""
+    nrows, ncols = _grid(count)
+    fig, _ = _figure(width * ncols, height * nrows, 0, 0)
+    grid = fig.add_gridspec(nrows, 2 * ncols)
+    axes = []
+    for i in range(count):
+        row, col = divmod(i, ncols)
+        left = 2 * col + (ncols * nrows - count if row == nrows - 1 else 0)
+        axes.append(fig.add_subplot(grid[row, left : left + 2]))
+    return fig, axes
 
 
 # ------------------------------------------------------------------- training
-def plot_training_curves(history: list[dict[str, Any]], path: _PathLike) -> Path:
+def plot_training_curves(
+    history: list[dict[str, Any]],
+    path: _PathLike,
+    *,
+    final: Mapping[str, Any] | None = None,
+    kind: str = "mean weights",
+) -> Figure:
     """One panel per metric of :data:`TRAINING_CURVES` present in ``history``.
 
     Rows need not all carry every metric (e.g. evaluation every few epochs);
-    each panel plots the rows that have it.
+    each panel plots the rows that have it, against integer epochs. Test
+    metrics are labelled with ``kind``, how they were predicted (``pyro-ssvi
+    train`` evaluates each epoch with the mean weights), and ``final`` adds
+    the final Monte Carlo value of each at the last epoch, labelled with its
+    number of samples, so the two kinds are never confused.
 
     Args:
         history: Rows with an ``epoch`` key and any of ``train_loss``,
-            ``test_accuracy``, ``test_nll``, ``test_ece``, ``test_marginal_ce``.
+            ``test_accuracy``, ``test_nll``, ``test_ece``.
         path: Where to write the PNG.
+        final: Final metrics (``metrics.json``): ``test_accuracy``,
+            ``test_nll``, ``test_ece`` from Monte Carlo predictions and
+            ``num_samples``.
+        kind: How the per-epoch test metrics were predicted.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        The figure: panel ``i`` holds the series as ``lines[0]`` and the
+        final value, if any, as ``lines[1]``.
 
     Raises:
         ValueError: If ``history`` is empty, a row is not a dict with
             ``epoch``, or no known metric is present.
     """
+    from matplotlib.ticker import MaxNLocator
+
     rows = _rows(history, "history", "epoch")
     present = [k for k in TRAINING_CURVES if any(k in row for row in rows)]
     if not present:
         raise ValueError(
             f"history has none of the metrics {sorted(TRAINING_CURVES)} to plot."
         )
-    nrows, ncols = _grid(len(present))
-    fig, axes = _figure(4.0 * ncols, 3.0 * nrows, nrows, ncols)
+    last = max(float(row["epoch"]) for row in rows)
+    samples = (
+        f", {final['num_samples']} samples" if final and "num_samples" in final else ""
+    )
+    fig, axes = _panels(len(present), 4.0, 3.0)
     for ax, key in zip(axes, present):
         epochs, values = _series(rows, "epoch", key)
-        ax.plot(epochs, values, marker="o", markersize=3)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(TRAINING_CURVES[key])
+        test = key.startswith("test_")
+        label = f"{kind}, each epoch" if test else None
+        ax.plot(epochs, values, marker="o", markersize=3, label=label)
+        if test and final is not None and _is_number(final.get(key)):
+            ax.plot(
+                [last],
+                [final[key]],
+                "*",
+                markersize=11,
+                color="tab:red",
+                label=f"MC{samples}, final",
+            )
+        if test:
+            ax.legend(fontsize="small")
+        ax.set(xlabel="epoch", ylabel=TRAINING_CURVES[key])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    _hide_unused(axes, len(present))
     return _save(fig, path)
 
 
 # ---------------------------------------------------------------- calibration
 def plot_reliability(
-    probs: torch.Tensor, labels: torch.Tensor, path: _PathLike, num_bins: int = 15
-) -> Path:
-    """Reliability diagram (accuracy vs confidence per bin) over a count histogram.
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    path: _PathLike,
+    num_bins: int = 15,
+    *,
+    kind: str = "MC",
+) -> Figure:
+    """Reliability diagram (accuracy and confidence per bin) over a count histogram.
 
-    Bins are those of :func:`~pyro_ssvi.metrics.reliability_bins` and the
-    title gives the top-label :func:`~pyro_ssvi.metrics.ece`.
+    Bins are those of :func:`~pyro_ssvi.metrics.reliability_bins`: each
+    non-empty bin is an accuracy bar with its mean confidence as a line
+    across it, so the gap to the diagonal reads off directly and nothing is
+    drawn in a colour the legend does not name. The title gives the
+    top-label :func:`~pyro_ssvi.metrics.ece` and ``kind``.
 
     Args:
         probs: Mean predictive probabilities, shape ``(N, C)``.
         labels: Integer labels, shape ``(N,)``.
         path: Where to write the PNG.
         num_bins: Number of equal-width confidence bins.
+        kind: How ``probs`` were predicted, e.g. ``"MC, 10 samples"`` or
+            ``"mean weights"``.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        The figure: the top axes hold the accuracy bars (``patches``) and the
+        confidences (``collections[0]``), the bottom axes the count bars.
 
     Raises:
         ValueError: For malformed inputs (see :mod:`pyro_ssvi.metrics`).
@@ -182,25 +257,30 @@ def plot_reliability(
     edges = bins.edges.cpu().numpy()
     width = edges[1:] - edges[:-1]
     full = (bins.counts > 0).cpu().numpy()
-    acc = bins.accuracy.cpu().numpy()
-    conf = bins.confidence.cpu().numpy()
+    acc = bins.accuracy.cpu().numpy()[full]
+    conf = bins.confidence.cpu().numpy()[full]
+    left = edges[:-1][full]
     fig, (top, bottom) = _figure(5.0, 6.0, 2, 1)
-    top.bar(edges[:-1][full], acc[full], width[full], align="edge", label="accuracy")
-    top.bar(
-        edges[:-1][full],
-        conf[full] - acc[full],
-        width[full],
-        bottom=acc[full],
-        align="edge",
-        color="tab:red",
-        alpha=0.3,
-        label="gap to confidence",
+    bars = top.bar(
+        left, acc, width[full], align="edge", color="tab:blue", label="accuracy"
     )
-    top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    confidence = top.hlines(
+        conf,
+        left,
+        left + width[full],
+        colors="tab:red",
+        linewidth=2.5,
+        label="mean confidence",
+    )
+    (diagonal,) = top.plot(
+        [0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration"
+    )
     top.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
-    top.set_title(f"Reliability diagram (ECE = {error:.4f}, {num_bins} bins)")
-    top.legend(loc="upper left")
-    bottom.bar(edges[:-1], bins.counts.cpu().numpy(), width, align="edge")
+    top.set_title(f"Reliability ({kind})\nECE {error:.4f} (top-label, {num_bins} bins)")
+    top.legend(handles=[bars, confidence, diagonal], loc="upper left", framealpha=1)
+    bottom.bar(
+        edges[:-1], bins.counts.cpu().numpy(), width, align="edge", color="tab:gray"
+    )
     bottom.set(xlim=(0, 1), xlabel="confidence", ylabel="number of examples")
     return _save(fig, path)
 
@@ -211,17 +291,23 @@ def plot_ood_entropy(
     entropy_out: torch.Tensor,
     path: _PathLike,
     labels: tuple[str, str] = ("in-distribution", "OOD"),
-) -> Path:
-    """Overlaid histograms of predictive entropy, with the OOD-detection AUROC.
+    *,
+    kind: str = "MC",
+) -> Figure:
+    """Histograms of predictive entropy side by side, with the OOD-detection AUROC.
+
+    Both histograms share 30 equal-width bins and are normalised to density;
+    they are drawn as outlines, so overlapping bins show no mixed colour.
 
     Args:
         entropy_in: Entropies on in-distribution inputs, shape ``(N,)``.
         entropy_out: Entropies on OOD inputs, shape ``(M,)``.
         path: Where to write the PNG.
         labels: Legend names of the two sets.
+        kind: How the predictions were made, e.g. ``"MC, 10 samples"``.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        The figure; its axes hold one step patch per set (``patches``).
 
     Raises:
         ValueError: For empty or non-finite entropies, or ``labels`` that
@@ -236,10 +322,21 @@ def plot_ood_entropy(
     high = max(ent_in.max().item(), ent_out.max().item())
     edges = torch.linspace(low, high if high > low else low + 1.0, 31).numpy()
     fig, (ax,) = _figure(5.0, 3.5)
-    for values, name in ((ent_in, labels[0]), (ent_out, labels[1])):
-        ax.hist(values.numpy(), bins=edges, density=True, alpha=0.5, label=name)
+    for values, name, color in (
+        (ent_in, labels[0], "tab:blue"),
+        (ent_out, labels[1], "tab:orange"),
+    ):
+        ax.hist(
+            values.numpy(),
+            bins=edges,
+            density=True,
+            histtype="step",
+            linewidth=1.8,
+            color=color,
+            label=name,
+        )
     ax.set(xlabel="predictive entropy (nats)", ylabel="density")
-    ax.set_title(f"OOD detection by entropy: AUROC = {score:.4f}")
+    ax.set_title(f"OOD detection by entropy ({kind})\nAUROC {score:.4f}")
     ax.legend()
     return _save(fig, path)
 
@@ -256,7 +353,7 @@ def _site_counts(counts: Any, name: str) -> dict[str, int]:
 
 def plot_layer_density(
     num_active: dict[str, int], numel: dict[str, int], path: _PathLike
-) -> Path:
+) -> Figure:
     """Horizontal bars of each site's density ``num_active / numel``.
 
     Site names label the bars, so long names stay readable; the figure grows
@@ -269,7 +366,7 @@ def plot_layer_density(
         path: Where to write the PNG.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        The figure; its axes hold one bar per site (``patches``, top down).
 
     Raises:
         ValueError: For empty dicts, different keys, or counts that are not
@@ -296,7 +393,7 @@ def plot_layer_density(
     ax.invert_yaxis()  # first site on top
     ax.set_xlim(0, 1.1 * max(max(density), 1e-3))
     ax.set_xlabel("density (active / total)")
-    ax.set_title("Active fraction per sparse site")
+    ax.set_title("Active fraction per weight site")
     return _save(fig, path)
 
 
@@ -313,7 +410,7 @@ def _update_field(update: Any, field: str, position: int) -> Any:
 
 def plot_swap_fraction(
     updates: Sequence[Any], num_active: dict[str, int], path: _PathLike
-) -> Path:
+) -> Figure:
     """Fraction of each site's active set swapped at every subspace update.
 
     Args:
@@ -325,12 +422,14 @@ def plot_swap_fraction(
         path: Where to write the PNG.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        The figure; its axes hold one line per site (``lines``).
 
     Raises:
         ValueError: For a non-positive ``num_active``, records without the
             fields, or a swapped count for a site not in ``num_active``.
     """
+    from matplotlib.ticker import MaxNLocator
+
     if isinstance(num_active, Mapping) and not num_active:
         sizes: dict[str, int] = {}  # no sparse site: fine if there is no update
     else:
@@ -357,6 +456,7 @@ def plot_swap_fraction(
         for site, (steps, fractions) in series.items():
             ax.plot(steps, fractions, marker="o", markersize=3, label=site)
         ax.set(xlabel="SVI step", ylabel="fraction of active set swapped")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(bottom=0)
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
@@ -370,8 +470,17 @@ def plot_density_tradeoff(
     x: str = "density",
     ys: Sequence[str] = ("test_accuracy", "test_nll", "test_ece", "ood_auroc"),
     group: str | None = None,
-) -> Path:
+    *,
+    reference: Mapping[str, Any] | None = None,
+    reference_label: str = "dense VI (AutoNormal)",
+) -> Figure:
     """Metrics against density (log x axis) from a comparison table.
+
+    The x ticks are the values in ``rows``, labelled as plain numbers (no
+    crowded minor labels); axes carry readable names (:data:`METRIC_LABELS`),
+    and ``reference`` (e.g. the dense-VI row) is drawn as a dashed
+    horizontal line in each panel that has its metric. The first panel holds
+    the legend.
 
     Args:
         rows: One dict per run, with key ``x`` (> 0) and any of ``ys``.
@@ -381,14 +490,19 @@ def plot_density_tradeoff(
             skipped.
         group: Optional key splitting the rows into labelled lines (e.g. a
             criterion name); rows are sorted by ``x`` within each line.
+        reference: A row drawn as a horizontal line, not a point.
+        reference_label: Its legend entry.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+        The figure: in each panel one line per group (``lines``, sorted by
+        ``x``), then the reference line.
 
     Raises:
         ValueError: For empty rows, rows without ``x`` (or ``group``), a
             non-positive ``x``, or none of ``ys`` present.
     """
+    from matplotlib.ticker import FixedLocator, NullFormatter
+
     table = _rows(rows, "rows", x)
     for i, row in enumerate(table):
         if not float(row[x]) > 0:
@@ -401,16 +515,26 @@ def plot_density_tradeoff(
     lines: dict[str, list[Mapping[str, Any]]] = {}
     for row in sorted(table, key=lambda r: float(r[x])):
         lines.setdefault("" if group is None else str(row[group]), []).append(row)
-    nrows, ncols = _grid(len(present), max_cols=2)
-    fig, axes = _figure(4.5 * ncols, 3.2 * nrows, nrows, ncols)
+    ticks = sorted({float(row[x]) for row in table})
+    fig, axes = _panels(len(present), 4.5, 3.2)
     for ax, y in zip(axes, present):
         for name, line in lines.items():
             xs, values = _series(line, x, y)
-            ax.plot(xs, values, marker="o", markersize=4, label=name or None)
+            ax.plot(xs, values, marker="o", markersize=4, label=name or "SSVI")
+        if reference is not None and _is_number(reference.get(y)):
+            ax.axhline(
+                float(reference[y]), color="k", linestyle="--", label=reference_label
+            )
         ax.set_xscale("log")
-        ax.set(xlabel=x, ylabel=y)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(lambda value, _pos: f"{value:g}")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(xlabel=_label(x), ylabel=_label(y))
         ax.grid(alpha=0.3, which="both")
-        if group is not None:
-            ax.legend(fontsize="small", title=group)
-    _hide_unused(axes, len(present))
+        ax.margins(y=0.2)  # keep points off the edges, where a legend may sit
+    axes[0].legend(fontsize="small", title=group)  # the same entries in every panel
     return _save(fig, path)
+
+
+def _label(key: str) -> str:
+    return METRIC_LABELS.get(key, key.replace("_", " "))

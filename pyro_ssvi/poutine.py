@@ -30,10 +30,12 @@ from .layers.lrt import conv_moments, linear_moments, sample_moments
 from .layers.sparse import SparseStructure, sparse_linear
 
 __all__ = [
+    "DenseMoments",
     "LatentScaleMessenger",
     "LazyWeight",
     "LazyWeightMessenger",
     "LocalReparameterizationMessenger",
+    "SparseMoments",
     "SparseWeightSamplingMessenger",
     "local_reparameterization",
     "scale_kl",
@@ -105,6 +107,59 @@ _METADATA = {
     torch.Tensor.is_floating_point,
     torch.Tensor.element_size,
 }
+
+
+class SparseMoments:
+    """A sparse weight's posterior as :class:`LazyWeight` reads it (no checks).
+
+    The light-weight stand-in for a :class:`~pyro_ssvi.SparseNormal` that the
+    fast path of :class:`~pyro_ssvi.elbo.TraceSparseMeanField_ELBO` builds each
+    step: active ``loc`` and ``scale`` (shape ``(k,)``), ``indices`` and the
+    full ``event_shape``.
+    """
+
+    __slots__ = ("loc", "scale", "indices", "event_shape")
+
+    def __init__(
+        self, loc: torch.Tensor, scale: torch.Tensor, indices: torch.Tensor, shape: Any
+    ) -> None:
+        self.loc, self.scale, self.indices = loc, scale, indices
+        self.event_shape = torch.Size(shape)
+
+    def scatter(self, active: torch.Tensor) -> torch.Tensor:
+        """Active values placed into zeros of the full shape."""
+        dense = active.new_zeros(self.event_shape.numel())
+        return dense.index_copy(0, self.indices, active).reshape(self.event_shape)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.scatter(self.loc)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.scatter(self.scale**2)
+
+
+class DenseMoments:
+    """A dense weight's mean-field posterior as :class:`LazyWeight` reads it."""
+
+    __slots__ = ("loc", "scale", "event_shape")
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
+        self.loc, self.scale, self.event_shape = loc, scale, loc.shape
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.scale**2
+
+    def rsample(self) -> torch.Tensor:
+        """``loc + eps * scale``, the draw ``Normal.rsample`` makes."""
+        eps = torch.empty(self.loc.shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + eps.normal_() * self.scale
 
 
 class LazyWeight(torch.Tensor):
@@ -253,12 +308,24 @@ class LazyWeightMessenger(Messenger):
 
     def state_dict(self) -> dict[str, Any]:
         """The timed path choices, so that a resumed run makes the same ones."""
-        return {"timed": [[list(k), v] for k, v in self._timed.items()]}
+        return {
+            "timed": [
+                [[list(k[0]), k[1], k[2], str(k[3]), str(k[4])], v]
+                for k, v in self._timed.items()
+            ]
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
         self._timed = {
-            (tuple(k[0]), k[1], k[2], k[3], k[4]): bool(v) for k, v in state["timed"]
+            (
+                tuple(k[0]),
+                k[1],
+                k[2],
+                torch.device(k[3]),
+                getattr(torch, str(k[4]).replace("torch.", "")),
+            ): bool(v)
+            for k, v in state["timed"]
         }
 
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
@@ -339,8 +406,8 @@ class LazyWeightMessenger(Messenger):
             tuple(post.event_shape),
             post.indices.numel(),
             x.shape[:-1].numel(),
-            str(x.device),
-            str(x.dtype),
+            x.device,
+            x.dtype,
         )
         if key not in self._timed:
             dense, sparse = _time_paths(self, post, x, self.lrt)

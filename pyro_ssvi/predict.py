@@ -229,6 +229,7 @@ def predict(
     mean_weights: bool = False,
     batch_size: int = 1000,
     device: torch.device | str | None = None,
+    on_batch: Callable[[int], object] | None = None,
 ) -> Prediction:
     r"""Posterior predictive probabilities of a classifier, batch by batch.
 
@@ -263,6 +264,8 @@ def predict(
         batch_size: Inputs per forward pass for tensor or dataset ``data``.
         device: Where to run the model; default: the device of the guide's
             parameters (inputs are left where they are if it has none).
+        on_batch: Called with the number of inputs after each batch, e.g. a
+            progress bar's ``update``.
 
     Returns:
         A :class:`Prediction`, tensors on the CPU.
@@ -303,6 +306,8 @@ def predict(
             probs.append(batch_probs)
             entropies.append(batch_entropy)
             labels.append(batch_labels)
+            if on_batch is not None:
+                on_batch(len(batch_probs))
     if not probs:
         raise ValueError("data is empty: there is nothing to predict.")
     first = labels[0]

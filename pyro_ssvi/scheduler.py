@@ -421,7 +421,9 @@ class SubspaceScheduler:
     ) -> tuple[int, int]:
         params = guide.subspace_params(name)
         loc_u, scale_u, stored = params
-        if not (bool(torch.isfinite(loc_u).all()) and bool(torch.isfinite(scale_u).all())):
+        if not (
+            bool(torch.isfinite(loc_u).all()) and bool(torch.isfinite(scale_u).all())
+        ):
             raise FloatingPointError(
                 f"SparseSVI: the parameters of site {name!r} are not finite at step "
                 f"{self.step_count}; the subspace was not changed. Lower the learning "
@@ -472,4 +474,3 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"SparseSVI: {name} must be >= {minimum}, got {value!r}.")
     return value
-

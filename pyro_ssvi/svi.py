@@ -20,10 +20,12 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
+from pyro import poutine
 from pyro.infer import ELBO, SVI
 from pyro.infer.util import torch_item, zero_grads
 from pyro.optim import PyroOptim
 
+from ._optim import GroupedStep
 from .criteria import ADDITIONS
 from .distributed import all_reduce_mean_, is_distributed, wrap_ddp
 from .elbo import TraceSparseMeanField_ELBO
@@ -158,6 +160,7 @@ class SparseSVI(SVI):
             num_steps=num_steps,
             sparse_guides=sparse_guides,
         )
+        self._optimizer_step = GroupedStep(optim)
         self.num_steps = num_steps  # type: ignore[assignment]
         self.kl_weight = _check_kl_weight(kl_weight)
         self.distributed = distributed
@@ -224,8 +227,9 @@ class SparseSVI(SVI):
             The loss (a float) before the step.
         """
         loss, params = self._loss_and_grads(args, kwargs)
-        self.optim(params)
-        zero_grads(params)
+        self._optimizer_step(params)
+        for p in params:  # as pyro's zero_grads, without allocating zeros
+            p.grad = None
         self.subspace.step(*args, **kwargs)
         return loss
 
@@ -258,22 +262,45 @@ class SparseSVI(SVI):
     ) -> tuple[float, set[torch.Tensor]]:
         if self.distributed is not False and is_distributed():
             return self._ddp_loss_and_grads(args, kwargs)
-        from pyro import poutine
-
-        with self._loss_context(), poutine.trace(param_only=True) as capture:
-            try:
-                loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-            except ValueError as e:
-                # Pyro's validation rejects NaN/inf distribution parameters
-                # before a loss exists; report it like a non-finite loss.
-                if "invalid values" not in str(e):
-                    raise
-                self._raise_non_finite("not finite", _trainable(capture.trace), e)
+        with self._loss_context():
+            fast = self._fast_loss_and_grads(args, kwargs)
+            if fast is not None:
+                return fast
+            with poutine.trace(param_only=True) as capture:
+                try:
+                    loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+                except ValueError as e:
+                    # Pyro's validation rejects NaN/inf distribution parameters
+                    # before a loss exists; report it like a non-finite loss.
+                    if "invalid values" not in str(e):
+                        raise
+                    self._raise_non_finite("not finite", _trainable(capture.trace), e)
         params = _trainable(capture.trace)
         loss = torch_item(loss)
         if not math.isfinite(loss):
             self._raise_non_finite(loss, params)
         return loss, params
+
+    def _fast_loss_and_grads(
+        self, args: tuple, kwargs: dict
+    ) -> tuple[float, set[torch.Tensor]] | None:
+        """The loss and gradients by the ELBO's fast path, or None to trace."""
+        if not isinstance(self.elbo, TraceSparseMeanField_ELBO):
+            return None
+        try:
+            fast = self.elbo.fast_loss(self.model, self.guide, *args, **kwargs)
+        except ValueError as e:  # Pyro's validation saw NaN/inf, as below
+            if "invalid values" not in str(e):
+                raise
+            self._raise_non_finite("not finite", set(), e)
+        if fast is None:
+            return None
+        loss_tensor, trained = fast
+        loss = torch_item(loss_tensor)
+        if not math.isfinite(loss):
+            self._raise_non_finite(loss, set(trained))
+        loss_tensor.backward()
+        return loss, set(trained)
 
     # ---------------------------------------------------------- distributed
     def _ddp_module(self, args: tuple, kwargs: dict) -> Any:

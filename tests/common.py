@@ -97,3 +97,10 @@ TINY_TRAINING = dict(
     num_samples=3,
     lr=0.01,
 )
+
+
+def as_flags(settings: dict) -> list[str]:
+    """``TrainConfig`` fields as ``pyro-ssvi train`` flags."""
+    return [
+        a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))
+    ]

@@ -58,6 +58,7 @@ def main(out: Path, single: bool, mismatch: bool) -> None:
         "indices": guide.active_indices(),
         "updates": [u.num_swapped for u in svi.updates],
         "losses": losses,
+        "fast_path": svi.elbo.fast_path(model, guide, xb, yb) is not None,
     }
     torch.save(state, out / ("single.pt" if single else f"rank{rank()}.pt"))
     shutdown()

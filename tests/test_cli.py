@@ -8,18 +8,19 @@ import re
 import numpy as np
 import pytest
 import torch
-from common import TINY_TRAINING
+from common import TINY_TRAINING, as_flags
 from data_fixtures import cifar_batch, write_cifar_pickle
 
-from pyro_ssvi.checkpoint import load_checkpoint
+import pyro_ssvi
+from pyro_ssvi import CRITERIA
+from pyro_ssvi.checkpoint import load_checkpoint, save_checkpoint
 from pyro_ssvi.cli import main
+from pyro_ssvi.metrics import ece, ood_metrics
+from pyro_ssvi.predict import predict
 from pyro_ssvi.training import PLOTS, TrainConfig, TrainingDiverged, load_run, train
 
 # 512 MNIST training images, 256 test and OOD images, a few subspace updates.
-TINY = [
-    "--train-limit", "512", "--test-limit", "256", "--batch-size", "64",
-    "--update-every", "3", "--num-samples", "3", "--lr", "0.01", "--no-progress",
-]  # fmt: skip
+TINY = [*as_flags(TINY_TRAINING), "--no-progress"]
 TINY_CONFIG = TINY_TRAINING
 FINAL_KEYS = {
     "test_accuracy",
@@ -56,6 +57,58 @@ def test_train_writes_a_complete_run_directory(tmp_path, capsys):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "test accuracy" in capsys.readouterr().out
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    # Mean-weight metrics, OOD detection included, from the saved guide.
+    run, _ = load_run(out)
+    pred, ood = (
+        predict(run.model, run.guide, data, mean_weights=True, batch_size=1000)
+        for data in (run.test_data, run.ood_data)
+    )
+    expected = ood_metrics(pred.probs, ood.probs)
+    assert {f"{k}_mean_weights": v for k, v in expected.items()} == {
+        f"{k}_mean_weights": metrics[f"{k}_mean_weights"] for k in expected
+    }
+    assert metrics["test_ece_mean_weights"] == ece(pred.probs, pred.labels)
+
+
+def test_version_and_option_names_in_the_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"pyro-ssvi {pyro_ssvi.__version__}\n"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    removal = re.search(r"--removal REMOVAL (.*?) --", text).group(1)
+    assert removal == f"removal criterion: {', '.join(CRITERIA)} (default: snr_abs)"
+    ood = re.search(r"--ood-dataset DATASET (.*?) --", text).group(1)
+    assert ood.count("default") == 1 and "(default: None)" not in text
+    assert "--threads N" in text and "--stop-updates-fraction FRACTION" in text
+
+
+def test_stop_updates_fraction_and_configurations_with_the_old_name(tmp_path, capsys):
+    # 16 steps, updates every 3 steps until step 8 (fraction 0.5): steps 3 and 6.
+    out = tmp_path / "run"
+    argv = ["train", "--epochs", "2", "--output-dir", str(out), *TINY]
+    assert main([*argv, "--stop-updates-fraction", "0.5"]) == 0
+    assert [
+        u["step"] for u in json.loads((out / "subspace_updates.json").read_text())
+    ] == [3, 6]
+    assert main([*argv, "--stop-updates-at", "0.5", "--overwrite"]) == 0
+    assert "--stop-updates-at is now --stop-updates-fraction" in capsys.readouterr().err
+    assert _metrics(out)["num_updates"] == 2
+    # A run saved before the rename (config.json and checkpoint) resumes.
+    old = tmp_path / "old"
+    config = TrainConfig(epochs=2, stop_updates_fraction=0.5, **TINY_CONFIG)
+    train(config, old, progress=False, stop_after_epoch=1)
+    saved = json.loads((old / "config.json").read_text())
+    saved["stop_updates_at"] = saved.pop("stop_updates_fraction")
+    (old / "config.json").write_text(json.dumps(saved))
+    state = load_checkpoint(old / "checkpoint.pt")
+    state["config"]["stop_updates_at"] = state["config"].pop("stop_updates_fraction")
+    del state["format"], state["version"]
+    save_checkpoint(old / "checkpoint.pt", state)
+    assert main(["train", "--output-dir", str(old), "--resume", "--no-progress"]) == 0
+    assert _metrics(old)["num_updates"] == 2
 
 
 def test_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
@@ -143,7 +196,7 @@ def test_divergence_stops_with_the_epoch_and_no_torn_files(tmp_path, capsys):
     else:
         assert not (out / "checkpoint.pt").exists()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
-    with pytest.raises(TrainingDiverged, match="no checkpoint was written"):
+    with pytest.raises(TrainingDiverged, match="there is no checkpoint"):
         config = TrainConfig(**{**TINY_CONFIG, "optimizer": "sgd", "lr": 1e20})
         train(config, tmp_path / "lib", progress=False)
 

@@ -287,6 +287,18 @@ def test_idx_fixture_round_trip(tmp_path, name, folder, gz):
     assert len(load_dataset(name, data_dir=str(tmp_path), limit=2)) == 2
 
 
+def test_data_dir_expands_the_home_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    pixels, labels = random_pixels(0, (4, 28, 28)), np.arange(4, dtype=np.uint8)
+    write_mnist_layout(tmp_path / "data", "MNIST", "test", pixels, labels)
+    assert_matches(
+        load_dataset("mnist", "test", data_dir="~/data"),
+        pixels[:, None],
+        labels,
+        "mnist",
+    )
+
+
 def _truncate(data: bytes) -> bytes:
     return data[:-1]
 

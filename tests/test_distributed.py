@@ -41,6 +41,8 @@ def test_two_ranks_agree_and_match_one_process(tmp_path):
         torch.load(tmp_path / f"{n}.pt") for n in ("rank0", "rank1", "single")
     )
     assert len(r0["updates"]) == 6 and r0["updates"] == r1["updates"]
+    # the loss took the ELBO's fast path, inside DistributedDataParallel too
+    assert r0["fast_path"] and r1["fast_path"] and single["fast_path"]
     for name in r0["indices"]:  # identical subspaces on both ranks, and as in 1
         assert torch.equal(r0["indices"][name], r1["indices"][name])
         assert torch.equal(r0["indices"][name], single["indices"][name])

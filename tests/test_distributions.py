@@ -93,7 +93,9 @@ def test_kl_equals_sum_of_closed_form_kls_on_active_set(prior_kind):
         dist.Normal(loc_p.reshape(-1)[q.indices], scale_p.reshape(-1)[q.indices]),
     )
     # The inactive coordinates are exact zeros: the prior's log-density there.
-    log_p0 = dist.Normal(loc_p, scale_p).log_prob(torch.zeros(SHAPE, dtype=torch.float64))
+    log_p0 = dist.Normal(loc_p, scale_p).log_prob(
+        torch.zeros(SHAPE, dtype=torch.float64)
+    )
     kl = kl_divergence(q, prior)
     assert kl.shape == ()
     expected = per_coord.sum() - log_p0[_off_mask(q)].sum()
@@ -143,3 +145,34 @@ def test_bad_arguments_raise(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         SparseNormal(**args)
+
+
+@pytest.mark.parametrize(
+    "pattern", ["rows", "cols", "loc_rows_scale_const", "loc_const_scale_rows"]
+)
+def test_kl_with_priors_broadcast_along_some_dims(pattern):
+    """ARD-style priors: per-row or per-column scales, broadcast over the rest."""
+    q = _sparse(dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    f64 = dict(dtype=torch.float64)
+    if pattern == "rows":
+        loc_p = torch.zeros(SHAPE[0], 1, **f64)
+        scale_p = torch.rand(SHAPE[0], 1, generator=g, **f64) + 0.3
+    elif pattern == "cols":
+        loc_p = torch.randn(SHAPE[1], generator=g, **f64)
+        scale_p = torch.rand(SHAPE[1], generator=g, **f64) + 0.3
+    elif pattern == "loc_rows_scale_const":
+        loc_p = torch.randn(SHAPE[0], 1, generator=g, **f64)
+        scale_p = torch.tensor(0.7, **f64)
+    else:
+        loc_p = torch.tensor(0.0, **f64)
+        scale_p = torch.rand(SHAPE[0], 1, generator=g, **f64) + 0.3
+    prior = dist.Normal(loc_p, scale_p).expand(SHAPE).to_event(2)
+    dense_loc, dense_scale = (t.expand(SHAPE) for t in torch.broadcast_tensors(loc_p, scale_p))
+    per_coord = kl_divergence(
+        dist.Normal(q.loc, q.scale),
+        dist.Normal(dense_loc.reshape(-1)[q.indices], dense_scale.reshape(-1)[q.indices]),
+    )
+    log_p0 = dist.Normal(dense_loc, dense_scale).log_prob(torch.zeros(SHAPE, **f64))
+    expected = per_coord.sum() - log_p0[_off_mask(q)].sum()
+    assert torch.allclose(kl_divergence(q, prior), expected, rtol=1e-12)

@@ -85,7 +85,12 @@ def test_handler_wrapped_guides_are_accepted(wrap):
         guide = lambda *a, **k: inner(*a, **k)  # noqa: E731 (a plain function)
         kwargs["sparse_guides"] = inner
     svi = SparseSVI(
-        model, guide, pyro.optim.Adam({"lr": 0.03}), update_every=3, num_steps=99, **kwargs
+        model,
+        guide,
+        pyro.optim.Adam({"lr": 0.03}),
+        update_every=3,
+        num_steps=99,
+        **kwargs,
     )
     inner.setup(X, Y)
     before = inner.active_indices()
@@ -320,10 +325,14 @@ def test_init_scale_defaults_are_autonormals_for_ordinary_sites():
     assert DEFAULT_INIT_SCALE == 0.1 and DEFAULT_WEIGHT_INIT_SCALE == 0.01
     model = tiny_classifier(num_data=len(X))
     guide = AutoSparseNormal(model).setup(X, Y)
-    assert torch.allclose(guide.site_posterior("net.0.bias").base_dist.scale,
-                          torch.tensor(DEFAULT_INIT_SCALE))
-    assert torch.allclose(guide.site_posterior("net.0.weight").scale,
-                          torch.tensor(DEFAULT_WEIGHT_INIT_SCALE))
+    assert torch.allclose(
+        guide.site_posterior("net.0.bias").base_dist.scale,
+        torch.tensor(DEFAULT_INIT_SCALE),
+    )
+    assert torch.allclose(
+        guide.site_posterior("net.0.weight").scale,
+        torch.tensor(DEFAULT_WEIGHT_INIT_SCALE),
+    )
 
 
 def test_get_posterior_is_the_joint_posterior_as_in_pyro():
@@ -366,7 +375,9 @@ def test_pretrained_values_start_on_their_largest_coordinates():
 
     model = tiny_classifier(num_data=len(X))
     values = {k: torch.randn(v.shape) for k, v in model.initial_values.items()}
-    guide = AutoSparseNormal(model, density=0.25, init_loc_fn=init_to_value(values=values))
+    guide = AutoSparseNormal(
+        model, density=0.25, init_loc_fn=init_to_value(values=values)
+    )
     guide.setup(X, Y)
     for name in guide.sparse_site_names():
         flat = values[name].reshape(-1)

@@ -35,7 +35,7 @@ def test_smoke_mode_runs_every_stage_on_the_cpu(gpu_check, tmp_path):
         assert counts["skipped"] == counts["tests"]
     resnet = stages["resnet18"]["details"]
     assert resnet["num_updates"] == 3 and set(resnet["lrt_paths"]) == {"net.fc.weight"}
-    assert len(stages["benchmark"]["details"]["rows"]) == 2 * 6
+    assert len(stages["benchmark"]["details"]["rows"]) == 2 * 3
     for name in ("mnist", "resnet18"):
         assert (tmp_path / "runs" / name / "metrics.json").is_file()
     assert (tmp_path / "bench" / "results.json").is_file()

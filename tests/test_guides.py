@@ -215,7 +215,9 @@ def test_a_new_guide_reuses_the_global_store_like_any_pyro_module():
     TraceMeanField_ELBO().loss(model, guide, X, Y)  # registers its params
     _, again = _guide()
     again(X, Y)
-    assert all(torch.equal(a, b) for a, b in zip(guide.parameters(), again.parameters()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(guide.parameters(), again.parameters())
+    )
     assert all(
         torch.equal(guide.active_indices()[k], v)
         for k, v in again.active_indices().items()
@@ -291,9 +293,7 @@ def test_state_dict_load_into_built_guide_and_mismatches():
     with pytest.raises(ValueError, match="saved from an AutoSparseNormal"):
         AutoSparseNormal(tiny_classifier()).load_state_dict({})
     with pytest.raises(ValueError, match="saved from an AutoSparseNormal"):
-        AutoSparseNormal(tiny_classifier()).load_state_dict(
-            _autonormal_state()
-        )
+        AutoSparseNormal(tiny_classifier()).load_state_dict(_autonormal_state())
 
 
 # ---------------------------------------------------------------- bad input

@@ -1,4 +1,6 @@
-"""Tests for pyro_ssvi.plots: valid PNGs of the expected size, atomic writes."""
+"""Tests of pyro_ssvi.plots by content: the data each figure drew, read back from
+its matplotlib artists, equals the input; labels say what is shown; the PNG is
+written whole (no temporary file left)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.colors
+import matplotlib.image
 import numpy as np
 import pytest
 import torch
 
 from pyro_ssvi import plots
+from pyro_ssvi.metrics import auroc, ece, reliability_bins
 from pyro_ssvi.svi import SubspaceUpdate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -22,19 +27,23 @@ def _probs(n: int = 60, c: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     return probs, torch.randint(0, c, (n,), generator=g)
 
 
-def _check_png(path: Path, width_in: float, height_in: float) -> None:
-    """A non-empty PNG that matplotlib reads back at ``DPI`` pixels per inch,
-    alone in its directory (no temporary file left behind)."""
-    import matplotlib.image
-
+def _check_png(path: Path, fig) -> None:
+    """The figure as a PNG at ``DPI`` pixels per inch, alone in its directory."""
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     image = matplotlib.image.imread(path)
-    assert image.shape[:2] == (
-        round(height_in * plots.DPI),
-        round(width_in * plots.DPI),
-    )
-    assert image.std() > 0  # something was drawn
+    width, height = fig.get_size_inches() * plots.DPI
+    assert image.shape[:2] == (round(height), round(width))
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def _legend(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def _visible_ticks(ax) -> np.ndarray:
+    low, high = ax.get_xlim()
+    ticks = ax.get_xticks()
+    return ticks[(ticks >= low) & (ticks <= high)]
 
 
 def _updates() -> list[SubspaceUpdate]:
@@ -44,85 +53,175 @@ def _updates() -> list[SubspaceUpdate]:
     ]
 
 
-# ----------------------------------------------------------- valid figures
-def test_training_curves(tmp_path):
+# ------------------------------------------------------------ training curves
+def test_training_curves_draw_each_metric_and_the_final_mc_value(tmp_path):
     history = [
-        {"epoch": e, "train_loss": 10.0 / e, "test_accuracy": 0.5 + e / 40}
-        for e in range(1, 6)
+        {"epoch": e, "train_loss": 10 / e, "test_accuracy": 0.5 + e / 40}
+        | {"test_nll": 1 / e, "test_ece": 0.1 / e}
+        for e in range(1, 8)
     ]
-    history[2]["test_ece"] = 0.1  # a metric present in some rows only
-    path = plots.plot_training_curves(history, tmp_path / "curves.png")
-    assert path == tmp_path / "curves.png"
-    _check_png(path, 3 * 4.0, 3.0)
+    del history[2]["test_nll"]  # a metric missing from some rows
+    final = {"test_accuracy": 0.61, "test_nll": 0.2, "test_ece": 0.03}
+    fig = plots.plot_training_curves(
+        history, tmp_path / "c.png", final={**final, "num_samples": 10}
+    )
+    _check_png(tmp_path / "c.png", fig)
+    assert len(fig.axes) == 4  # a 2 x 2 grid: no empty panel
+    corners = {
+        (round(a.get_position().x0, 2), round(a.get_position().y0, 2)) for a in fig.axes
+    }
+    assert len(corners) == 4
+    for ax, key in zip(fig.axes, plots.TRAINING_CURVES):
+        rows = [r for r in history if key in r]
+        assert ax.lines[0].get_xdata().tolist() == [r["epoch"] for r in rows]
+        assert ax.lines[0].get_ydata().tolist() == [r[key] for r in rows]
+        assert (
+            ax.get_xlabel() == "epoch" and ax.get_ylabel() == plots.TRAINING_CURVES[key]
+        )
+        ticks = _visible_ticks(ax)
+        assert len(ticks) > 1 and np.array_equal(ticks, np.round(ticks))
+        if key == "train_loss":
+            assert len(ax.lines) == 1 and ax.get_legend() is None
+        else:
+            assert ax.lines[1].get_xdata().tolist() == [7]
+            assert ax.lines[1].get_ydata().tolist() == [final[key]]
+            assert _legend(ax) == ["mean weights, each epoch", "MC, 10 samples, final"]
 
 
-def test_training_curves_wrap_to_two_rows(tmp_path):
-    row = {k: np.float32(0.5) for k in plots.TRAINING_CURVES}  # numpy scalars
-    history = [{"epoch": e, **row} for e in range(3)]
-    path = plots.plot_training_curves(history, str(tmp_path / "curves.png"))
-    _check_png(path, 3 * 4.0, 2 * 3.0)
+@pytest.mark.parametrize("count, grid", [(1, (1, 1)), (2, (1, 2)), (3, (1, 3))])
+def test_training_curves_use_one_row_up_to_three_panels(tmp_path, count, grid):
+    keys = list(plots.TRAINING_CURVES)[:count]
+    history = [{"epoch": e, **{k: np.float32(e) for k in keys}} for e in (1, 2)]
+    fig = plots.plot_training_curves(history, str(tmp_path / "c.png"))
+    assert len(fig.axes) == count
+    assert fig.get_size_inches().tolist() == [4.0 * grid[1], 3.0 * grid[0]]
+    assert [ax.lines[0].get_ydata().tolist() for ax in fig.axes] == [[1, 2]] * count
 
 
-def test_reliability(tmp_path):
+# ------------------------------------------------------------------ calibration
+def test_reliability_draws_the_bins_and_labels_every_colour(tmp_path):
     probs, labels = _probs()
-    _check_png(plots.plot_reliability(probs, labels, tmp_path / "r.png"), 5.0, 6.0)
-
-
-def test_ood_entropy(tmp_path):
-    path = plots.plot_ood_entropy(
-        torch.rand(50), torch.rand(30) + 0.5, tmp_path / "ood.png"
+    fig = plots.plot_reliability(
+        probs, labels, tmp_path / "r.png", num_bins=10, kind="MC, 3 samples"
     )
-    _check_png(path, 5.0, 3.5)
+    _check_png(tmp_path / "r.png", fig)
+    bins = reliability_bins(probs, labels, 10)
+    full = bins.counts > 0
+    top, bottom = fig.axes
+    bars = top.patches
+    assert [b.get_x() for b in bars] == pytest.approx(bins.edges[:-1][full].tolist())
+    assert [b.get_height() for b in bars] == pytest.approx(bins.accuracy[full].tolist())
+    segments = top.collections[0].get_segments()
+    assert [s[0][1] for s in segments] == pytest.approx(bins.confidence[full].tolist())
+    assert [s[0][0] for s in segments] == pytest.approx(bins.edges[:-1][full].tolist())
+    assert [b.get_height() for b in bottom.patches] == bins.counts.tolist()
+    assert _legend(top) == ["accuracy", "mean confidence", "perfect calibration"]
+    # Opaque bars in the legend's colour: no blended overlap colour anywhere.
+    blue = matplotlib.colors.to_rgba("tab:blue")
+    assert {b.get_facecolor() for b in bars} == {blue}
+    assert top.get_legend().legend_handles[0].get_facecolor() == blue
+    title = top.get_title()
+    assert f"ECE {ece(probs, labels, 10):.4f}" in title and "(MC, 3 samples)" in title
 
 
-def test_ood_entropy_constant_values(tmp_path):
-    path = plots.plot_ood_entropy([0.0, 0.0], [0.0], tmp_path / "ood.png")
-    _check_png(path, 5.0, 3.5)
-
-
-def test_layer_density(tmp_path):
-    num_active = {"net.features.layer3.0.conv1.weight": 100, "fc.weight": 5}
-    numel = {"net.features.layer3.0.conv1.weight": 1000, "fc.weight": 50}
-    path = plots.plot_layer_density(num_active, numel, tmp_path / "density.png")
-    _check_png(path, 7.0, 1.5 + 0.3 * 2)
-
-
-def test_swap_fraction(tmp_path):
-    path = plots.plot_swap_fraction(_updates(), {"a": 10, "b": 5}, tmp_path / "s.png")
-    _check_png(path, 6.0, 3.5)
-
-
-def test_swap_fraction_accepts_dicts_and_no_updates(tmp_path):
-    records = [u._asdict() for u in _updates()]
-    _check_png(
-        plots.plot_swap_fraction(records, {"a": 10, "b": 5}, tmp_path / "s.png"),
-        6.0,
-        3.5,
-    )
-    (tmp_path / "s.png").unlink()
-    _check_png(plots.plot_swap_fraction([], {"a": 10}, tmp_path / "s.png"), 6.0, 3.5)
-    (tmp_path / "s.png").unlink()
-    _check_png(plots.plot_swap_fraction([], {}, tmp_path / "s.png"), 6.0, 3.5)
-
-
-def test_density_tradeoff(tmp_path):
-    rows = [
-        {"density": d, "criterion": c, "test_accuracy": 0.9 - d / 10, "ood_auroc": 0.8}
-        for d in (1.0, 0.01, 0.1)
-        for c in ("snr", "mean")
-    ]
-    path = plots.plot_density_tradeoff(rows, tmp_path / "t.png", group="criterion")
-    _check_png(path, 2 * 4.5, 3.2)
-
-
-def test_overwrites_atomically_and_creates_directories(tmp_path):
+def test_reliability_rewrites_atomically_and_creates_directories(tmp_path):
     probs, labels = _probs()
     target = tmp_path / "new" / "dir" / "r.png"
     plots.plot_reliability(probs, labels, target)
     first = target.read_bytes()
-    plots.plot_reliability(probs, labels, target, num_bins=5)
-    assert target.read_bytes() != first
-    _check_png(target, 5.0, 6.0)
+    fig = plots.plot_reliability(probs, labels, target, num_bins=5)
+    assert target.read_bytes() != first and len(fig.axes[1].patches) == 5
+    _check_png(target, fig)
+
+
+# ---------------------------------------------------------------------- OOD
+def test_ood_entropy_histograms_equal_the_inputs(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    ent_in, ent_out = torch.rand(50, generator=g), torch.rand(30, generator=g) + 0.5
+    fig = plots.plot_ood_entropy(
+        ent_in, ent_out, tmp_path / "ood.png", labels=("mnist", "fashion"), kind="MC"
+    )
+    _check_png(tmp_path / "ood.png", fig)
+    (ax,) = fig.axes
+    edges = np.linspace(ent_in.min().item(), ent_out.max().item(), 31)
+    for patch, values in zip(ax.patches, (ent_in, ent_out)):
+        heights = patch.get_xy()[1:-1:2, 1]  # a step outline: x0,0 x0,h0 x1,h0 ...
+        expected = np.histogram(values.numpy(), edges, density=True)[0]
+        assert heights == pytest.approx(expected, rel=1e-5)
+    assert _legend(ax) == ["mnist", "fashion"]
+    assert (
+        ax.get_title()
+        == f"OOD detection by entropy (MC)\nAUROC {auroc(ent_in, ent_out):.4f}"
+    )
+
+
+def test_ood_entropy_constant_values(tmp_path):
+    fig = plots.plot_ood_entropy([0.0, 0.0], [0.0], tmp_path / "ood.png")
+    assert "AUROC 0.5000" in fig.axes[0].get_title()
+
+
+# ------------------------------------------------------------------ sparsity
+def test_layer_density_bars_are_the_densities(tmp_path):
+    sites = ["net.features.layer3.0.conv1.weight", "fc.weight"]
+    fig = plots.plot_layer_density(
+        dict(zip(sites, (100, 5))), dict(zip(sites, (1000, 50))), tmp_path / "d.png"
+    )
+    _check_png(tmp_path / "d.png", fig)
+    (ax,) = fig.axes
+    assert [b.get_width() for b in ax.patches] == pytest.approx([0.1, 0.1])
+    assert [t.get_text() for t in ax.get_yticklabels()] == sites
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # first site on top
+
+
+def test_swap_fraction_lines_are_the_swapped_fractions(tmp_path):
+    for updates in (_updates(), [u._asdict() for u in _updates()]):
+        fig = plots.plot_swap_fraction(updates, {"a": 10, "b": 5}, tmp_path / "s.png")
+        _check_png(tmp_path / "s.png", fig)
+        a, b = fig.axes[0].lines
+        assert a.get_xdata().tolist() == b.get_xdata().tolist() == [100, 200, 300]
+        assert a.get_ydata().tolist() == [0.3, 0.2, 0.0]
+        assert b.get_ydata().tolist() == [0.2, 0.2, 0.2]
+        assert _legend(fig.axes[0]) == ["a", "b"]
+        (tmp_path / "s.png").unlink()
+
+
+def test_swap_fraction_without_updates_says_so(tmp_path):
+    for sizes in ({"a": 10}, {}):
+        fig = plots.plot_swap_fraction([], sizes, tmp_path / "s.png")
+        assert [t.get_text() for t in fig.axes[0].texts] == ["no subspace updates"]
+        assert len(fig.axes[0].lines) == 0
+
+
+# ---------------------------------------------------------- density trade-off
+def test_density_tradeoff_lines_reference_and_readable_axes(tmp_path):
+    rows = [
+        {"density": d, "criterion": c, "test_accuracy": 0.9 - d / 10 - len(c) / 100}
+        | {"ood_auroc": 0.8 + d / 10}
+        for d in (1.0, 0.01, 0.05, 0.1, 0.02)
+        for c in ("snr", "mean")
+    ]
+    dense = {"test_accuracy": 0.95, "ood_auroc": 0.97, "test_nll": 0.1}
+    fig = plots.plot_density_tradeoff(
+        rows, tmp_path / "t.png", group="criterion", reference=dense
+    )
+    _check_png(tmp_path / "t.png", fig)
+    assert len(fig.axes) == 2  # test_nll and test_ece are in no row
+    for ax, key in zip(fig.axes, ("test_accuracy", "ood_auroc")):
+        snr, mean, ref = ax.lines
+        for line, name in ((snr, "snr"), (mean, "mean")):
+            mine = sorted(
+                (r for r in rows if r["criterion"] == name), key=lambda r: r["density"]
+            )
+            assert line.get_xdata().tolist() == [r["density"] for r in mine]
+            assert line.get_ydata().tolist() == [r[key] for r in mine]
+        assert ref.get_ydata() == [dense[key]] * 2 and ref.get_linestyle() == "--"
+        assert ax.get_xscale() == "log" and ax.get_ylabel() == plots.METRIC_LABELS[key]
+        assert ax.get_xlabel() == "density (log scale)"
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels == ["0.01", "0.02", "0.05", "0.1", "1"]
+        assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
+    assert _legend(fig.axes[0]) == ["snr", "mean", "dense VI (AutoNormal)"]
+    assert fig.axes[1].get_legend() is None  # one legend: the same in each panel
 
 
 def test_failed_write_leaves_no_temporary_file(tmp_path):

@@ -102,7 +102,8 @@ def test_init_messenger_and_helpers():
         with compat.helpful_support_errors(site):
             raise NotImplementedError
     assert torch.equal(
-        compat.periodic_repeat(torch.tensor([1, 2]), 5, 0), torch.tensor([1, 2, 1, 2, 1])
+        compat.periodic_repeat(torch.tensor([1, 2]), 5, 0),
+        torch.tensor([1, 2, 1, 2, 1]),
     )
 
 
@@ -113,7 +114,9 @@ def test_mean_field_check_and_subsample_pruning_are_callable():
     from pyro import poutine
 
     guide_trace = poutine.trace(guide).get_trace(X, Y)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(X, Y)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        X, Y
+    )
     assert "data" in model_trace.nodes
     pruned = compat.prune_subsample_sites(model_trace)
     assert "data" not in pruned.nodes
@@ -134,3 +137,12 @@ def test_torch_internals():
     s = torch.ones(2).as_subclass(Sub)
     with compat.disable_torch_function_subclass():
         assert torch.add(s, 1).sum().item() == 4.0
+
+
+def test_live_optimiser_dicts_of_a_pyro_optim():
+    optim = pyro.optim.ClippedAdam({"lr": 0.01})
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.ones(2)
+    optim([p])
+    assert compat.pyro_optim_objects(optim)[p] is compat.pyro_optim_optimizers(optim)[p]
+    assert p in compat.pyro_optim_grad_clip(optim)

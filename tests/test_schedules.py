@@ -56,8 +56,14 @@ def test_drop_fraction_at_closed_forms():
     assert drop_fraction_at(300, schedule="constant", **kw) == 0.3
     # inverse: alpha / (1 + u / 25) with u = t / update_every - 1 earlier updates
     for t, u in ((100, 0), (600, 5), (2600, 25)):
-        got = drop_fraction_at(t, alpha=0.3, schedule="inverse", update_every=100, stop_at=None)
+        got = drop_fraction_at(
+            t, alpha=0.3, schedule="inverse", update_every=100, stop_at=None
+        )
         assert got == pytest.approx(0.3 / (1 + u / INVERSE_HALF_LIFE))
-    assert drop_fraction_at(2600, alpha=0.3, schedule="inverse", update_every=100, stop_at=None) == pytest.approx(0.15)
+    assert drop_fraction_at(
+        2600, alpha=0.3, schedule="inverse", update_every=100, stop_at=None
+    ) == pytest.approx(0.15)
     with pytest.raises(ValueError, match="needs? none|need none"):
-        drop_fraction_at(100, alpha=0.3, schedule="cosine", update_every=100, stop_at=None)
+        drop_fraction_at(
+            100, alpha=0.3, schedule="cosine", update_every=100, stop_at=None
+        )

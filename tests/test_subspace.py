@@ -37,7 +37,9 @@ _LEVELS = st.sampled_from([0.0, 1.0, 2.0, 3.0, -math.inf, math.nan, 0.5])
 @given(data=st.data(), n=st.integers(1, 40))
 def test_reselect_matches_the_oracle(data, n):
     k = data.draw(st.integers(1, n))
-    indices = sorted(data.draw(st.lists(st.integers(0, n - 1), min_size=k, max_size=k, unique=True)))
+    indices = sorted(
+        data.draw(st.lists(st.integers(0, n - 1), min_size=k, max_size=k, unique=True))
+    )
     removal = data.draw(st.lists(_LEVELS, min_size=k, max_size=k))
     addition = data.draw(st.lists(_LEVELS, min_size=n, max_size=n))
     s = data.draw(st.integers(0, k))
@@ -80,7 +82,9 @@ def test_move_and_refill():
     assert refill_value(moved[:, 0], torch.tensor([-1, -1, -1])) == 0.0
 
 
-@pytest.mark.parametrize("k, r, s", [(10, 0.3, 3), (10, 0.0, 0), (7, 0.5, 3), (3, 1.0, 3)])
+@pytest.mark.parametrize(
+    "k, r, s", [(10, 0.3, 3), (10, 0.0, 0), (7, 0.5, 3), (3, 1.0, 3)]
+)
 def test_num_to_swap_is_floor(k, r, s):
     assert num_to_swap(k, r) == s
     with pytest.raises(ValueError, match="drop_fraction"):

@@ -162,8 +162,8 @@ def load_dataset(
     Args:
         name: A key of :data:`DATASETS`.
         split: ``"train"`` or ``"test"``.
-        data_dir: Root folder of the files in torchvision's layout; ``None``
-            uses the embedded data.
+        data_dir: Root folder of the files in torchvision's layout (``~`` is
+            expanded); ``None`` uses the embedded data.
         download: Fetch missing files into ``data_dir`` first (md5-checked).
         augment: Train split only: random crop with zero padding (4 pixels at
             32x32, 2 at 28x28, 1 for digits) and, where it keeps the label
@@ -202,6 +202,8 @@ def load_dataset(
             f"normalize_like={normalize_like!r} has input shape "
             f"{target.input_shape}, but {name} images are {info.input_shape}."
         )
+    if data_dir is not None:
+        data_dir = os.path.expanduser(data_dir)
     pixels, targets = _read_arrays(info, split, data_dir, download)
     images, labels = torch.tensor(pixels[:limit]), torch.tensor(targets[:limit])
     scale = _SCALE.get(name, 255.0)

@@ -7,6 +7,7 @@ flags. A run writes one directory::
     metrics.jsonl          one JSON line per epoch
     metrics.json           final metrics (written last: marks a finished run)
     checkpoint.pt          guide, model, optimiser, schedule and RNG state
+                           (written before the epoch's line in metrics.jsonl)
     subspace_updates.json  per-update record of swapped coordinates
     plots/*.png            training curves, reliability, OOD entropy, density
 
@@ -23,6 +24,8 @@ from ._config import (
     RUN_FILES,
     ConfigError,
     RunDirError,
+    RunInterrupted,
+    RunStopped,
     TrainConfig,
     TrainingDiverged,
 )
@@ -32,8 +35,9 @@ from ._evaluate import (
     load_run,
     num_variational_params,
 )
-from ._loop import prepare_run_dir, train
+from ._loop import train
 from ._run import Run, build_run, resolve_device
+from ._rundir import prepare_run_dir, resume_config, saved_config
 
 __all__ = [
     "ConfigError",
@@ -42,6 +46,8 @@ __all__ = [
     "RUN_FILES",
     "Run",
     "RunDirError",
+    "RunInterrupted",
+    "RunStopped",
     "TrainConfig",
     "TrainingDiverged",
     "build_run",
@@ -51,5 +57,7 @@ __all__ = [
     "num_variational_params",
     "prepare_run_dir",
     "resolve_device",
+    "resume_config",
+    "saved_config",
     "train",
 ]

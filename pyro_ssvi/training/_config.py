@@ -33,8 +33,23 @@ class RunDirError(ValueError):
     """The output directory cannot be used for this run."""
 
 
-class TrainingDiverged(RuntimeError):
+class RunStopped(RuntimeError):
+    """A run stopped before its end (e.g. a full disk).
+
+    The message says why, which checkpoint is kept and how to continue.
+    """
+
+
+class TrainingDiverged(RunStopped):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C, SIGTERM under the CLI).
+
+    A ``KeyboardInterrupt``, so code that handles Ctrl-C keeps working; the
+    message says which checkpoint is kept and how to continue.
+    """
 
 
 def _mlp(info: Any) -> torch.nn.Module:
@@ -63,6 +78,8 @@ MODELS: dict[str, Callable[[Any], torch.nn.Module]] = {
     "resnet18": _resnet18,
 }
 GUIDES = ("ssvi", "autonormal")
+#: Configuration keys of earlier versions and their current names.
+RENAMED_KEYS = {"stop_updates_at": "stop_updates_fraction"}
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 SPARSE_COMPUTE: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
@@ -93,8 +110,10 @@ class TrainConfig:
         density: Active fraction per sparse site; 1.0 runs SSVI densely.
         removal, addition, update_every, drop_fraction, drop_schedule:
             Subspace reselection, as in :class:`~pyro_ssvi.SparseSVI`.
-        stop_updates_at: Fraction of the training steps after which the
-            subspace is frozen.
+        stop_updates_fraction: Fraction of the training steps after which the
+            subspace is frozen (``SparseSVI`` gets the step count,
+            ``stop_updates_at``). Saved configurations with the old name
+            ``stop_updates_at`` load as this field.
         optimizer: ``"adam"`` or ``"sgd"`` (momentum ``momentum``).
         lr, momentum, weight_decay: Optimiser settings.
         lr_schedule: ``"cosine"`` (per epoch, to 0) or ``"constant"``.
@@ -129,7 +148,7 @@ class TrainConfig:
     update_every: int = 100
     drop_fraction: float = 0.3
     drop_schedule: str = "cosine"
-    stop_updates_at: float = 0.75
+    stop_updates_fraction: float = 0.75
     optimizer: str = "adam"
     lr: float = 3e-3
     momentum: float = 0.9
@@ -161,7 +180,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """Rebuild a configuration, refusing unknown keys."""
+        """Rebuild a configuration, refusing unknown keys.
+
+        Keys of older versions are renamed (:data:`RENAMED_KEYS`), so their
+        ``config.json`` files and checkpoints still load.
+        """
+        values = {RENAMED_KEYS.get(k, k): v for k, v in values.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -205,10 +229,10 @@ def _validate(c: TrainConfig) -> None:
         )
     if not 0.0 <= c.drop_fraction < 1.0:
         raise ConfigError(f"--drop-fraction must be in [0, 1), got {c.drop_fraction}")
-    if not 0.0 <= c.stop_updates_at <= 1.0:
+    if not 0.0 <= c.stop_updates_fraction <= 1.0:
         raise ConfigError(
-            f"--stop-updates-at is a fraction of training in [0, 1], "
-            f"got {c.stop_updates_at}"
+            f"--stop-updates-fraction is a fraction of training in [0, 1], "
+            f"got {c.stop_updates_fraction}"
         )
     for name in ("epochs", "batch_size", "num_samples", "eval_batch_size"):
         _positive(name.replace("_", "-"), getattr(c, name))

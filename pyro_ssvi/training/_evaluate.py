@@ -10,10 +10,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import load_checkpoint
 from ..distributed import gather_rows, is_main_process, shard, world_size
-from ._config import TrainConfig, ood_name
-from ._run import Run, build_run, density_of, restore
+from ._config import ood_name
+from ._run import Run, build_run, density_of, progress_bar, restore
+from ._rundir import check_checkpoint_matches, load_run_state
 
 
 # --------------------------------------------------------------- evaluation
@@ -42,19 +42,41 @@ def num_variational_params(guide: Any) -> int:
 
 
 def evaluate_predictions(
-    run: Run, data: Any, ood_data: Any = None, *, num_samples: int | None = None
+    run: Run,
+    data: Any,
+    ood_data: Any = None,
+    *,
+    num_samples: int | None = None,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], Any, Any]:
     """Monte Carlo metrics on ``data`` (and OOD data) plus mean-weight metrics.
 
+    Args:
+        run: The built run.
+        data: Labelled test data.
+        ood_data: Out-of-distribution data, or None.
+        num_samples: Posterior samples (default: the run's).
+        progress: Show one progress bar over all passes.
+
     Returns:
         ``(metrics, prediction, ood_prediction)``; metric keys are prefixed
-        ``test_`` (Monte Carlo), ``test_*_mean_weights`` and ``ood_``.
+        ``test_`` (Monte Carlo), ``test_*_mean_weights`` and ``ood_`` (Monte
+        Carlo) and ``ood_*_mean_weights``.
     """
     from ..metrics import classification_metrics
 
     k = num_samples or run.config.num_samples
-    pred = _predict(run, data, num_samples=k)
-    ood = None if ood_data is None else _predict(run, ood_data, num_samples=k)
+    sets = [data] if ood_data is None else [data, ood_data]
+    # Counted in forward passes of one input: k per input, then 1 (mean weights).
+    total = (k + 1) * sum(len(_sharded(d)) for d in sets)
+    desc = f"final evaluation ({k} samples)"
+    with progress_bar(progress, total=total, desc=desc, unit="pass") as bar:
+        preds = [
+            _predict(run, d, num_samples=k, on_batch=lambda n: bar.update(k * n))
+            for d in sets
+        ]
+        means = [_predict(run, d, mean_weights=True, on_batch=bar.update) for d in sets]
+    pred, ood = preds[0], (preds[1] if ood_data is not None else None)
     if pred.labels is None:
         raise ValueError("evaluation data must carry labels")
     mc = classification_metrics(
@@ -63,14 +85,19 @@ def evaluate_predictions(
         pred.mean_entropy,
         probs_ood=None if ood is None else ood.probs,
     )
-    mean = _predict(run, data, mean_weights=True)
-    mw = classification_metrics(mean.probs, pred.labels)
+    mw = classification_metrics(
+        means[0].probs,
+        pred.labels,
+        probs_ood=means[1].probs if ood_data is not None else None,
+    )
     metrics: dict[str, Any] = {"num_samples": k}
     for key, value in mc.items():
         metrics[key if key.startswith("ood_") else f"test_{key}"] = value
-    for key in ("accuracy", "nll", "ece", "brier", "marginal_ce"):
-        metrics[f"test_{key}_mean_weights"] = mw[key]
+    for key, value in mw.items():
+        name = key if key.startswith("ood_") else f"test_{key}"
+        metrics[f"{name}_mean_weights"] = value
     metrics.setdefault("ood_auroc", None)
+    metrics.setdefault("ood_auroc_mean_weights", None)
     return metrics, pred, ood
 
 
@@ -88,7 +115,7 @@ def _flops(run: Run, active: dict[str, int], numel: dict[str, int]) -> dict[str,
         epochs=c.epochs,
         batch_size=c.batch_size,
         update_every=c.update_every,
-        stop_fraction=c.stop_updates_at,
+        stop_fraction=c.stop_updates_fraction,
         dense_layers=[n for n in getattr(run.model, "dense_sites", ()) if n in costs],
         lrt=c.lrt,
     )
@@ -102,11 +129,13 @@ def _flops(run: Run, active: dict[str, int], numel: dict[str, int]) -> dict[str,
     }
 
 
-def final_evaluation(run: Run, out: Path) -> dict[str, Any]:
+def final_evaluation(run: Run, out: Path, *, progress: bool = False) -> dict[str, Any]:
     from .. import plots
     from ..metrics import predictive_entropy
 
-    metrics, pred, ood = evaluate_predictions(run, run.test_data, run.ood_data)
+    metrics, pred, ood = evaluate_predictions(
+        run, run.test_data, run.ood_data, progress=progress
+    )
     active, numel = _site_sizes(run.guide)
     c = run.config
     metrics.update(
@@ -137,14 +166,16 @@ def final_evaluation(run: Run, out: Path) -> dict[str, Any]:
     if not is_main_process():  # one writer: rank 0
         return metrics
     pdir = out / "plots"
-    plots.plot_training_curves(run.history, pdir / "training_curves.png")
-    plots.plot_reliability(pred.probs, pred.labels, pdir / "reliability.png")
+    kind = f"MC, {metrics['num_samples']} samples"
+    plots.plot_training_curves(run.history, pdir / "training_curves.png", final=metrics)
+    plots.plot_reliability(pred.probs, pred.labels, pdir / "reliability.png", kind=kind)
     if ood is not None:
         plots.plot_ood_entropy(
             predictive_entropy(pred.probs),
             predictive_entropy(ood.probs),
             pdir / "ood_entropy.png",
             labels=(c.dataset, str(metrics["ood_dataset"])),
+            kind=kind,
         )
     plots.plot_layer_density(active, numel, pdir / "layer_density.png")
     sparse_active = run.guide.num_active() if hasattr(run.guide, "num_active") else {}
@@ -192,8 +223,9 @@ def load_run(
 
     path = Path(path)
     ckpt = path / "checkpoint.pt" if path.is_dir() else path
-    state = load_checkpoint(ckpt, map_location="cpu")
-    saved = TrainConfig.from_dict(state["config"])
+    state, saved = load_run_state(ckpt)
+    if path.is_dir():
+        check_checkpoint_matches(path, saved)
     changes: dict[str, Any] = {}
     if dataset is not None and dataset != saved.dataset:
         a, b = DATASETS[saved.dataset], DATASETS.get(dataset)
@@ -217,7 +249,7 @@ def load_run(
             changes[key] = value
     config = dataclasses.replace(saved, **changes)
     run = build_run(config, train=False, num_data=int(state["num_data"]))
-    restore(run, state)
+    restore(run, state, source=str(ckpt))
     return run, ckpt
 
 
@@ -225,6 +257,7 @@ def evaluate_run(
     path: str | os.PathLike,
     *,
     num_samples: int | None = None,
+    progress: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Re-evaluate a saved run (a run directory or its ``checkpoint.pt``).
@@ -232,6 +265,7 @@ def evaluate_run(
     Args:
         path: Run directory or checkpoint file.
         num_samples: Monte Carlo samples (default: the run's).
+        progress: Show a progress bar.
         **options: ``dataset``, ``ood_dataset``, ``data_dir``, ``device``,
             ``test_limit``, as in :func:`load_run`.
 
@@ -244,7 +278,7 @@ def evaluate_run(
     """
     run, ckpt = load_run(path, **options)
     metrics, _, _ = evaluate_predictions(
-        run, run.test_data, run.ood_data, num_samples=num_samples
+        run, run.test_data, run.ood_data, num_samples=num_samples, progress=progress
     )
     metrics.update(dataset=run.config.dataset, checkpoint=str(ckpt), epoch=run.epoch)
     return metrics

@@ -1,7 +1,8 @@
-"""The training loop, run directories and per-epoch outputs."""
+"""The training loop and its per-epoch outputs."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -11,7 +12,13 @@ from typing import Any, Iterator
 import pyro
 import torch
 
-from ..checkpoint import load_checkpoint, save_checkpoint, write_json
+from ..checkpoint import (
+    WriteError,
+    atomic_write,
+    save_checkpoint,
+    signals_deferred,
+    write_json,
+)
 from ..distributed import (
     broadcast_object,
     is_main_process,
@@ -19,17 +26,24 @@ from ..distributed import (
     shard,
     world_size,
 )
-from ._config import PLOTS, RUN_FILES, RunDirError, TrainConfig, TrainingDiverged
+from ._config import (
+    RunDirError,
+    RunInterrupted,
+    RunStopped,
+    TrainConfig,
+    TrainingDiverged,
+)
 from ._evaluate import final_evaluation, quick_eval
 from ._run import (
     Run,
     build_run,
-    check_same_run,
     checkpoint_state,
     density_of,
     lr_at,
+    progress_bar,
     restore,
 )
+from ._rundir import check_checkpoint_matches, load_run_state, prepare_run_dir
 
 
 # ---------------------------------------------------------------- the loop
@@ -76,7 +90,23 @@ def _set_lr(run: Run, epoch: int) -> float:
 
 
 def _train_epoch(run: Run, epoch: int, bar: Any) -> float:
-    """One pass over the training data; returns the mean per-example loss.
+    """One pass over the training data; returns the mean per-example loss."""
+    batches, num_batches = _batches(run, epoch)
+    total, count = 0.0, 0
+    with progress_bar(
+        bar is not None, total=num_batches, desc=f"epoch {epoch}", leave=False
+    ) as inner:
+        for i, (x, y) in enumerate(batches):
+            total += _step(run, x, y, epoch, (epoch - 1) * run.steps_per_epoch + i + 1)
+            count += 1
+            inner.update()
+            if inner.n % 20 == 0:
+                inner.set_postfix(loss=f"{total / count:.4g}", refresh=False)
+    return total / max(count, 1)
+
+
+def _step(run: Run, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> float:
+    """One SVI step on a minibatch; raises ``TrainingDiverged`` on a bad loss.
 
     Each step optimises the negative ELBO divided by the training-set size
     (``poutine.scale(1/N)`` on every site): the mean cross-entropy plus
@@ -87,39 +117,33 @@ def _train_epoch(run: Run, epoch: int, bar: Any) -> float:
 
     from ..poutine import LatentScaleMessenger
 
-    batches, num_batches = _batches(run, epoch)
-    per_example = poutine.scale(scale=1.0 / run.num_data)
-    total, count = 0.0, 0
-    inner = _progress(
-        bar is not None, total=num_batches, desc=f"epoch {epoch}", leave=False
-    )
+    x, y = x.to(run.device, non_blocking=True), y.to(run.device)
     sparse = hasattr(run.svi, "update_subspace")  # SparseSVI weights its own KL
-    for i, (x, y) in enumerate(batches):
-        x, y = x.to(run.device, non_blocking=True), y.to(run.device)
-        step = (epoch - 1) * run.steps_per_epoch + i + 1
-        kl = LatentScaleMessenger(1.0 if sparse else run.kl_weight(step))
-        try:
-            with per_example, kl:
-                loss = run.svi.step(x, y)
-            if not math.isfinite(loss):  # SparseSVI raises; plain SVI returns it
-                raise FloatingPointError(f"the loss is {loss} at step {step}.")
-            total += loss
-        except FloatingPointError as e:
-            raise TrainingDiverged(
-                f"training diverged in epoch {epoch}: {e} {_kept(run)}"
-            ) from e
-        count += 1
-        inner.update()
-        if inner.n % 20 == 0:
-            inner.set_postfix(loss=f"{total / count:.4g}", refresh=False)
-    inner.close()
-    return total / max(count, 1)
+    kl = LatentScaleMessenger(1.0 if sparse else run.kl_weight(step))
+    try:
+        with poutine.scale(scale=1.0 / run.num_data), kl:
+            loss = run.svi.step(x, y)
+        if not math.isfinite(loss):  # SparseSVI raises; plain SVI returns it
+            raise FloatingPointError(
+                f"the loss is {loss} at step {step}; lower --lr or --init-scale."
+            )
+    except FloatingPointError as e:
+        raise TrainingDiverged(
+            f"training diverged in epoch {epoch}: {e} {_kept(run)}"
+        ) from e
+    return loss
 
 
 def _kept(run: Run) -> str:
-    if run.epoch == 0:
-        return "No epoch had finished, so no checkpoint was written."
-    return f"The last good checkpoint (after epoch {run.epoch}) is kept."
+    """Which checkpoint a stopped run keeps, and how to go on from there."""
+    done = run.checkpoint_epoch
+    if done == 0:
+        return (
+            "No epoch had finished, so there is no checkpoint: run the same "
+            "command again to start over."
+        )
+    last = " (the last; --resume evaluates it)" if done == run.config.epochs else ""
+    return f"The checkpoint after epoch {done}{last} is kept: continue with --resume."
 
 
 def _check_finite(run: Run, epoch: int) -> None:
@@ -141,62 +165,30 @@ def _check_finite(run: Run, epoch: int) -> None:
                 )
 
 
-def _progress(enabled: bool, **kwargs: Any) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(disable=not enabled, dynamic_ncols=True, **kwargs)
+def _write_history(run: Run, out: Path) -> None:
+    lines = "".join(json.dumps(row, sort_keys=True) + "\n" for row in run.history)
+    atomic_write(out / "metrics.jsonl", lambda fh: fh.write(lines.encode()))
 
 
 def _write_progress_files(run: Run, out: Path) -> None:
-    import json
+    """The epoch's checkpoint first, then the files that describe it.
 
-    if not is_main_process():  # one writer: rank 0
-        return
-    lines = "".join(json.dumps(row, sort_keys=True) + "\n" for row in run.history)
-    from ..checkpoint import atomic_write
-
-    atomic_write(out / "metrics.jsonl", lambda fh: fh.write(lines.encode()))
-    if hasattr(run.svi, "updates"):
-        write_json(
-            out / "subspace_updates.json",
-            [u._asdict() for u in run.svi.updates],
-        )
-    save_checkpoint(out / "checkpoint.pt", checkpoint_state(run))
-
-
-def prepare_run_dir(out: str | os.PathLike, *, overwrite: bool, resume: bool) -> Path:
-    """Check that ``out`` can hold this run, clearing an old run if asked.
-
-    Raises:
-        RunDirError: If ``out`` holds another run (or other files) and neither
-            ``overwrite`` nor ``resume`` is set, if ``resume`` finds no
-            checkpoint, or if the directory cannot be created or written.
+    SIGINT and SIGTERM wait until all are written; after a kill in between,
+    ``metrics.jsonl`` may lag the checkpoint by an epoch, and a resume
+    rewrites it from the checkpoint's history.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--output-dir {out} exists and is not a directory")
-    if resume:
-        if not (out / "checkpoint.pt").is_file():
-            raise RunDirError(f"--resume: {out} has no checkpoint.pt to resume from")
-        return out
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            what = "a run" if (out / "config.json").exists() else "other files"
-            raise RunDirError(
-                f"--output-dir {out} already holds {what}; pass --overwrite to "
-                "replace it, --resume to continue it, or choose another directory"
+    if not is_main_process():  # one writer: rank 0
+        run.checkpoint_epoch = run.epoch
+        return
+    with signals_deferred():
+        save_checkpoint(out / "checkpoint.pt", checkpoint_state(run))
+        run.checkpoint_epoch = run.epoch
+        if hasattr(run.svi, "updates"):
+            write_json(
+                out / "subspace_updates.json",
+                [u._asdict() for u in run.svi.updates],
             )
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        for name in PLOTS:
-            (out / "plots" / name).unlink(missing_ok=True)
-    try:
-        (out / "plots").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot create --output-dir {out}: {e.strerror}") from e
-    if not os.access(out, os.W_OK):
-        raise RunDirError(f"--output-dir {out} is not writable")
-    return out
+        _write_history(run, out)
 
 
 def _environment(run: Run) -> dict[str, Any]:
@@ -239,8 +231,9 @@ def train(
         output_dir: The run directory.
         overwrite: Replace a run already in ``output_dir``.
         resume: Continue the run in ``output_dir`` from its checkpoint (its
-            configuration must equal ``config`` apart from device, workers and
-            evaluation batch size).
+            configuration, and ``config.json``'s, must equal ``config`` apart
+            from device, workers, evaluation batch size and download); a run
+            that stopped before its first checkpoint starts again.
         progress: Show tqdm progress bars.
         stop_after_epoch: Stop (with the checkpoint written) after this epoch,
             as if killed; for tests and staged training.
@@ -252,6 +245,12 @@ def train(
     Raises:
         RunDirError, CheckpointError, ValueError: For unusable inputs.
         TrainingDiverged: If the loss becomes NaN or infinite.
+        RunStopped: If a file cannot be written (e.g. a full disk).
+        RunInterrupted: On Ctrl-C (a ``KeyboardInterrupt``).
+
+    Each of these leaves the last good checkpoint, and its message says which
+    one and how to continue. Stale temporary files of killed writes are
+    removed when the run starts.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this: each
     trains on its share of every global batch with ``DistributedDataParallel``
@@ -273,53 +272,84 @@ def _train(
     start = time.perf_counter()
     out = _prepare(output_dir, overwrite, resume)
     progress = progress and is_main_process()
-    state = None
-    if resume:
-        state = load_checkpoint(out / "checkpoint.pt", map_location="cpu")
-        check_same_run(state["config"], config)
+    state = _resume_state(out, config) if resume else None
     run = build_run(config)
     if state is not None:
-        restore(run, state)
+        restore(run, state, source=str(out / "checkpoint.pt"))
+        if is_main_process():  # a kill may have left metrics.jsonl out of step
+            _write_history(run, out)
     elif is_main_process():
         env = {**_environment(run), "world_size": world_size()}
         write_json(out / "config.json", {**config.to_dict(), "env": env})
-    elapsed0 = run.elapsed_s
-    bar = _progress(progress, total=config.epochs, initial=run.epoch, desc="training")
-    for epoch in range(run.epoch + 1, config.epochs + 1):
-        lr = _set_lr(run, epoch)
-        epoch_start = time.perf_counter()
-        train_loss = _train_epoch(run, epoch, bar if progress else None)
-        _check_finite(run, epoch)
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "lr": lr,
-            "density": density_of(run),
-            "epoch_time_s": 0.0,
-        }
-        # Evaluation must not shift the training noise (e.g. when evaluating a
-        # shard per rank, or evaluating more often): fork the RNG around it.
-        cuda = [torch.cuda.current_device()] if run.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            row.update(quick_eval(run))
-        row["epoch_time_s"] = time.perf_counter() - epoch_start
-        if hasattr(run.svi, "num_updates"):
-            row["num_updates"] = run.svi.num_updates
-        run.history.append(row)
-        run.epoch = epoch
-        run.elapsed_s = elapsed0 + time.perf_counter() - start
-        _write_progress_files(run, out)
-        bar.update()
-        bar.set_postfix(
-            loss=f"{train_loss:.4g}",
-            acc=f"{row['test_accuracy']:.4f}",
-            density=f"{row['density']:.3f}",
+    try:
+        return _epochs_and_evaluation(run, out, start, progress, stop_after_epoch)
+    except KeyboardInterrupt as e:
+        where = (
+            "in the final evaluation"
+            if run.epoch == config.epochs
+            else f"in epoch {run.epoch + 1} of {config.epochs}"
         )
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            bar.close()
-            return {}
-    bar.close()
-    metrics = final_evaluation(run, out)
+        raise RunInterrupted(f"training in {out} stopped {where}. {_kept(run)}") from e
+    except WriteError as e:
+        raise RunStopped(f"{e}. {_kept(run)}") from e
+
+
+def _resume_state(out: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint to continue from (None: the run never wrote one)."""
+    ckpt = out / "checkpoint.pt"
+    if not ckpt.is_file():
+        return None
+    state, saved = load_run_state(ckpt)
+    check_checkpoint_matches(out, saved, config)
+    return state
+
+
+def _epochs_and_evaluation(
+    run: Run,
+    out: Path,
+    start: float,
+    progress: bool,
+    stop_after_epoch: int | None,
+) -> dict[str, Any]:
+    config = run.config
+    elapsed0 = run.elapsed_s
+    # Bars close (and end their line) on exceptions too, before any message.
+    with progress_bar(
+        progress, total=config.epochs, initial=run.epoch, desc="training"
+    ) as bar:
+        for epoch in range(run.epoch + 1, config.epochs + 1):
+            lr = _set_lr(run, epoch)
+            epoch_start = time.perf_counter()
+            train_loss = _train_epoch(run, epoch, bar if progress else None)
+            _check_finite(run, epoch)
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "lr": lr,
+                "density": density_of(run),
+                "epoch_time_s": 0.0,
+            }
+            # Evaluation must not shift the training noise (e.g. when evaluating a
+            # shard per rank, or evaluating more often): fork the RNG around it.
+            cuda = [torch.cuda.current_device()] if run.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                row.update(quick_eval(run))
+            row["epoch_time_s"] = time.perf_counter() - epoch_start
+            if hasattr(run.svi, "num_updates"):
+                row["num_updates"] = run.svi.num_updates
+            run.history.append(row)
+            run.epoch = epoch
+            run.elapsed_s = elapsed0 + time.perf_counter() - start
+            _write_progress_files(run, out)
+            bar.update()
+            bar.set_postfix(
+                loss=f"{train_loss:.4g}",
+                acc=f"{row['test_accuracy']:.4f}",
+                density=f"{row['density']:.3f}",
+            )
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                return {}
+    metrics = final_evaluation(run, out, progress=progress)
     metrics["wall_time_s"] = elapsed0 + time.perf_counter() - start
     metrics["world_size"] = world_size()
     if is_main_process():

@@ -33,6 +33,7 @@ class Run:
         num_data: Size of the training set (scales the likelihood).
         steps_per_epoch: Minibatches per epoch.
         epoch: Epochs completed.
+        checkpoint_epoch: Epoch of the last checkpoint written (or loaded).
         history: One metrics dict per completed epoch.
         elapsed_s: Wall time spent on this run so far (over resumes).
     """
@@ -49,6 +50,7 @@ class Run:
     num_data: int
     steps_per_epoch: int
     epoch: int = 0
+    checkpoint_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -196,7 +198,7 @@ def build_run(
             addition=c.addition,
             drop_fraction=c.drop_fraction,
             drop_schedule=c.drop_schedule,
-            stop_updates_at=int(c.stop_updates_at * run.total_steps),
+            stop_updates_at=int(c.stop_updates_fraction * run.total_steps),
             num_steps=run.total_steps,
             kl_weight=run.kl_weight,
             local_reparameterization=c.lrt,
@@ -295,13 +297,27 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
     }
 
 
-def restore(run: Run, state: dict[str, Any]) -> None:
+def restore(run: Run, state: dict[str, Any], source: str = "the checkpoint") -> None:
+    """Load a checkpoint's state into a built run (its guide already set up).
+
+    :func:`build_run` has run the guide on a batch, so its sites have the
+    shapes of the configured model before the saved state is loaded; a state
+    of another model is refused here with one line.
+
+    Raises:
+        CheckpointError: If the saved guide or model does not fit the run's.
+    """
     try:
         run.guide.load_state_dict(state["guide"])
         run.model.load_state_dict(state["model"])
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, KeyError) as e:
+        c = run.config
+        detail = " ".join(str(e).split())  # torch's messages span lines
         raise CheckpointError(
-            f"the checkpoint does not fit this model and guide: {e}"
+            f"{source} does not fit the {c.model} for {c.dataset} with the "
+            f"{c.guide} guide that its configuration describes ({detail}); it "
+            "was edited or assembled from another run: use that run's own "
+            "checkpoint"
         ) from e
     # The saved param_groups carry the last epoch's lr; resume at the next's.
     next_lr = lr_at(run.config, int(state["epoch"]) + 1)
@@ -313,29 +329,10 @@ def restore(run: Run, state: dict[str, Any]) -> None:
             run.optim.optim_objs[param].load_state_dict(saved[name])
     if state["svi"]:
         run.svi.load_state_dict(state["svi"])
-    run.epoch = int(state["epoch"])
+    run.epoch = run.checkpoint_epoch = int(state["epoch"])
     run.history = list(state["history"])
     run.elapsed_s = float(state["elapsed_s"])
     _set_rng_state(state["rng"])
-
-
-# Configuration fields that may differ when resuming or re-evaluating.
-_RUNTIME_FIELDS = frozenset({"device", "num_workers", "eval_batch_size", "download"})
-
-
-def check_same_run(saved: dict[str, Any], config: TrainConfig) -> None:
-    current = config.to_dict()
-    diff = {
-        k: (saved.get(k), v)
-        for k, v in current.items()
-        if k not in _RUNTIME_FIELDS and saved.get(k) != v
-    }
-    if diff:
-        text = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise CheckpointError(
-            f"the checkpoint is from a different run ({text}); resume with the "
-            "saved settings or start a new --output-dir"
-        )
 
 
 def lr_at(c: TrainConfig, epoch: int) -> float:
@@ -343,6 +340,13 @@ def lr_at(c: TrainConfig, epoch: int) -> float:
     if c.lr_schedule == "cosine":
         return c.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / c.epochs))
     return c.lr
+
+
+def progress_bar(enabled: bool, **kwargs: Any) -> Any:
+    """A tqdm bar (a no-op one when not ``enabled``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=not enabled, dynamic_ncols=True, **kwargs)
 
 
 def density_of(run: Run) -> float:

@@ -1,0 +1,100 @@
+"""One multi-tensor optimiser step for a ``PyroOptim``'s many per-parameter optimisers.
+
+Pyro's ``PyroOptim`` keeps one torch optimiser per parameter tensor and steps
+them one by one: for a network with a dozen guide tensors that is a dozen
+Python-level ``Adam.step()`` calls, several times the cost of one
+multi-tensor (``foreach``) step over the same tensors. :class:`GroupedStep`
+steps them together while keeping Pyro's structure intact: every parameter
+keeps its own torch optimiser in the ``PyroOptim`` (so ``get_state()``,
+``save()``, LR schedulers and the moment moves of subspace reselection see
+the usual per-parameter state), and a shared optimiser of the same class and
+hyperparameters performs the update on those very state dictionaries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from ._pyro_compat import pyro_optim_grad_clip, pyro_optim_objects
+
+__all__ = ["GroupedStep"]
+
+#: Optimisers whose update depends only on their hyperparameters and the
+#: per-parameter state (not, e.g., ClippedAdam, which decays its own lr).
+_GROUPABLE = (
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.SGD,
+    torch.optim.RMSprop,
+    torch.optim.Adagrad,
+)
+
+
+class GroupedStep:
+    """Steps a ``PyroOptim``'s parameters with one optimiser call per optimiser class.
+
+    Args:
+        optim: The ``pyro.optim.PyroOptim``.
+    """
+
+    def __init__(self, optim: Any) -> None:
+        self.optim = optim
+        self._shared: dict[type, torch.optim.Optimizer] = {}
+
+    def __call__(self, params: Iterable[torch.Tensor]) -> None:
+        """One optimiser step on ``params`` (those with a gradient move)."""
+        params = list(params)
+        objects = pyro_optim_objects(self.optim)
+        new = [p for p in params if p not in objects]
+        if new:  # Pyro creates (restoring saved state) and steps their optimisers
+            self.optim(new)
+            fresh = set(new)
+            params = [p for p in params if p not in fresh]
+        by_class: dict[type, list[tuple[torch.Tensor, Any]]] = {}
+        single = []
+        for p in params:
+            opt = objects.get(p)
+            if opt is None:
+                continue
+            opt = getattr(opt, "optimizer", opt)  # LR schedulers: their optimiser
+            if type(opt) in _GROUPABLE and len(opt.param_groups) == 1:
+                by_class.setdefault(type(opt), []).append((p, opt))
+            else:
+                single.append(p)
+        clip = pyro_optim_grad_clip(self.optim)
+        for cls, members in by_class.items():
+            for p, _ in members:
+                if clip.get(p) is not None:
+                    clip[p](p)
+            self._step(cls, members)
+        if single:
+            self.optim(single)
+
+    def _step(self, cls: type, members: list[tuple[torch.Tensor, Any]]) -> None:
+        """One step of a shared ``cls`` optimiser on the members' own state.
+
+        Its parameter groups are the members' hyperparameters (read afresh, so
+        LR schedules apply), and its state maps each parameter to the very
+        dictionary its own optimiser holds, which the step updates in place.
+        """
+        groups: dict[tuple, dict[str, Any]] = {}
+        for p, opt in members:
+            group = dict(opt.param_groups[0])
+            del group["params"]
+            key = tuple(group.values())
+            if any(map(torch.is_tensor, key)):  # e.g. a tensor lr: by identity
+                key = tuple(map(id, key))
+            if key not in groups:
+                if group.get("foreach") is None and not group.get("fused"):
+                    group["foreach"] = True
+                groups[key] = dict(group, params=[])
+            groups[key]["params"].append(p)
+        shared = self._shared.get(cls)
+        if shared is None:  # its own defaults are never used: groups replace them
+            shared = cls(next(iter(groups.values()))["params"])
+            self._shared[cls] = shared
+        shared.param_groups = list(groups.values())
+        shared.state = {p: opt.state[p] for p, opt in members}  # type: ignore[assignment]
+        shared.step()
