@@ -398,6 +398,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for s in report["stages"]:
         details = {k: v for k, v in s["details"].items() if k != "rows"}
+        if "rows" in s["details"]:
+            details["rows"] = f"{len(s['details']['rows'])}, below"
         text = "; ".join(s["problems"]) or json.dumps(details)
         lines.append(f"| {s['name']} | {s['status']} | {s['seconds']:.0f} | {text} |")
     bench = next((s for s in report["stages"] if s["name"] == "benchmark"), None)
