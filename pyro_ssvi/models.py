@@ -24,6 +24,7 @@ from torch import nn
 __all__ = [
     "BayesianClassifier",
     "DENSE_PARAMETERS_ATTR",
+    "DETERMINISTIC_PARAMETERS_ATTR",
     "lenet",
     "make_bayesian",
     "mlp",
@@ -33,6 +34,12 @@ __all__ = [
 #: Attribute a network may set to a tuple of parameter paths that SSVI should
 #: keep dense (Bayesian, but not sparse), e.g. ``("conv1.weight",)``.
 DENSE_PARAMETERS_ATTR = "ssvi_dense_parameters"
+
+#: Attribute a network may set to a tuple of parameter paths that
+#: :func:`make_bayesian` leaves deterministic (ordinary parameters, trained as
+#: point estimates with weight decay, no prior and no KL term), e.g.
+#: ``("fc.bias",)``. ``make_bayesian(..., deterministic=())`` overrides it.
+DETERMINISTIC_PARAMETERS_ATTR = "ssvi_deterministic_parameters"
 
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM_LAYERS = (
@@ -65,6 +72,7 @@ def make_bayesian(
     bayesian_bias: bool = True,
     bayesian_norm: bool = False,
     exclude: Iterable[str] = (),
+    deterministic: Iterable[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Turn ``module`` in place into a Bayesian :class:`~pyro.nn.PyroModule`.
 
@@ -72,7 +80,9 @@ def make_bayesian(
     ``Normal(0, prior_scale)`` prior (a ``PyroSample`` site named by its module
     path); biases too when ``bayesian_bias``; normalisation-layer affine
     parameters when ``bayesian_norm`` (otherwise they stay point estimates that
-    SVI trains as ordinary parameters).
+    SVI trains as ordinary parameters). Parameters named in ``deterministic``
+    (by default the network's :data:`DETERMINISTIC_PARAMETERS_ATTR`, e.g.
+    ``resnet18_cifar``'s classifier bias) stay point estimates too.
 
     Args:
         module: Any torch network; converted in place.
@@ -81,6 +91,10 @@ def make_bayesian(
         bayesian_norm: Put priors on normalisation-layer weights and biases.
         exclude: Module paths (as in ``named_modules()``) left deterministic,
             e.g. ``["conv1"]``.
+        deterministic: Parameter paths (as in ``named_parameters()``) left
+            deterministic, e.g. ``["fc.bias"]``; None reads the network's
+            ``ssvi_deterministic_parameters`` attribute, ``()`` makes every
+            eligible parameter Bayesian.
 
     Returns:
         ``{parameter path: initial value}`` of every parameter that became a
@@ -88,19 +102,16 @@ def make_bayesian(
         :func:`~pyro.infer.autoguide.init_to_value`.
 
     Raises:
-        ValueError: If ``prior_scale`` is not positive or no parameter became
-            Bayesian.
+        ValueError: If ``prior_scale`` is not positive, ``exclude`` or
+            ``deterministic`` names something the network does not have, or
+            no parameter became Bayesian.
     """
     if not prior_scale > 0:
         raise ValueError(
             f"make_bayesian: prior_scale must be > 0, got {prior_scale!r}."
         )
-    excluded = set(exclude)
-    unknown = excluded - {name for name, _ in module.named_modules()}
-    if unknown:
-        raise ValueError(
-            f"make_bayesian: exclude names unknown modules {sorted(unknown)}."
-        )
+    excluded = _known("exclude", set(exclude), "modules", module.named_modules())
+    fixed = _deterministic_paths(module, deterministic)
     to_pyro_module_(module)
     initial: dict[str, torch.Tensor] = {}
     for path, sub in module.named_modules():
@@ -116,18 +127,45 @@ def make_bayesian(
             continue
         for pname in names:
             param = getattr(sub, pname, None)
-            if not isinstance(param, nn.Parameter):
+            path_name = f"{path}.{pname}" if path else pname
+            if not isinstance(param, nn.Parameter) or path_name in fixed:
                 continue
             ref = param.detach().new_tensor(float(prior_scale))
             if "_ssvi_prior_scale" not in sub._buffers:
                 sub.register_buffer("_ssvi_prior_scale", ref, persistent=False)
-            initial[f"{path}.{pname}" if path else pname] = param.detach().clone()
+            initial[path_name] = param.detach().clone()
             delattr(sub, pname)
             prior: Any = _prior(param.shape)
             setattr(sub, pname, PyroSample(prior))
     if not initial:
         raise ValueError("make_bayesian: the module has no linear or conv parameter.")
     return initial
+
+
+def _deterministic_paths(
+    module: nn.Module, deterministic: Iterable[str] | None
+) -> set[str]:
+    """The parameter paths ``make_bayesian`` leaves alone, validated."""
+    if deterministic is None:
+        deterministic = getattr(module, DETERMINISTIC_PARAMETERS_ATTR, ())
+    if isinstance(deterministic, str):
+        raise TypeError(
+            "make_bayesian: deterministic must be a sequence of parameter paths, "
+            f"got the string {deterministic!r}; write [{deterministic!r}]."
+        )
+    return _known(
+        "deterministic", set(deterministic), "parameters", module.named_parameters()
+    )
+
+
+def _known(arg: str, given: set[str], kind: str, named: Iterable[Any]) -> set[str]:
+    """``given``, if every name in it is among the names of ``named``."""
+    unknown = given - {name for name, _ in named}
+    if unknown:
+        raise ValueError(
+            f"make_bayesian: {arg} names unknown {kind} {sorted(unknown)}."
+        )
+    return given
 
 
 def mlp(
@@ -181,20 +219,30 @@ def lenet(
     return net
 
 
-def resnet18_cifar(num_classes: int = 10) -> nn.Module:
+def resnet18_cifar(
+    num_classes: int = 10, *, bayesian_fc_bias: bool = False
+) -> nn.Module:
     """The CIFAR variant of ResNet-18 used by the SSVI paper (plain torch).
 
     Built from :func:`torchvision.models.resnet18` with a 3x3 stride-1 stem and
     no max-pooling (11.17M conv and linear weights for 10 classes); the stem
     convolution is marked to stay dense under SSVI, as in the reference
     implementation. Batch norms stay deterministic under
-    :func:`make_bayesian`'s defaults, as in the reference.
+    :func:`make_bayesian`'s defaults, as in the reference, and so does the
+    classifier bias (marked in ``ssvi_deterministic_parameters``): the
+    reference's ``StoLinear`` bias is a point estimate with weight decay. The
+    Bayesian weights are then exactly the reference's 21 conv and linear
+    weight tensors.
 
     Args:
         num_classes: Number of output logits.
+        bayesian_fc_bias: Give the classifier bias a prior (and a KL term)
+            like every other bias under :func:`make_bayesian`.
 
     Returns:
-        The network; ``net.ssvi_dense_parameters == ("conv1.weight",)``.
+        The network; ``net.ssvi_dense_parameters == ("conv1.weight",)`` and
+        ``net.ssvi_deterministic_parameters == ("fc.bias",)`` (``()`` with
+        ``bayesian_fc_bias=True``).
     """
     from torchvision.models import resnet18
 
@@ -203,6 +251,8 @@ def resnet18_cifar(num_classes: int = 10) -> nn.Module:
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
     net.maxpool = nn.Identity()  # type: ignore[assignment]
     setattr(net, DENSE_PARAMETERS_ATTR, ("conv1.weight",))
+    deterministic = () if bayesian_fc_bias else ("fc.bias",)
+    setattr(net, DETERMINISTIC_PARAMETERS_ATTR, deterministic)
     return net
 
 
@@ -216,7 +266,10 @@ class BayesianClassifier(PyroModule):
 
     Args:
         net: A torch network mapping inputs to logits; made Bayesian in place
-            by :func:`make_bayesian` with ``**bayes_kwargs``.
+            by :func:`make_bayesian` with ``**bayes_kwargs`` (parameters the
+            network marks in ``ssvi_deterministic_parameters`` stay ordinary
+            parameters of this module unless ``deterministic=`` says
+            otherwise).
         num_data: Size of the training set.
         **bayes_kwargs: Passed to :func:`make_bayesian`.
 

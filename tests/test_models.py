@@ -107,3 +107,41 @@ def test_resnet18_cifar_matches_the_reference_architecture():
         round(0.1 * guide.site_shape(n).numel()) for n in guide.sparse_site_names()
     )
     assert active + 1728 == pytest.approx(0.1 * 11_164_352, rel=2e-3)
+
+
+def test_resnet18_cifar_fc_bias_is_deterministic_as_in_the_reference():
+    """The reference's Bayesian weights are its 21 conv/linear weight tensors;
+    its classifier bias is a point estimate (StoLinear), so no site and no KL."""
+    model = BayesianClassifier(resnet18_cifar(10), num_data=50_000)
+    x, y = torch.zeros(2, 3, 32, 32), torch.tensor([0, 1])
+    sites = _latent_sites(model, x, y).keys() - {"data"}  # minus the plate
+    assert len(sites) == 21 and all(name.endswith(".weight") for name in sites)
+    assert "net.fc.bias" not in sites and "net.fc.weight" in sites
+    assert isinstance(model.net.fc.bias, nn.Parameter)
+    assert "net.fc.bias" in dict(model.named_parameters())
+    assert "net.fc.bias" not in model.initial_values
+    # Kept Bayesian on request, either way.
+    for net, kwargs in (
+        (resnet18_cifar(10, bayesian_fc_bias=True), {}),
+        (resnet18_cifar(10), {"deterministic": ()}),
+    ):
+        model = BayesianClassifier(net, num_data=50_000, **kwargs)
+        sites = _latent_sites(model, x, y).keys() - {"data"}
+        assert len(sites) == 22 and "net.fc.bias" in sites
+
+
+def test_deterministic_parameters_marker_and_argument():
+    net = mlp(5, [4], 3, flatten=False)
+    net.ssvi_deterministic_parameters = ("2.bias",)
+    assert sorted(make_bayesian(net)) == ["0.bias", "0.weight", "2.weight"]
+    assert isinstance(net[2].bias, nn.Parameter)
+    net = mlp(5, [4], 3, flatten=False)
+    assert sorted(make_bayesian(net, deterministic=["0.weight"])) == [
+        "0.bias",
+        "2.bias",
+        "2.weight",
+    ]
+    with pytest.raises(ValueError, match=r"unknown parameters \['fc.bias'\]"):
+        make_bayesian(mlp(2, [], 2), deterministic=["fc.bias"])
+    with pytest.raises(TypeError, match=r"write \['1.bias'\]"):
+        make_bayesian(mlp(2, [], 2), deterministic="1.bias")
