@@ -885,23 +885,34 @@ class AutoSparseNormal(AutoGuide):
         self._verified = True
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Any:
-        """``.to(...)``, ``.float()``...: indices move but stay exact float64."""
+        """``.to(...)``, ``.float()``...: indices move but stay exact float64.
+
+        Whether torch moves the data of the same ``Parameter`` objects or
+        replaces them, the module's (moved) tensors then win over the entries
+        of Pyro's param store.
+        """
+
+        def stored(name: str) -> torch.Tensor:  # as torch sees it: no store sync
+            module, leaf = self._leaf("indices", name)
+            return getattr(module, leaf + "_unconstrained")
+
         sparse = [name for name, info in self._sites.items() if info.sparse]
-        before = {name: self.subspace_params(name).indices.data for name in sparse}
+        before = {name: stored(name).data for name in sparse}
         result = super()._apply(fn, recurse)
         for name, data in before.items():
-            param = self.subspace_params(name).indices
+            param = stored(name)
             if param.dtype != torch.float64:
                 param.data = data.to(device=param.device)
+        _after_load(self, None)
         return result
 
 
 def _after_load(module: AutoSparseNormal, incompatible: Any) -> None:
-    """Let the loaded tensors win over stale entries of Pyro's param store.
+    """Let the module's (loaded, moved) tensors win over Pyro's param store.
 
     A PyroModule reads a parameter from the global store when the store has
-    one of the same name; drop ours from it, so the next call puts the loaded
-    tensors there.
+    one of the same name; drop ours from it, so the next call puts the
+    module's tensors there.
     """
     if is_module_local_param_enabled():
         return

@@ -46,8 +46,9 @@ class SparseStructure:
             coordinates, a 1-D integer tensor.
         shape: ``(out, in)``.
 
-    Indices are int32 where they fit (12 bytes per active coordinate for
-    both layouts, the size of three float32 values), int64 otherwise.
+    On the CPU, indices are int32 where they fit (12 bytes per active
+    coordinate for both layouts, the size of three float32 values); on other
+    devices int64, the layout torch's own conversions produce.
 
     Attributes:
         shape: ``(out, in)``.
@@ -59,7 +60,7 @@ class SparseStructure:
         idx = indices.to(torch.int64)
         self.shape = (int(out_features), int(in_features))
         small = max(self.shape) < 2**31 and idx.numel() < 2**31
-        dtype = torch.int32 if small else torch.int64
+        dtype = torch.int32 if small and idx.device.type == "cpu" else torch.int64
         rows = idx // in_features
         cols = idx % in_features
         self._crow = self._pointers(rows, out_features, dtype)
