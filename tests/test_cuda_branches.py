@@ -53,7 +53,7 @@ def on_meta():
     """Model and guide built on the CPU, then moved to the meta device.
 
     Module-local parameters, as in ``pyro_ssvi.training`` (with Pyro's global
-    param store see ``test_guide_to_leaves_sparse_sites_behind_...``);
+    param store see ``test_guide_to_moves_every_site_...``);
     validation off (its checks read values, which meta tensors do not have).
     """
 
