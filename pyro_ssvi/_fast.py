@@ -304,7 +304,7 @@ class FastLoss:
                 )
             else:
                 kl = kl + _dense_kl(loc, scale, site.prior_loc, site.prior_scale)
-            if lazy is not None and site.lrt:
+            if lazy is not None and site.lrt and lazy.covers(loc.device):
                 moments: Any = (
                     SparseMoments(loc, scale, idx, site.shape)
                     if site.sparse

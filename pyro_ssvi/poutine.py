@@ -292,7 +292,12 @@ class LazyWeightMessenger(Messenger):
 
     lrt = True
 
-    def __init__(self, sparse: bool | str = "auto", margin: float = 0.8) -> None:
+    def __init__(
+        self,
+        sparse: bool | str = "auto",
+        margin: float = 0.8,
+        devices: tuple[str, ...] | None = None,
+    ) -> None:
         super().__init__()
         if sparse not in (True, False, "auto"):
             raise ValueError(
@@ -301,6 +306,7 @@ class LazyWeightMessenger(Messenger):
             )
         self.sparse = sparse
         self.margin = margin
+        self.devices = devices
         self.decisions: dict[str, str] = {}
         self._timed: dict[tuple[Any, ...], bool] = {}
         # id(indices) -> (weakref to indices, indices._version, structure)
@@ -328,6 +334,10 @@ class LazyWeightMessenger(Messenger):
             for k, v in state["timed"]
         }
 
+    def covers(self, device: torch.device) -> bool:
+        """Whether the handler acts on weights on ``device`` (else: ordinary)."""
+        return self.devices is None or device.type in self.devices
+
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
         fn = msg["fn"]
         if (
@@ -336,6 +346,7 @@ class LazyWeightMessenger(Messenger):
             and msg["infer"].get("lrt")
             and fn.batch_shape == torch.Size()
             and len(fn.event_shape) >= 2
+            and self.covers(fn.mean.device if not hasattr(fn, "loc") else fn.loc.device)
         ):
             lazy = LazyWeight(fn, msg["name"], self)
             if not self.lrt:  # draw now, in site order: the same random numbers

@@ -457,3 +457,18 @@ def test_module_local_params_train_deterministic_batch_norm_too():
         svi.step(X, Y)
     assert not torch.equal(bn, model.net[1].weight.detach())
     assert len(pyro_optim_optimizers(svi.optim)) == len(list(guide.parameters())) + 2
+
+
+def test_sparse_compute_defaults_to_auto_on_the_cpu_only():
+    from pyro_ssvi.poutine import SparseWeightSamplingMessenger
+
+    _, _, svi = _svi()
+    handler = svi.lazy_weights
+    assert isinstance(handler, SparseWeightSamplingMessenger)
+    assert handler.sparse == "auto" and handler.devices == ("cpu",)
+    assert handler.covers(torch.device("cpu"))
+    assert not handler.covers(torch.device("meta"))  # GPUs: ordinary sampling
+    for _ in range(3):
+        svi.step(X, Y)
+    assert set(handler.decisions) == {"net.0.weight", "net.2.weight"}  # timed
+    assert _svi(sparse_compute=False)[2].lazy_weights is None
