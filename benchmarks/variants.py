@@ -10,10 +10,12 @@ parameters plus optimiser state, and index buffers), and optionally an
 * ``masked_lrt_torch``: the SSVI reference implementation's approach in plain
   PyTorch: dense mean and rho tensors, a mask multiplied in, LRT forward,
   masked KL, Adam, masks re-applied to parameters, gradients and moments.
-* ``ssvi``: ``SparseSVI`` + ``AutoSparseNormal`` (weight sampling).
-* ``ssvi_sparse``: the same samples, sparse linear layers computed from their
-  active coordinates (``sparse_compute="auto"``).
-* ``ssvi_lrt``: the same with local reparameterisation, dense kernels.
+* ``ssvi``: ``SparseSVI`` + ``AutoSparseNormal`` with default options (weight
+  sampling; on the CPU ``sparse_compute="auto"``: sparse linear layers
+  computed from their active coordinates where that is faster).
+* ``ssvi_dense``: the same samples, every layer on dense kernels
+  (``sparse_compute=False``).
+* ``ssvi_lrt``: local reparameterisation, dense kernels.
 * ``ssvi_lrt_sparse``: local reparameterisation with ``sparse_compute="auto"``.
 * ``torch_ssvi``: a hand-written SSVI step in plain PyTorch, the same maths
   (active means and scales, one weight draw, closed-form KL with the inactive
@@ -49,7 +51,7 @@ VARIANTS = (
     "masked_lrt_torch",
     "bayesian_torch",
     "ssvi",
-    "ssvi_sparse",
+    "ssvi_dense",
     "ssvi_lrt",
     "ssvi_lrt_sparse",
     "torch_ssvi",
@@ -84,6 +86,8 @@ def network(model: str) -> tuple[nn.Module, tuple[int, ...]]:
     """A fresh plain torch network and its input shape."""
     if model == "mlp":
         return mlp(784, [400, 400], 10), (784,)
+    if model == "mlp2048":
+        return mlp(784, [2048, 2048], 10), (784,)
     if model == "wide_mlp":
         return mlp(784, [4096, 4096], 10), (784,)
     if model == "resnet18":
@@ -157,7 +161,9 @@ def _pyro_variant(
             init_loc_fn=model.init_loc_fn(),
         )
         lrt = name.startswith("ssvi_lrt")
-        sparse: Any = "auto" if name.endswith("_sparse") else (False if lrt else None)
+        sparse: Any = {"ssvi": None, "ssvi_dense": False, "ssvi_lrt": False}.get(
+            name, "auto"
+        )
         svi = SparseSVI(
             model,
             guide,
