@@ -159,7 +159,7 @@ def move(values: Tensor, source: Tensor, fill: float | Tensor) -> Tensor:
     Returns:
         A new tensor of ``values.shape``.
     """
-    gathered = values[source.clamp(min=0)]
+    gathered = values.index_select(0, source.clamp(min=0))
     new = (source >= 0).reshape((-1,) + (1,) * (values.dim() - 1))
     return torch.where(new, gathered, torch.as_tensor(fill, dtype=values.dtype))
 

@@ -86,7 +86,7 @@ class SparseStructure:
         return _csr(
             self._crow_t,
             self._col_t,
-            values[self._order_t],
+            values.index_select(0, self._order_t),  # much faster than values[...]
             (in_features, out_features),
         )
 
