@@ -369,16 +369,22 @@ def floor_variant(model_name: str, density: float, x: torch.Tensor, y: torch.Ten
     sparse.patch(lambda i: values[i])
     params = list(values) + [p for p in net.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3, foreach=True)
+    step = _torch_step(lambda: F.cross_entropy(net(x), y), optimizer)
+    return Variant("floor", step, lambda: _torch_state_bytes(params, optimizer, sparse))
+
+
+def _torch_step(loss_fn: Callable[[], torch.Tensor], optimizer: Any) -> Callable[[], float]:
+    """A plain torch training step on ``loss_fn()``, taken once (warm-up)."""
 
     def step() -> float:
-        loss = F.cross_entropy(net(x), y)
+        loss = loss_fn()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         return float(loss.detach())
 
     step()
-    return Variant("floor", step, lambda: _torch_state_bytes(params, optimizer, sparse))
+    return step
 
 
 def torch_ssvi_variant(
@@ -403,7 +409,7 @@ def torch_ssvi_variant(
     optimizer = torch.optim.Adam(params, lr=1e-3, foreach=True)
     half_log_2pi = 0.5 * math.log(2 * math.pi)
 
-    def step() -> float:
+    def loss() -> torch.Tensor:
         draws.clear()
         kl = 0.0
         for loc, rho, shape in zip(locs, rhos, shapes):
@@ -414,13 +420,9 @@ def torch_ssvi_variant(
             kl = kl + (0.5 * (scale**2 + loc**2 - 1) - scale.log()).sum()
             kl = kl + (shape.numel() - loc.numel()) * half_log_2pi
         nll = F.cross_entropy(net(x), y, reduction="sum") * (NUM_DATA / len(x))
-        loss = nll + kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
+        return nll + kl
 
-    step()
+    step = _torch_step(loss, optimizer)
     return Variant("torch_ssvi", step, lambda: _torch_state_bytes(params, optimizer, sparse))
 
 
@@ -443,15 +445,9 @@ def bayesian_torch_variant(
         },
     )
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-
-    def step() -> float:
-        loss = F.cross_entropy(net(x), y) + get_kl_loss(net) / NUM_DATA
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
-
-    step()
+    step = _torch_step(
+        lambda: F.cross_entropy(net(x), y) + get_kl_loss(net) / NUM_DATA, optimizer
+    )
     params = list(net.parameters())
     return Variant("bayesian_torch", step, lambda: _torch_state_bytes(params, optimizer, None))
 
