@@ -226,7 +226,8 @@ class SubspaceScheduler:
     3. moves the kept coordinates' means, scales and optimiser moments with
        them (:func:`pyro_ssvi.subspace.reselect`, :func:`~pyro_ssvi.subspace.move`).
        New coordinates start at mean 0, at the mean unconstrained scale of the
-       coordinates that stay active, and with zero moments; a coordinate
+       coordinates that stay active (or ``regrow_scale``), and with zero
+       moments; a coordinate
        removed and re-added keeps everything.
 
     All edits are in place, so the optimiser keeps holding the same tensors.
@@ -256,6 +257,9 @@ class SubspaceScheduler:
         num_steps: Planned number of training steps.
         sparse_guides: The ``AutoSparseNormal`` guides to reselect, if
             finding them inside ``guide`` is not possible.
+        regrow_scale: The standard deviation of newly active coordinates:
+            ``"mean"`` (the reference's rule: the mean unconstrained scale
+            of the coordinates that stay active) or a float > 0.
 
     Raises:
         ValueError, TypeError: For invalid arguments, with the fix named.
@@ -275,9 +279,20 @@ class SubspaceScheduler:
         stop_updates_at: int | None = None,
         num_steps: int | None = None,
         sparse_guides: AutoSparseNormal | Iterable[AutoSparseNormal] | None = None,
+        regrow_scale: str | float = "mean",
     ) -> None:
         self.model, self.guide, self.optimizer = model, guide, optimizer
         _check_optimizer(optimizer)
+        if regrow_scale != "mean" and not (
+            isinstance(regrow_scale, (int, float))
+            and not isinstance(regrow_scale, bool)
+            and regrow_scale > 0
+        ):
+            raise ValueError(
+                "SparseSVI: regrow_scale must be 'mean' or a standard deviation > 0, "
+                f"got {regrow_scale!r}."
+            )
+        self.regrow_scale = regrow_scale
         if sparse_guides is None:
             self.sparse_guides = find_sparse_guides(guide)
         elif isinstance(sparse_guides, AutoSparseNormal):
@@ -441,7 +456,13 @@ class SubspaceScheduler:
             num_swap,
         )
         new_scale = move(scale_u, result.source, 0.0)
-        new_scale[result.source < 0] = refill_value(new_scale, result.source)
+        if self.regrow_scale == "mean":
+            fill = refill_value(new_scale, result.source)
+        else:
+            fill = transform_to(guide.scale_constraint).inv(
+                torch.as_tensor(self.regrow_scale, dtype=scale_u.dtype, device=scale_u.device)
+            )
+        new_scale[result.source < 0] = fill
         loc_u.copy_(move(loc_u, result.source, 0.0))
         scale_u.copy_(new_scale)
         stored.copy_(result.indices.to(stored.dtype))

@@ -89,7 +89,7 @@ class SparseSVI(SVI):
             (Pyro's ``TraceMeanField_ELBO`` without the unused
             log-densities), which uses the analytic KL on the active set.
         update_every, removal, addition, drop_fraction, drop_schedule,
-        stop_updates_at, num_steps, sparse_guides: Passed to
+        stop_updates_at, num_steps, sparse_guides, regrow_scale: Passed to
             :class:`~pyro_ssvi.SubspaceScheduler`. ``stop_updates_at`` is a
             step count.
         kl_weight: Weight of the KL term: a float >= 0, or a callable of the
@@ -145,6 +145,7 @@ class SparseSVI(SVI):
         sparse_compute: bool | str | None = None,
         distributed: bool | None = None,
         sparse_guides: AutoSparseNormal | Iterable[AutoSparseNormal] | None = None,
+        regrow_scale: str | float = "mean",
         **kwargs: Any,
     ) -> None:
         if loss is None:
@@ -163,6 +164,7 @@ class SparseSVI(SVI):
             stop_updates_at=stop_updates_at,
             num_steps=num_steps,
             sparse_guides=sparse_guides,
+            regrow_scale=regrow_scale,
         )
         self._optimizer_step = GroupedStep(optim)
         self.num_steps = num_steps  # type: ignore[assignment]

@@ -472,3 +472,19 @@ def test_sparse_compute_defaults_to_auto_on_the_cpu_only():
         svi.step(X, Y)
     assert set(handler.decisions) == {"net.0.weight", "net.2.weight"}  # timed
     assert _svi(sparse_compute=False)[2].lazy_weights is None
+
+
+def test_regrow_scale_sets_the_scale_of_new_coordinates():
+    name = "net.0.weight"
+    _, guide, svi = _svi(0.5, drop_fraction=0.5, drop_schedule="constant", regrow_scale=0.123)
+    for _ in range(3):
+        svi.step(X, Y)
+    before = guide.active_indices()[name]
+    svi.update_subspace(X, Y)
+    after = guide.active_indices()[name]
+    new = ~torch.isin(after, before)
+    assert new.any()
+    scale = guide.site_posterior(name).scale
+    assert torch.allclose(scale[new], torch.full_like(scale[new], 0.123), rtol=1e-5)
+    with pytest.raises(ValueError, match="regrow_scale"):
+        _svi(regrow_scale=0.0)
