@@ -121,7 +121,11 @@ class _Probes(Messenger):
 
 
 def likelihood_gradients(
-    model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    *args: Any,
+    kl_weight: float = 0.0,
+    **kwargs: Any,
 ) -> dict[str, torch.Tensor]:
     r"""Gradient of the negative log-likelihood with respect to every sparse weight.
 
@@ -132,10 +136,13 @@ def likelihood_gradients(
         \Big(-\sum_{\text{observed } i} \log p(y_i \mid \theta + \delta)\Big),
 
     each observed site weighted by its scale (plates, subsampling,
-    ``poutine.scale``) and mask, as in the ELBO. The KL term is left out: its
-    gradient is zero at the inactive coordinates. Under ``torch.distributed``
-    the gradients are averaged over ranks. Works with any ELBO (JIT ones
-    too: this pass is not compiled), any handler-wrapped guide, LRT or not.
+    ``poutine.scale``) and mask, as in the ELBO. The KL term is left out
+    unless ``kl_weight`` > 0: then :math:`w\, \partial \mathrm{KL} / \partial
+    \mu_j` is added at the active coordinates :math:`j` (zero at the others),
+    which is the SSVI reference implementation's growth score. Under
+    ``torch.distributed`` the gradients are averaged over ranks. Works with
+    any ELBO (JIT ones too: this pass is not compiled), any handler-wrapped
+    guide, LRT or not.
 
     Returns:
         ``{site name: dense gradient of the site's shape}``.
@@ -163,11 +170,29 @@ def likelihood_gradients(
             if inputs and nll.requires_grad
             else [None] * len(inputs)
         )
+        kl_grads = _kl_gradients(guide_trace, model_trace, names) if kl_weight else {}
     result = {}
     for name, probe, grad in zip(names, inputs, grads):
         grad = torch.zeros_like(probe) if grad is None else grad
+        if name in kl_grads:
+            grad = grad + kl_weight * kl_grads[name]
         result[name] = all_reduce_mean_(grad.detach())
     return result
+
+
+def _kl_gradients(guide_trace: Any, model_trace: Any, names: list[str]) -> dict[str, Any]:
+    """``dKL/dmu`` of each sparse site at its active coordinates, dense (0 elsewhere)."""
+    from torch.distributions import kl_divergence
+
+    out = {}
+    for name in names:
+        post = guide_trace.nodes[name]["fn"].base
+        loc = post.loc.detach().requires_grad_()
+        q = SparseNormal(loc, post.scale.detach(), post.indices, post.event_shape)
+        kl = kl_divergence(q, model_trace.nodes[name]["fn"]).sum()
+        (grad,) = torch.autograd.grad(kl, loc)
+        out[name] = q.scatter(grad)
+    return out
 
 
 def _torch_optimizers(optimizer: Any) -> Iterator[Any]:
@@ -260,6 +285,12 @@ class SubspaceScheduler:
         regrow_scale: The standard deviation of newly active coordinates:
             ``"mean"`` (the reference's rule: the mean unconstrained scale
             of the coordinates that stay active) or a float > 0.
+        growth_kl_weight: Add this weight (a float, or a callable returning
+            it, e.g. the current KL weight) times :math:`\partial
+            \mathrm{KL}/\partial\mu_j` of the active coordinates to the
+            ``"grad"`` addition score, as the reference implementation's
+            growth score does (it lets just-removed coordinates compete with
+            their KL gradient). Default 0: the likelihood alone.
 
     Raises:
         ValueError, TypeError: For invalid arguments, with the fix named.
@@ -280,8 +311,10 @@ class SubspaceScheduler:
         num_steps: int | None = None,
         sparse_guides: AutoSparseNormal | Iterable[AutoSparseNormal] | None = None,
         regrow_scale: str | float = "mean",
+        growth_kl_weight: float | Callable[[], float] = 0.0,
     ) -> None:
         self.model, self.guide, self.optimizer = model, guide, optimizer
+        self.growth_kl_weight = growth_kl_weight
         _check_optimizer(optimizer)
         if regrow_scale != "mean" and not (
             isinstance(regrow_scale, (int, float))
@@ -386,8 +419,12 @@ class SubspaceScheduler:
         """
         grads: dict[str, torch.Tensor] = {}
         if needs_grad(self.addition):
+            weight = self.growth_kl_weight
+            weight = float(weight() if callable(weight) else weight)
             try:
-                grads = likelihood_gradients(self.model, self.guide, *args, **kwargs)
+                grads = likelihood_gradients(
+                    self.model, self.guide, *args, kl_weight=weight, **kwargs
+                )
             except TypeError as e:
                 if args or kwargs:
                     raise

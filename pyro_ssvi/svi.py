@@ -92,6 +92,10 @@ class SparseSVI(SVI):
         stop_updates_at, num_steps, sparse_guides, regrow_scale: Passed to
             :class:`~pyro_ssvi.SubspaceScheduler`. ``stop_updates_at`` is a
             step count.
+        growth_includes_kl: Add the current KL weight times the KL's gradient
+            at the active coordinates to the ``"grad"`` addition score, as
+            the reference implementation does (default: the likelihood's
+            gradient alone).
         kl_weight: Weight of the KL term: a float >= 0, or a callable of the
             1-based step number (for annealing). Implemented by scaling every
             latent site of model and guide, so the loss is
@@ -146,6 +150,7 @@ class SparseSVI(SVI):
         distributed: bool | None = None,
         sparse_guides: AutoSparseNormal | Iterable[AutoSparseNormal] | None = None,
         regrow_scale: str | float = "mean",
+        growth_includes_kl: bool = False,
         **kwargs: Any,
     ) -> None:
         if loss is None:
@@ -165,6 +170,11 @@ class SparseSVI(SVI):
             num_steps=num_steps,
             sparse_guides=sparse_guides,
             regrow_scale=regrow_scale,
+            growth_kl_weight=(
+                (lambda: self.current_kl_weight(self.step_count))
+                if growth_includes_kl
+                else 0.0
+            ),
         )
         self._optimizer_step = GroupedStep(optim)
         self.num_steps = num_steps  # type: ignore[assignment]

@@ -488,3 +488,22 @@ def test_regrow_scale_sets_the_scale_of_new_coordinates():
     assert torch.allclose(scale[new], torch.full_like(scale[new], 0.123), rtol=1e-5)
     with pytest.raises(ValueError, match="regrow_scale"):
         _svi(regrow_scale=0.0)
+
+
+def test_growth_score_with_the_kl_gradient_is_the_references():
+    """likelihood_gradients(kl_weight=w) adds w * dKL/dmu = w * mu / s0^2 (prior
+    N(0, 1)) at the active coordinates and nothing elsewhere."""
+    from pyro_ssvi.scheduler import likelihood_gradients
+
+    model, guide, _ = _svi(0.5)
+    guide.setup(X, Y)
+    pyro.set_rng_seed(3)
+    plain = likelihood_gradients(model, guide, X, Y)
+    pyro.set_rng_seed(3)
+    with_kl = likelihood_gradients(model, guide, X, Y, kl_weight=0.25)
+    for name in guide.sparse_site_names():
+        post = guide.site_posterior(name)
+        expected = plain[name] + 0.25 * post.scatter(post.loc.detach())
+        assert torch.allclose(with_kl[name], expected, atol=1e-6)
+    _, _, svi = _svi(growth_includes_kl=True, kl_weight=0.5)
+    assert svi.subspace.growth_kl_weight() == 0.5
