@@ -31,7 +31,8 @@ criteria computed in float64; and the added sets' IoU with the reference's
 growth score, which includes the KL gradient (its hook records the gradient
 of the whole loss, in which the coordinates active at that step, the
 just-removed ones among them, carry the annealed KL term; pyro_ssvi's growth
-score is the likelihood gradient alone). It also compares the update steps,
+score is the likelihood gradient alone, unless ``growth_includes_kl=True``:
+that run is compared too). It also compares the update steps,
 drop fractions and per-layer swap counts over the whole 200-epoch CIFAR
 schedule for every sparse ResNet-18 tensor, and the active counts per tensor.
 
@@ -346,7 +347,9 @@ class Row:
     ``*_float64`` fields and the value differences compare with the
     reference's update with its criterion computed in float64; the others with
     the float32 reference; ``added_iou_with_kl`` with the float32 reference
-    whose growth score includes the KL gradient.
+    whose growth score includes the KL gradient; ``added_iou_both_with_kl``
+    compares that reference with our update run with
+    ``growth_includes_kl=True``.
     """
 
     model: str
@@ -365,6 +368,7 @@ class Row:
     max_rho_diff: float
     max_momentum_diff: float
     added_iou_with_kl: float
+    added_iou_both_with_kl: float
     reference_nan_scores: int
 
     @property
@@ -410,8 +414,14 @@ def _seeded_gradients(setup: Setup, seed: int) -> dict[str, Tensor]:
     return grads
 
 
-def _ours(setup: Setup, criterion: str, step: int, seed: int) -> Any:
-    """``SparseSVI.update_subspace`` at ``step``, drawing the seeded gradient."""
+def _ours(
+    setup: Setup, criterion: str, step: int, seed: int, with_kl: bool = False
+) -> Any:
+    """``SparseSVI.update_subspace`` at ``step``, drawing the seeded gradient.
+
+    ``with_kl``: ``growth_includes_kl=True`` with the reference's KL annealing
+    as the KL weight (the setup's handlers carry ``KL_SCALE / N``).
+    """
     svi = SparseSVI(
         setup.scaled_model,
         setup.scaled_guide,
@@ -421,6 +431,8 @@ def _ours(setup: Setup, criterion: str, step: int, seed: int) -> Any:
         update_every=UPDATE_EVERY,
         drop_fraction=ALPHA,
         num_steps=NUM_STEPS,
+        kl_weight=reference_kl_beta if with_kl else 1.0,
+        growth_includes_kl=with_kl,
     )
     svi.subspace.load_state_dict({"step_count": step, "updates": []})
     pyro.set_rng_seed(seed)
@@ -443,12 +455,17 @@ def _max_diff(ours: LayerState, ref: LayerState) -> dict[str, float]:
 
 def compare_update(setup: Setup, criterion: str, step: int, seed: int = 0) -> Row:
     """Run both updates from the same state at ``step``; the guide is changed."""
+    snap = snapshot(setup)
     before = layer_states(setup)
     grads = _seeded_gradients(setup, seed)
+    _ours(setup, criterion, step, seed, with_kl=True)
+    after_kl = layer_states(setup)
+    restore(setup, snap)
     record = _ours(setup, criterion, step, seed)
     after = layer_states(setup)
     r_ref = reference_drop_fraction(step)
-    keys = ("removed", "added", "active", "removed64", "active64", "added_kl")
+    keys = ("removed", "added", "active", "removed64", "active64")
+    keys += ("added_kl", "added_both_kl")
     sums: dict[str, list[int]] = {k: [0, 0] for k in keys}
     diffs = {"loc": 0.0, "rho": 0.0, "momentum": 0.0}
     counts_equal, num_nan = True, 0
@@ -477,6 +494,10 @@ def compare_update(setup: Setup, criterion: str, step: int, seed: int = 0) -> Ro
             "removed64": (old.mask & ~ours.mask, old.mask & ~ref64.mask),
             "active64": (ours.mask, ref64.mask),
             "added_kl": (ours.mask & ~old.mask, ref_kl.mask & ~old.mask),
+            "added_both_kl": (
+                after_kl[site].mask & ~old.mask,
+                ref_kl.mask & ~old.mask,
+            ),
         }
         for key, (a, b) in pairs.items():
             sums[key][0] += int((a & b).sum())
@@ -496,6 +517,7 @@ def compare_update(setup: Setup, criterion: str, step: int, seed: int = 0) -> Ro
         diffs["rho"],
         diffs["momentum"],
         _ratio(sums["added_kl"]),
+        _ratio(sums["added_both_kl"]),
         num_nan,
     )
 
@@ -600,8 +622,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "| model | criterion | step | r_t (ours / ref) | removed | removed IoU "
         "| added IoU | active IoU | active IoU vs f64 ref | max dloc | max drho "
-        "| max dmom | added IoU vs growth with KL | ref NaN scores |",
-        "|" + "---|" * 14,
+        "| max dmom | added IoU vs growth with KL | same, ours with KL "
+        "| ref NaN scores |",
+        "|" + "---|" * 15,
     ]
     for r in result["rows"]:
         lines.append(
@@ -611,7 +634,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['active_iou']:.4f} | {r['active_iou_float64']:.4f} "
             f"| {r['max_loc_diff']:.1e} | {r['max_rho_diff']:.1e} "
             f"| {r['max_momentum_diff']:.1e} | {r['added_iou_with_kl']:.4f} "
-            f"| {r['reference_nan_scores']} |"
+            f"| {r['added_iou_both_with_kl']:.4f} | {r['reference_nan_scores']} |"
         )
     s = result["schedule"]
     c = result["resnet18_active_counts"]

@@ -137,9 +137,11 @@ def likelihood_gradients(
 
     each observed site weighted by its scale (plates, subsampling,
     ``poutine.scale``) and mask, as in the ELBO. The KL term is left out
-    unless ``kl_weight`` > 0: then :math:`w\, \partial \mathrm{KL} / \partial
-    \mu_j` is added at the active coordinates :math:`j` (zero at the others),
-    which is the SSVI reference implementation's growth score. Under
+    unless ``kl_weight`` > 0: then :math:`w\, s\, \partial \mathrm{KL} /
+    \partial \mu_j` is added at the active coordinates :math:`j` (zero at the
+    others), with :math:`s` the guide site's scale (``poutine.scale``,
+    :func:`~pyro_ssvi.poutine.scale_kl`), as the KL term enters the ELBO; this
+    is the SSVI reference implementation's growth score. Under
     ``torch.distributed`` the gradients are averaged over ranks. Works with
     any ELBO (JIT ones too: this pass is not compiled), any handler-wrapped
     guide, LRT or not.
@@ -181,7 +183,8 @@ def likelihood_gradients(
 
 
 def _kl_gradients(guide_trace: Any, model_trace: Any, names: list[str]) -> dict[str, Any]:
-    """``dKL/dmu`` of each sparse site at its active coordinates, dense (0 elsewhere)."""
+    """``scale * dKL/dmu`` of each sparse site at its active coordinates, dense
+    (0 elsewhere); ``scale`` is the guide site's, as in the ELBO's KL term."""
     from torch.distributions import kl_divergence
 
     out = {}
@@ -190,6 +193,7 @@ def _kl_gradients(guide_trace: Any, model_trace: Any, names: list[str]) -> dict[
         loc = post.loc.detach().requires_grad_()
         q = SparseNormal(loc, post.scale.detach(), post.indices, post.event_shape)
         kl = kl_divergence(q, model_trace.nodes[name]["fn"]).sum()
+        kl = kl * guide_trace.nodes[name]["scale"]
         (grad,) = torch.autograd.grad(kl, loc)
         out[name] = q.scatter(grad)
     return out

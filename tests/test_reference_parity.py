@@ -68,6 +68,8 @@ def test_update_matches_the_reference_for_every_criterion(parity):
             assert row["reference_nan_scores"] > 0 and row["removed_iou"] < 0.9
         else:
             assert row["agrees_float32"], row
+            # growth_includes_kl=True adds what the reference's KL growth adds.
+            assert row["added_iou_both_with_kl"] == 1.0, row
     # New unconstrained scales (the mean over kept and re-grown coordinates)
     # agree to float32 summation order; means and momenta exactly.
     assert max(r["max_rho_diff"] for r in rows) <= parity.RHO_TOLERANCE

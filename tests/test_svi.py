@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pyro
+from pyro import poutine
 import pytest
 import torch
 from common import (
@@ -20,6 +21,7 @@ from pyro.infer.autoguide import AutoNormal
 
 from pyro_ssvi import CRITERIA, AutoSparseNormal, SparseSVI
 from pyro_ssvi._pyro_compat import pyro_optim_optimizers
+from pyro_ssvi.poutine import scale_kl
 from pyro_ssvi.criteria import removal_scores
 
 X, Y = classification_data()
@@ -505,5 +507,13 @@ def test_growth_score_with_the_kl_gradient_is_the_references():
         post = guide.site_posterior(name)
         expected = plain[name] + 0.25 * post.scatter(post.loc.detach())
         assert torch.allclose(with_kl[name], expected, atol=1e-6)
+    # Scaled as the KL term enters the ELBO: poutine.scale and scale_kl count.
+    scaled = [scale_kl(poutine.scale(f, scale=0.1), 0.2) for f in (model, guide)]
+    pyro.set_rng_seed(3)
+    with_kl_scaled = likelihood_gradients(*scaled, X, Y, kl_weight=0.25)
+    for name in guide.sparse_site_names():
+        post = guide.site_posterior(name)
+        expected = 0.1 * plain[name] + 0.02 * 0.25 * post.scatter(post.loc.detach())
+        assert torch.allclose(with_kl_scaled[name], expected, atol=1e-6)
     _, _, svi = _svi(growth_includes_kl=True, kl_weight=0.5)
     assert svi.subspace.growth_kl_weight() == 0.5
