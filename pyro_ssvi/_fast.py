@@ -370,8 +370,8 @@ def check_agrees(
 
 def build_fast_loss(
     model: Any, guide: Any, traced: Callable[[], torch.Tensor], args: tuple, kwargs: dict
-) -> FastLoss | None:
-    """A checked :class:`FastLoss` for this pair, or None (the traced path).
+) -> tuple[FastLoss | None, str | None]:
+    """A checked :class:`FastLoss` for this pair, or ``(None, why not)``.
 
     Raises:
         NotNow: If the check cannot be made on this batch; try again later.
@@ -379,8 +379,8 @@ def build_fast_loss(
     try:
         fast = FastLoss(model, guide)
         reason = check_agrees(fast, traced, args, kwargs)
-    except Unsupported:
-        return None
+    except Unsupported as e:
+        return None, str(e)
     if reason is not None:
         warnings.warn(
             "TraceSparseMeanField_ELBO: the fast path disagrees with the traced "
@@ -388,6 +388,6 @@ def build_fast_loss(
             RuntimeWarning,
             stacklevel=3,
         )
-        return None
-    return fast
+        return None, f"the fast path disagrees with the traced loss ({reason})"
+    return fast, None
 

@@ -87,32 +87,46 @@ class TraceSparseMeanField_ELBO(TraceMeanField_ELBO):
         """The checked fast path for ``(model, guide)``, or None (traced).
 
         Built and checked against the traced loss (without drawing from the
-        global random state) on first use for a pair, then cached.
+        global random state) on first use for a pair, then cached;
+        :meth:`why_traced` says why a pair is traced.
         """
-        if not self.fast or self.num_particles != 1 or self.vectorize_particles:
-            return None
+        return self._fast_entry(model, guide, args, kwargs)[0]
+
+    def why_traced(
+        self, model: Any, guide: Any, *args: Any, **kwargs: Any
+    ) -> str | None:
+        """Why ``(model, guide)`` takes the traced path (None: it takes the fast one)."""
+        return self._fast_entry(model, guide, args, kwargs)[1]
+
+    def _fast_entry(
+        self, model: Any, guide: Any, args: tuple, kwargs: dict
+    ) -> tuple[FastLoss | None, str | None]:
+        if not self.fast:
+            return None, "fast=False"
+        if self.num_particles != 1 or self.vectorize_particles:
+            return None, "more than one particle"
         if getattr(guide, "prototype_trace", None) is None:
-            return None  # the traced path sets the guide up
+            return None, "the guide is not set up yet"  # the traced path sets it up
         try:
             entry = self._fast.get(guide)
-        except TypeError:  # not weak-referenceable
-            return None
+        except TypeError:
+            return None, "the guide is not weak-referenceable"
         if entry is None or entry[0]() is not model:
             try:
-                fast = build_fast_loss(
-                model,
-                guide,
+                fast, reason = build_fast_loss(
+                    model,
+                    guide,
                     lambda: super(TraceSparseMeanField_ELBO, self).differentiable_loss(
                         model, guide, *args, **kwargs
                     ),
                     args,
                     kwargs,
                 )
-            except NotNow:
-                return None
-            entry = (weakref.ref(model), fast)
+            except NotNow as e:
+                return None, f"not checked yet ({e})"
+            entry = (weakref.ref(model), fast, reason)
             self._fast[guide] = entry
-        return entry[1]
+        return entry[1], entry[2]
 
     def fast_loss(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any

@@ -132,8 +132,15 @@ class SampleInForward(PyroModule):
             return pyro.sample("obs", dist.Normal((x @ w.T)[:, 0], 1.0), obs=y)
 
 
-@pytest.mark.parametrize("kind", ["learnable_prior", "sample_in_forward", "guide_list"])
-def test_outside_the_standard_case_the_traced_path_runs(kind):
+@pytest.mark.parametrize(
+    "kind, why",
+    [
+        ("learnable_prior", "the prior has trained parameters"),
+        ("sample_in_forward", "site 'w' is not a PyroSample attribute"),
+        ("guide_list", "needs a PyroModule model and an AutoSparseNormal"),
+    ],
+)
+def test_outside_the_standard_case_the_traced_path_runs(kind, why):
     x, y = classification_data(n=24, in_features=6)
     y = y.float()
     if kind == "learnable_prior":
@@ -150,6 +157,7 @@ def test_outside_the_standard_case_the_traced_path_runs(kind):
         guide(x, y)
     elbo = TraceSparseMeanField_ELBO()
     assert elbo.fast_path(model, guide, x, y) is None
+    assert elbo.why_traced(model, guide, x, y) == why
     pyro.set_rng_seed(2)
     fast = elbo.loss(model, guide, x, y)
     pyro.set_rng_seed(2)
@@ -161,6 +169,7 @@ def test_a_foreign_handler_sends_the_call_down_the_traced_path():
     model, guide, x, y = _standard_pair()
     elbo = TraceSparseMeanField_ELBO()
     assert elbo.fast_path(model, guide, x, y) is not None
+    assert elbo.why_traced(model, guide, x, y) is None
     with poutine.scale(scale=0.5):  # not one of pyro_ssvi's own handlers
         assert elbo.fast_loss(model, guide, x, y) is None
         pyro.set_rng_seed(4)
