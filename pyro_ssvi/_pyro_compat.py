@@ -42,7 +42,6 @@ __all__ = [
     "InitMessenger",
     "SoftplusPositive",
     "check_mean_field_requirement",
-    "create_optimizer",
     "deep_setattr",
     "disable_torch_function_subclass",
     "handler_stack",
@@ -125,18 +124,6 @@ def pyro_optim_grad_clip(optim: Any) -> dict[torch.Tensor, Any]:
     (from ``clip_args``), applied before each parameter's step.
     """
     return dict(optim.grad_clip)
-
-
-def create_optimizer(optim: Any, param: Any, args: dict[str, Any]) -> Any:
-    """Create ``optim``'s torch optimiser for ``param`` now, with ``args``.
-
-    Pyro's ``PyroOptim`` creates them lazily, looking up per-parameter
-    arguments by global param-store name (None under module-local params).
-    """
-    optimizer = optim.pt_optim_constructor([param], **args)
-    optim.optim_objs[param] = optimizer
-    optim.grad_clip[param] = optim._get_grad_clip(param)
-    return optimizer
 
 
 def disable_torch_function_subclass() -> AbstractContextManager:
