@@ -105,7 +105,7 @@ def _options() -> dict[str, Sequence[str]]:
         "model": list(MODELS),
         "dataset": list(DATASETS),
         "removal": list(CRITERIA),
-        "addition": ADDITIONS,
+        "addition": list(ADDITIONS),
         "drop_schedule": list(SCHEDULES),
         "optimizer": OPTIMIZERS,
         "lr_schedule": LR_SCHEDULES,

@@ -30,7 +30,7 @@ from ..distributed import (
     shard,
     world_size,
 )
-from ..poutine import scale_kl
+from ..poutine import LatentScaleMessenger
 from ._config import (
     RunDirError,
     RunInterrupted,
@@ -126,7 +126,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, kl_weight: float) -> 
     """
     run.optimizer.zero_grad()
     with ExitStack() as handlers:
-        handlers.enter_context(scale_kl(weight=kl_weight))
+        handlers.enter_context(LatentScaleMessenger(kl_weight))
         if run.weight_sampling is not None:
             handlers.enter_context(run.weight_sampling)
         try:
@@ -138,8 +138,8 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, kl_weight: float) -> 
                 raise
             loss = None
     # Every rank learns whether any failed before anyone raises (or stalls).
-    value = torch.tensor(math.nan if loss is None else loss.item())
-    value = float(all_reduce_mean_(value.to(_reduce_device(run.device))))
+    local = torch.tensor(math.nan if loss is None else loss.item())
+    value = float(all_reduce_mean_(local.to(_reduce_device(run.device))))
     if not math.isfinite(value):
         raise FloatingPointError(f"the loss is {value}; lower --lr or --init-scale.")
     assert loss is not None
