@@ -93,7 +93,13 @@ class TrainConfig:
     set size: mean cross-entropy of the minibatch plus
     ``kl_weight * KL(q || p) / N``, the SSVI reference code's objective, so
     its learning rates (SGD too) carry over. Weight decay never applies to
-    the posterior scales. The defaults train the embedded MNIST to about
+    the posterior scales.
+
+    Settings that a library object takes are checked by that object, when the
+    configuration is made (see :func:`_check_with_library`); invalid values
+    raise :class:`ConfigError` with one line.
+
+    The defaults train the embedded MNIST to about
     97.5% test accuracy at density 0.1 in a few minutes on 2 CPU cores.
 
     Attributes:
@@ -104,14 +110,15 @@ class TrainConfig:
         download: Download missing data sets into ``data_dir``.
         ood_dataset: Out-of-distribution set; default: the data set's usual
             one (Fashion-MNIST for MNIST); ``"none"`` to skip.
-        guide: ``"ssvi"`` (:class:`~pyro_ssvi.AutoSparseNormal` +
-            :class:`~pyro_ssvi.SparseSVI`) or ``"autonormal"`` (Pyro's
-            ``AutoNormal`` + ``SVI``, the dense-VI baseline).
+        guide: ``"ssvi"`` (:class:`~pyro_ssvi.AutoSparseNormal` with a
+            :class:`~pyro_ssvi.SubspaceScheduler`) or ``"autonormal"``
+            (Pyro's ``AutoNormal``, the dense-VI baseline); both train by
+            the same loop (:func:`~pyro_ssvi.training.train_step`).
         density: Active fraction per sparse site; 1.0 runs SSVI densely.
         removal, addition, update_every, drop_fraction, drop_schedule:
-            Subspace reselection, as in :class:`~pyro_ssvi.SparseSVI`.
+            Subspace reselection, as in :class:`~pyro_ssvi.SubspaceScheduler`.
         stop_updates_fraction: Fraction of the training steps after which the
-            subspace is frozen (``SparseSVI`` gets the step count,
+            subspace is frozen (the scheduler gets the step count,
             ``stop_updates_at``). Saved configurations with the old name
             ``stop_updates_at`` load as this field.
         optimizer: ``"adam"`` or ``"sgd"`` (momentum ``momentum``).

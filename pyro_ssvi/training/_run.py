@@ -1,4 +1,4 @@
-"""Building a run (data, model, guide, optimiser, SVI) and its state."""
+"""Building a run (data, model, guide, loss, optimiser, schedules) and its state."""
 
 from __future__ import annotations
 
