@@ -42,7 +42,6 @@ __all__ = [
     "InitMessenger",
     "SoftplusPositive",
     "check_mean_field_requirement",
-    "create_optimizer",
     "deep_setattr",
     "disable_torch_function_subclass",
     "handler_stack",
@@ -133,18 +132,6 @@ def pyro_optim_objects(optim: Any) -> dict[torch.Tensor, Any]:
     """The live dict of a ``PyroOptim``'s per-parameter optimisers (or LR
     schedulers), ``PyroOptim.optim_objs`` in pyro 1.9.2: read, don't change."""
     return optim.optim_objs
-
-
-def create_optimizer(optim: Any, param: Any, args: dict[str, Any]) -> Any:
-    """Create ``optim``'s torch optimiser for ``param`` now, with ``args``.
-
-    Pyro's ``PyroOptim`` creates them lazily, looking up per-parameter
-    arguments by global param-store name (None under module-local params).
-    """
-    optimizer = optim.pt_optim_constructor([param], **args)
-    optim.optim_objs[param] = optimizer
-    optim.grad_clip[param] = optim._get_grad_clip(param)
-    return optimizer
 
 
 def disable_torch_function_subclass() -> AbstractContextManager:

@@ -36,6 +36,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "CheckpointError",
+    "READABLE_VERSIONS",
     "WriteError",
     "atomic_write",
     "check_writable",
@@ -48,8 +49,12 @@ __all__ = [
 
 #: Value of the ``"format"`` key of every pyro_ssvi checkpoint.
 CHECKPOINT_FORMAT = "pyro_ssvi.checkpoint"
-#: Version of the checkpoint layout; bumped on incompatible changes.
-CHECKPOINT_VERSION = 1
+#: Version of the checkpoint layout that :func:`save_checkpoint` writes;
+#: bumped on incompatible changes.
+CHECKPOINT_VERSION = 2
+#: Layout versions that :func:`load_checkpoint` reads (1: written before the
+#: training loop moved to torch optimisers; ``pyro_ssvi.training`` resumes it).
+READABLE_VERSIONS = (1, 2)
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives
 _GIVE_A_RUN = "pass a run directory or the checkpoint.pt that pyro-ssvi train wrote"
@@ -266,10 +271,11 @@ def load_checkpoint(
             f"{name} is a torch file but not a pyro_ssvi checkpoint (it has no "
             f"'format': {CHECKPOINT_FORMAT!r} entry); {_GIVE_A_RUN}"
         )
-    if state.get("version") != CHECKPOINT_VERSION:
+    if state.get("version") not in READABLE_VERSIONS:
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
         raise CheckpointError(
             f"checkpoint {name} has layout version {state.get('version')!r}; "
-            f"this pyro_ssvi reads version {CHECKPOINT_VERSION}: use the pyro_ssvi "
+            f"this pyro_ssvi reads versions {readable}: use the pyro_ssvi "
             "version that wrote it"
         )
     return state

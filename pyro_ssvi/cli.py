@@ -105,7 +105,7 @@ def _options() -> dict[str, Sequence[str]]:
         "model": list(MODELS),
         "dataset": list(DATASETS),
         "removal": list(CRITERIA),
-        "addition": ADDITIONS,
+        "addition": list(ADDITIONS),
         "drop_schedule": list(SCHEDULES),
         "optimizer": OPTIMIZERS,
         "lr_schedule": LR_SCHEDULES,
@@ -354,8 +354,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import check_writable, write_json
     from .training import evaluate_run
 
-    if args.num_samples is not None and args.num_samples < 1:
-        raise CLIError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.output is not None:
         check_writable(args.output)  # before the evaluation, not after it
     samples = "" if args.num_samples is None else f" with {args.num_samples} samples"
@@ -382,8 +380,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     given = _given(args)
     out = args.output_dir or _default_dir("compare")
-    if any(not 0.0 < d <= 1.0 for d in args.densities):
-        raise CLIError(f"--densities must all be in (0, 1], got {args.densities}")
     dense = "" if args.no_dense else "dense VI and "
     densities = ", ".join(f"{d:g}" for d in args.densities)
     what = f"{dense}SSVI at density {densities}"

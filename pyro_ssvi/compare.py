@@ -90,7 +90,7 @@ def compare(
             variants (``guide`` and ``density`` are set per variant).
         densities: SSVI densities to run.
         output_dir: Directory of the comparison.
-        dense: Include dense VI (Pyro's ``AutoNormal`` + ``SVI``).
+        dense: Include dense VI (Pyro's ``AutoNormal``).
         overwrite: Replace earlier runs in ``output_dir``.
         resume: Skip finished variants and resume unfinished ones.
         progress: Show progress bars.

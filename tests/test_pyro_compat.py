@@ -80,14 +80,6 @@ def test_pyro_optim_optimizers_maps_params_to_torch_optimizers():
         assert "exp_avg" in opt.state[p]
 
 
-def test_create_optimizer_registers_one_for_the_param():
-    optim = pyro.optim.Adam({"lr": 0.1})
-    p = torch.nn.Parameter(torch.zeros(3))
-    opt = compat.create_optimizer(optim, p, {"lr": 0.5})
-    assert compat.pyro_optim_optimizers(optim)[p] is opt
-    assert opt.param_groups[0]["lr"] == 0.5
-
-
 def test_init_messenger_and_helpers():
     def model():
         return pyro.sample("x", dist.Normal(0.0, 1.0))

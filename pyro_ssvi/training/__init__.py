@@ -6,7 +6,8 @@ flags. A run writes one directory::
     config.json            the resolved configuration (and versions)
     metrics.jsonl          one JSON line per epoch
     metrics.json           final metrics (written last: marks a finished run)
-    checkpoint.pt          guide, model, optimiser, schedule and RNG state
+    checkpoint.pt          guide, model, optimiser, LR and subspace schedules,
+                           RNG state
                            (written before the epoch's line in metrics.jsonl)
     subspace_updates.json  per-update record of swapped coordinates
     plots/*.png            training curves, reliability, OOD entropy, density
@@ -35,12 +36,13 @@ from ._evaluate import (
     load_run,
     num_variational_params,
 )
-from ._loop import train
-from ._run import Run, build_run, resolve_device
+from ._loop import train, train_step
+from ._run import FixedSubspace, Run, build_run, resolve_device
 from ._rundir import prepare_run_dir, resume_config, saved_config
 
 __all__ = [
     "ConfigError",
+    "FixedSubspace",
     "MODELS",
     "PLOTS",
     "RUN_FILES",
@@ -60,4 +62,5 @@ __all__ = [
     "resume_config",
     "saved_config",
     "train",
+    "train_step",
 ]

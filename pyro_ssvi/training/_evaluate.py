@@ -17,28 +17,34 @@ from ._rundir import check_checkpoint_matches, load_run_state
 
 
 # --------------------------------------------------------------- evaluation
+def _num_active(guide: Any) -> dict[str, int]:
+    """Active coordinates of every sparse site (none for dense VI)."""
+    from ..guides import AutoSparseNormal
+
+    return guide.num_active() if isinstance(guide, AutoSparseNormal) else {}
+
+
 def _site_sizes(guide: Any) -> tuple[dict[str, int], dict[str, int]]:
-    """``(num_active, numel)`` of every weight site (dense sites fully active)."""
-    if hasattr(guide, "num_active"):
-        active = guide.num_active()
-        numel = {n: guide.site_shape(n).numel() for n in active}
-        for name in guide.site_names():
-            if name not in active and len(guide.site_shape(name)) >= 2:
-                active[name] = numel[name] = guide.site_shape(name).numel()
-        return active, numel
-    sizes = {
+    """``(num_active, numel)`` of every weight site (dense sites fully active).
+
+    Weight sites are the sparse ones and those of at least two dimensions.
+    """
+    sparse = _num_active(guide)
+    numel = {
         name: value.numel()
         for name, value in guide.median().items()
-        if value.dim() >= 2
+        if value.dim() >= 2 or name in sparse
     }
-    return dict(sizes), dict(sizes)
+    return {n: sparse.get(n, size) for n, size in numel.items()}, numel
 
 
 def num_variational_params(guide: Any) -> int:
-    """Number of variational parameters (means and scales) of a guide."""
-    if hasattr(guide, "num_variational_params"):
-        return int(guide.num_variational_params())
-    return sum(p.numel() for p in guide.parameters())
+    """Number of variational parameters (means and scales) of a guide.
+
+    Counts the guide's trainable parameters: the active indices of an
+    ``AutoSparseNormal`` are parameters without gradient, not counted.
+    """
+    return sum(p.numel() for p in guide.parameters() if p.requires_grad)
 
 
 def evaluate_predictions(
@@ -65,7 +71,7 @@ def evaluate_predictions(
     """
     from ..metrics import classification_metrics
 
-    k = num_samples or run.config.num_samples
+    k = run.config.num_samples if num_samples is None else num_samples
     sets = [data] if ood_data is None else [data, ood_data]
     # Counted in forward passes of one input: k per input, then 1 (mean weights).
     total = (k + 1) * sum(len(_sharded(d)) for d in sets)
@@ -116,7 +122,7 @@ def _flops(run: Run, active: dict[str, int], numel: dict[str, int]) -> dict[str,
         batch_size=c.batch_size,
         update_every=c.update_every,
         stop_fraction=c.stop_updates_fraction,
-        dense_layers=[n for n in getattr(run.model, "dense_sites", ()) if n in costs],
+        dense_layers=[n for n in run.model.dense_sites if n in costs],
         lrt=c.lrt,
     )
     return {
@@ -153,16 +159,15 @@ def final_evaluation(run: Run, out: Path, *, progress: bool = False) -> dict[str
             ),
             "epochs": run.epoch,
             "steps": run.epoch * run.steps_per_epoch,
-            "num_updates": getattr(run.svi, "num_updates", 0),
+            "num_updates": run.subspace.num_updates,
             "train_time_s": sum(r["epoch_time_s"] for r in run.history),
             "seed": c.seed,
             "device": str(run.device),
         }
     )
     metrics.update(_flops(run, active, numel))
-    lrt = getattr(run.svi, "lazy_weights", None)
-    if lrt is not None:
-        metrics["lrt_paths"] = dict(lrt.decisions)
+    if run.weight_sampling is not None:
+        metrics["lrt_paths"] = dict(run.weight_sampling.decisions)
     if not is_main_process():  # one writer: rank 0
         return metrics
     pdir = out / "plots"
@@ -178,9 +183,8 @@ def final_evaluation(run: Run, out: Path, *, progress: bool = False) -> dict[str
             kind=kind,
         )
     plots.plot_layer_density(active, numel, pdir / "layer_density.png")
-    sparse_active = run.guide.num_active() if hasattr(run.guide, "num_active") else {}
     plots.plot_swap_fraction(
-        getattr(run.svi, "updates", []), sparse_active, pdir / "swap_fraction.png"
+        run.subspace.updates, _num_active(run.guide), pdir / "swap_fraction.png"
     )
     return metrics
 

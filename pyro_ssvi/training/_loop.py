@@ -6,11 +6,13 @@ import json
 import math
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterator
 
 import pyro
 import torch
+import torch.distributed as dist
 
 from ..checkpoint import (
     WriteError,
@@ -20,12 +22,15 @@ from ..checkpoint import (
     write_json,
 )
 from ..distributed import (
+    all_reduce_mean_,
     broadcast_object,
+    is_distributed,
     is_main_process,
     process_group,
     shard,
     world_size,
 )
+from ..poutine import LatentScaleMessenger
 from ._config import (
     RunDirError,
     RunInterrupted,
@@ -39,7 +44,6 @@ from ._run import (
     build_run,
     checkpoint_state,
     density_of,
-    lr_at,
     progress_bar,
     restore,
 )
@@ -80,15 +84,6 @@ def _batches(
     return iter(loader), len(loader)
 
 
-def _set_lr(run: Run, epoch: int) -> float:
-    lr = lr_at(run.config, epoch)
-    run.optim.pt_optim_args["lr"] = lr  # optimisers created later start here
-    for optimizer in run.optim.optim_objs.values():
-        for group in getattr(optimizer, "param_groups", []):
-            group["lr"] = lr
-    return lr
-
-
 def _train_epoch(run: Run, epoch: int, bar: Any) -> float:
     """One pass over the training data; returns the mean per-example loss."""
     batches, num_batches = _batches(run, epoch)
@@ -106,32 +101,61 @@ def _train_epoch(run: Run, epoch: int, bar: Any) -> float:
 
 
 def _step(run: Run, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> float:
-    """One SVI step on a minibatch; raises ``TrainingDiverged`` on a bad loss.
-
-    Each step optimises the negative ELBO divided by the training-set size
-    (``poutine.scale(1/N)`` on every site): the mean cross-entropy plus
-    ``kl_weight * KL / N``, the reference implementation's objective, so its
-    SGD learning rates carry over.
-    """
-    from pyro import poutine
-
-    from ..poutine import LatentScaleMessenger
-
+    """One training step on a minibatch; raises ``TrainingDiverged`` on a bad loss."""
     x, y = x.to(run.device, non_blocking=True), y.to(run.device)
-    sparse = hasattr(run.svi, "update_subspace")  # SparseSVI weights its own KL
-    kl = LatentScaleMessenger(1.0 if sparse else run.kl_weight(step))
     try:
-        with poutine.scale(scale=1.0 / run.num_data), kl:
-            loss = run.svi.step(x, y)
-        if not math.isfinite(loss):  # SparseSVI raises; plain SVI returns it
-            raise FloatingPointError(
-                f"the loss is {loss} at step {step}; lower --lr or --init-scale."
-            )
+        return train_step(run, x, y, run.kl_weight(step))
     except FloatingPointError as e:
         raise TrainingDiverged(
-            f"training diverged in epoch {epoch}: {e} {_kept(run)}"
+            f"training diverged in epoch {epoch}, step {step}: {e} {_kept(run)}"
         ) from e
-    return loss
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, kl_weight: float) -> float:
+    """One step of the protocol shared by SSVI and dense VI; returns the loss.
+
+    The loss optimised is the negative ELBO divided by the training-set size
+    ``N``: the minibatch's mean cross-entropy plus ``kl_weight * KL(q || p) /
+    N``, the reference implementation's objective, so its learning rates (SGD
+    too) carry over. Under ``torchrun`` the returned loss is the mean over
+    ranks, and gradients are averaged by ``DistributedDataParallel``.
+
+    Raises:
+        FloatingPointError: If the loss is NaN or infinite on any rank; then no
+            parameter, moment or subspace has changed.
+    """
+    run.optimizer.zero_grad()
+    with ExitStack() as handlers:
+        handlers.enter_context(LatentScaleMessenger(kl_weight))
+        if run.weight_sampling is not None:
+            handlers.enter_context(run.weight_sampling)
+        try:
+            loss: torch.Tensor | None = run.loss(x, y) / run.num_data
+        except ValueError as e:
+            # Pyro's validation rejects NaN/inf distribution parameters before
+            # a loss exists: a diverged run, like a non-finite loss.
+            if "invalid values" not in str(e):
+                raise
+            loss = None
+    # Every rank learns whether any failed before anyone raises (or stalls).
+    local = torch.tensor(math.nan if loss is None else loss.item())
+    value = float(all_reduce_mean_(local.to(_reduce_device(run.device))))
+    if not math.isfinite(value):
+        raise FloatingPointError(f"the loss is {value}; lower --lr or --init-scale.")
+    assert loss is not None
+    loss.backward()
+    run.optimizer.step()
+    run.subspace.step(x, y)
+    return value
+
+
+def _reduce_device(device: torch.device) -> torch.device:
+    """Where a collective runs: the GPU under ``nccl``, else the CPU."""
+    return (
+        device
+        if is_distributed() and dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
 
 
 def _kept(run: Run) -> str:
@@ -149,20 +173,26 @@ def _kept(run: Run) -> str:
 def _check_finite(run: Run, epoch: int) -> None:
     """Refuse to evaluate or checkpoint parameters that have diverged.
 
-    Checks each Pyro parameter's constrained value against its constraint, so
-    a scale whose softplus underflowed to 0 counts as diverged too.
+    Every parameter of the guide must be finite, and every posterior scale
+    must satisfy the guide's ``scale_constraint`` (a scale whose softplus
+    underflowed to 0 counts as diverged too).
     """
-    for path, module in run.guide.named_modules():
-        for name, (constraint, _) in getattr(module, "_pyro_params", {}).items():
-            with torch.no_grad():
-                value = getattr(module, name)
-                ok = torch.isfinite(value).all() and constraint.check(value).all()
-            if not bool(ok):
-                raise TrainingDiverged(
-                    f"training diverged in epoch {epoch}: guide parameter "
-                    f"{path}.{name} left its support; lower --lr or --init-scale. "
-                    + _kept(run)
-                )
+    guide = run.guide
+    with torch.no_grad():
+        checks = [
+            (name, bool(torch.isfinite(v).all()))
+            for name, v in guide.named_pyro_params()
+        ]
+        checks += [
+            (f"scales.{name}", bool(guide.scale_constraint.check(v).all()))
+            for name, v in guide.scales.named_pyro_params()
+        ]
+    for name, ok in checks:
+        if not ok:
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch}: guide parameter {name} left "
+                f"its support; lower --lr or --init-scale. {_kept(run)}"
+            )
 
 
 def _write_history(run: Run, out: Path) -> None:
@@ -183,11 +213,10 @@ def _write_progress_files(run: Run, out: Path) -> None:
     with signals_deferred():
         save_checkpoint(out / "checkpoint.pt", checkpoint_state(run))
         run.checkpoint_epoch = run.epoch
-        if hasattr(run.svi, "updates"):
-            write_json(
-                out / "subspace_updates.json",
-                [u._asdict() for u in run.svi.updates],
-            )
+        write_json(
+            out / "subspace_updates.json",
+            [u._asdict() for u in run.subspace.updates],
+        )
         _write_history(run, out)
 
 
@@ -318,9 +347,10 @@ def _epochs_and_evaluation(
         progress, total=config.epochs, initial=run.epoch, desc="training"
     ) as bar:
         for epoch in range(run.epoch + 1, config.epochs + 1):
-            lr = _set_lr(run, epoch)
+            lr = run.optimizer.param_groups[0]["lr"]
             epoch_start = time.perf_counter()
             train_loss = _train_epoch(run, epoch, bar if progress else None)
+            run.lr_scheduler.step()
             _check_finite(run, epoch)
             row = {
                 "epoch": epoch,
@@ -335,8 +365,7 @@ def _epochs_and_evaluation(
             with torch.random.fork_rng(devices=cuda):
                 row.update(quick_eval(run))
             row["epoch_time_s"] = time.perf_counter() - epoch_start
-            if hasattr(run.svi, "num_updates"):
-                row["num_updates"] = run.svi.num_updates
+            row["num_updates"] = run.subspace.num_updates
             run.history.append(row)
             run.epoch = epoch
             run.elapsed_s = elapsed0 + time.perf_counter() - start

@@ -1,9 +1,10 @@
-"""Building a run (data, model, guide, optimiser, SVI) and its state."""
+"""Building a run (data, model, guide, loss, optimiser, schedules) and its state."""
 
 from __future__ import annotations
 
 import math
 import random
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,24 +12,47 @@ import numpy as np
 import pyro
 import torch
 
-from .._pyro_compat import create_optimizer
 from ..checkpoint import CheckpointError
 from ..distributed import is_distributed, wrap_ddp
-from ._config import MODELS, SPARSE_COMPUTE, TrainConfig, ood_name
+from ._config import MODELS, SPARSE_COMPUTE, TrainConfig, ood_name, schedule_options
 
 
 # --------------------------------------------------------------------- runs
 @dataclass
 class Run:
-    """A built run: data, model, guide, optimiser and the SVI driver.
+    """A built run: data, model, guide and what trains them (one protocol for both).
+
+    A training step is the same for SSVI and dense VI (see
+    :func:`~pyro_ssvi.training.train_step`)::
+
+        optimizer.zero_grad()
+        with scale_kl(weight=w), weight_sampling:   # weight_sampling may be None
+            loss = loss_module(x, y) / num_data
+        loss.backward()
+        optimizer.step()
+        subspace.step(x, y)
+
+    and every epoch ends with ``lr_scheduler.step()``.
 
     Attributes:
         config: The configuration.
         device: Where the model and guide live.
         model: The Bayesian classifier (a ``PyroModule``).
-        guide: ``AutoSparseNormal`` or ``AutoNormal``.
-        optim: The Pyro optimiser.
-        svi: ``SparseSVI`` or ``SVI``.
+        guide: ``AutoSparseNormal`` or Pyro's ``AutoNormal``.
+        loss: Pyro's ``ELBOModule`` of model and guide
+            (:class:`~pyro_ssvi.elbo.TraceSparseMeanField_ELBO` for SSVI,
+            ``TraceMeanField_ELBO`` for dense VI): ``loss(x, y)`` is the
+            negative ELBO of the training set estimated on the minibatch;
+            wrapped in ``DistributedDataParallel`` under ``torchrun``.
+        optimizer: ``torch.optim.Adam`` or ``SGD`` over the trainable
+            parameters of ``loss``, in two groups: posterior scales (no weight
+            decay) and everything else.
+        lr_scheduler: ``torch.optim.lr_scheduler.LambdaLR``, stepped once per
+            epoch (cosine or constant).
+        subspace: A :class:`~pyro_ssvi.SubspaceScheduler` (SSVI), or
+            :class:`FixedSubspace` (dense VI: nothing to reselect).
+        weight_sampling: The local-reparameterisation or sparse
+            weight-sampling handler around each loss, or None.
         train_data, test_data, ood_data: Datasets (``ood_data`` may be None).
         num_data: Size of the training set (scales the likelihood).
         steps_per_epoch: Minibatches per epoch.
@@ -42,8 +66,11 @@ class Run:
     device: torch.device
     model: Any
     guide: Any
-    optim: Any
-    svi: Any
+    loss: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    subspace: Any
+    weight_sampling: Any
     train_data: Any
     test_data: Any
     ood_data: Any
@@ -66,6 +93,40 @@ class Run:
             return c.kl_weight
         epoch = (step - 1) // self.steps_per_epoch + 1
         return c.kl_weight * min(1.0, epoch / c.kl_anneal_epochs)
+
+
+class FixedSubspace:
+    """Dense VI's stand-in for a :class:`~pyro_ssvi.SubspaceScheduler`.
+
+    Every coordinate is active, so there is nothing to reselect: ``step``
+    does nothing, and there are never any updates.
+    """
+
+    def __init__(self) -> None:
+        self.updates: list[Any] = []
+
+    @property
+    def num_updates(self) -> int:
+        """Always 0."""
+        return 0
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing to do."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """No state: ``{}``."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Accept the empty state of :meth:`state_dict`.
+
+        Raises:
+            ValueError: If ``state`` holds a subspace schedule (an SSVI run's).
+        """
+        if state:
+            raise ValueError(
+                f"dense VI has no subspace schedule, but the state has {sorted(state)}"
+            )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,9 +187,12 @@ def _first_batch(data: Any, size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
 def build_run(
     config: TrainConfig, *, train: bool = True, num_data: int | None = None
 ) -> Run:
-    """Load the data and build model, guide, optimiser and SVI for ``config``.
+    """Load the data and build model, guide and what trains them for ``config``.
 
-    Clears Pyro's param store and seeds every RNG with ``config.seed``.
+    Clears Pyro's param store and seeds every RNG with ``config.seed``. Call
+    it under ``pyro.settings.context(module_local_params=True)`` to train
+    (as :func:`~pyro_ssvi.training.train` does): the optimiser holds the
+    modules' own parameters.
 
     Args:
         config: The run's configuration.
@@ -139,13 +203,8 @@ def build_run(
     Returns:
         The :class:`Run`, with parameters materialised on its device.
     """
-    from pyro.infer import SVI, TraceMeanField_ELBO
-    from pyro.infer.autoguide import AutoNormal
-
     from ..data import DATASETS
-    from ..guides import AutoSparseNormal
     from ..models import BayesianClassifier
-    from ..svi import SparseSVI
 
     c = config
     device = resolve_device(c.device)
@@ -157,8 +216,38 @@ def build_run(
         raise ValueError("build_run(train=False) needs num_data")
     net = MODELS[c.model](DATASETS[c.dataset])
     model = BayesianClassifier(net, num_data=n, prior_scale=c.prior_scale).to(device)
+    guide = _guide(c, model)
+    x0, y0 = _first_batch(train_data if train_data is not None else test_data)
+    with torch.no_grad():
+        guide(x0.to(device), y0.to(device))  # materialise the parameters
+    loss = _elbo(c)(model, guide)
+    optimizer = _optimizer(c, loss, guide)
+    steps_per_epoch = max(1, math.ceil(n / c.batch_size))
+    return Run(
+        c,
+        device,
+        model,
+        guide,
+        wrap_ddp(loss) if is_distributed() else loss,
+        optimizer,
+        lr_scheduler(c, optimizer),
+        _subspace(c, model, guide, optimizer, c.epochs * steps_per_epoch),
+        _weight_sampling(c),
+        train_data,
+        test_data,
+        ood_data,
+        n,
+        steps_per_epoch,
+    )
+
+
+def _guide(c: TrainConfig, model: Any) -> Any:
+    from pyro.infer.autoguide import AutoNormal
+
+    from ..guides import AutoSparseNormal
+
     if c.guide == "ssvi":
-        guide: Any = AutoSparseNormal(
+        return AutoSparseNormal(
             model,
             density=c.density,
             init_scale=c.init_scale,
@@ -166,85 +255,89 @@ def build_run(
             init_loc_fn=model.init_loc_fn(),
             init_active="random",  # a fresh network: the paper's random subset
         )
-    else:
-        guide = AutoNormal(
-            model, init_loc_fn=model.init_loc_fn(), init_scale=c.init_scale
-        )
-    x0, y0 = _first_batch(train_data if train_data is not None else test_data)
-    with torch.no_grad():
-        guide(x0.to(device), y0.to(device))  # materialise the parameters
-    optim = _optimizer(c, model, guide)
-    steps_per_epoch = max(1, math.ceil(n / c.batch_size))
-    run = Run(
-        c,
-        device,
-        model,
-        guide,
-        optim,
-        None,
-        train_data,
-        test_data,
-        ood_data,
-        n,
-        steps_per_epoch,
-    )
-    if c.guide == "ssvi":
-        run.svi = SparseSVI(
-            model,
-            guide,
-            optim,
-            update_every=c.update_every,
-            removal=c.removal,
-            addition=c.addition,
-            drop_fraction=c.drop_fraction,
-            drop_schedule=c.drop_schedule,
-            stop_updates_at=int(c.stop_updates_fraction * run.total_steps),
-            num_steps=run.total_steps,
-            kl_weight=run.kl_weight,
-            local_reparameterization=c.lrt,
-            sparse_compute=SPARSE_COMPUTE[c.sparse_compute],
-        )
-    elif is_distributed():
-        # Pyro's SVI knows nothing of ranks: give it the ELBO module wrapped in
-        # DistributedDataParallel as its loss, so gradients are averaged.
-        ddp = wrap_ddp(TraceMeanField_ELBO()(model, guide))
-        run.svi = SVI(model, guide, optim, lambda _m, _g, *a, **k: ddp(*a, **k))
-    else:
-        run.svi = SVI(model, guide, optim, TraceMeanField_ELBO())
-    return run
+    return AutoNormal(model, init_loc_fn=model.init_loc_fn(), init_scale=c.init_scale)
 
 
-def named_parameters(run_or_modules: Any) -> dict[str, torch.nn.Parameter]:
-    """``{"guide.<name>" | "model.<name>": parameter}`` of a run's modules."""
-    model, guide = (
-        (run_or_modules.model, run_or_modules.guide)
-        if isinstance(run_or_modules, Run)
-        else run_or_modules
-    )
-    named = {f"guide.{n}": p for n, p in guide.named_parameters()}
-    named.update({f"model.{n}": p for n, p in model.named_parameters()})
-    return named
+def _elbo(c: TrainConfig) -> Any:
+    """SSVI's ELBO (closed-form KL on the active sets, no per-step tracing for
+    the standard case), or Pyro's ``TraceMeanField_ELBO`` for dense VI."""
+    from pyro.infer import TraceMeanField_ELBO
+
+    from ..elbo import TraceSparseMeanField_ELBO
+
+    return TraceSparseMeanField_ELBO() if c.guide == "ssvi" else TraceMeanField_ELBO()
 
 
-def _optimizer(c: TrainConfig, model: Any, guide: Any) -> Any:
-    """A Pyro optimiser with one torch optimiser per parameter, created now.
+def _optimizer(c: TrainConfig, loss: Any, guide: Any) -> torch.optim.Optimizer:
+    """Adam or SGD over the trainable parameters of ``loss``, in two groups.
 
     Weight decay applies to means and deterministic parameters, never to the
     unconstrained posterior scales (it would pull every sigma towards
-    softplus(0) = 0.69), as in the reference implementation. Creating the
-    optimisers here (not lazily, by Pyro's param-store names) keeps this
-    right under module-local parameters and makes their state resumable.
+    softplus(0) = 0.69), as in the reference implementation. Both guides keep
+    their scales in ``guide.scales``; the active indices of ``AutoSparseNormal``
+    are parameters without gradient, left out.
     """
-    args: dict[str, float] = {"lr": c.lr}
+    scales = {id(p) for p in guide.scales.parameters()}
+    trainable = [p for p in loss.parameters() if p.requires_grad]
+    groups = [
+        {
+            "params": [p for p in trainable if id(p) not in scales],
+            "weight_decay": c.weight_decay,
+        },
+        {"params": [p for p in trainable if id(p) in scales], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
     if c.optimizer == "sgd":
-        args["momentum"] = c.momentum
-    kind = "Adam" if c.optimizer == "adam" else "SGD"
-    optim = getattr(pyro.optim, kind)(dict(args, weight_decay=c.weight_decay))
-    for name, param in named_parameters((model, guide)).items():
-        scale = name.startswith("guide.scales.")
-        decay = 0.0 if scale else c.weight_decay
-        create_optimizer(optim, param, dict(args, weight_decay=decay))
-    return optim
+        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum)
+    return torch.optim.Adam(groups, lr=c.lr)
+
+
+def lr_factor(c: TrainConfig, epoch: int) -> float:
+    """Learning-rate multiplier of a 0-based epoch (cosine: from 1 towards 0)."""
+    if c.lr_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / c.epochs))
+    return 1.0
+
+
+def lr_scheduler(
+    c: TrainConfig, optimizer: torch.optim.Optimizer, last_epoch: int = -1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The per-epoch schedule: ``lr * lr_factor(c, epoch)``, stepped after each epoch.
+
+    ``last_epoch`` is torch's: the 0-based epoch completed last (-1: none);
+    with ``last_epoch >= 0`` the optimiser's groups must hold ``initial_lr``.
+    """
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: lr_factor(c, epoch), last_epoch=last_epoch
+    )
+
+
+def _subspace(
+    c: TrainConfig, model: Any, guide: Any, optimizer: Any, total_steps: int
+) -> Any:
+    from ..scheduler import SubspaceScheduler
+
+    if c.guide != "ssvi":
+        return FixedSubspace()
+    options = schedule_options(c)
+    stop = int(c.stop_updates_fraction * total_steps)
+    if not stop:  # no update at all: no horizon for a decay, nor anything to decay
+        options["drop_schedule"] = "constant"
+    return SubspaceScheduler(
+        model, guide, optimizer, stop_updates_at=stop, num_steps=total_steps, **options
+    )
+
+
+def _weight_sampling(c: TrainConfig) -> Any:
+    """The handler that computes weight layers: LRT, sparse sampling, or None."""
+    from ..poutine import local_reparameterization, sparse_weight_sampling
+
+    sparse = SPARSE_COMPUTE[c.sparse_compute]
+    if c.lrt:
+        return local_reparameterization(sparse=sparse)
+    if sparse is not False:
+        return sparse_weight_sampling(sparse=sparse)
+    return None
 
 
 # ------------------------------------------------------------ state capture
@@ -278,7 +371,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def checkpoint_state(run: Run) -> dict[str, Any]:
-    svi_state = run.svi.state_dict() if hasattr(run.svi, "update_subspace") else {}
+    """Everything a resumed run needs (layout version 2 of the checkpoint)."""
+    sampling = run.weight_sampling
     return {
         "config": run.config.to_dict(),
         "epoch": run.epoch,
@@ -287,12 +381,10 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         "elapsed_s": run.elapsed_s,
         "guide": run.guide.state_dict(),
         "model": run.model.state_dict(),
-        "optimizer": {
-            name: run.optim.optim_objs[p].state_dict()
-            for name, p in named_parameters(run).items()
-            if p in run.optim.optim_objs
-        },
-        "svi": svi_state,
+        "optimizer": run.optimizer.state_dict(),
+        "lr_scheduler": run.lr_scheduler.state_dict(),
+        "subspace": run.subspace.state_dict(),
+        "sparse_compute": {} if sampling is None else sampling.state_dict(),
         "rng": _rng_state(),
     }
 
@@ -302,7 +394,9 @@ def restore(run: Run, state: dict[str, Any], source: str = "the checkpoint") -> 
 
     :func:`build_run` has run the guide on a batch, so its sites have the
     shapes of the configured model before the saved state is loaded; a state
-    of another model is refused here with one line.
+    of another model is refused here with one line. Checkpoints of layout
+    version 1 (optimiser state by parameter name) are mapped onto the
+    optimiser's parameters.
 
     Raises:
         CheckpointError: If the saved guide or model does not fit the run's.
@@ -319,27 +413,74 @@ def restore(run: Run, state: dict[str, Any], source: str = "the checkpoint") -> 
             "was edited or assembled from another run: use that run's own "
             "checkpoint"
         ) from e
-    # The saved param_groups carry the last epoch's lr; resume at the next's.
-    next_lr = lr_at(run.config, int(state["epoch"]) + 1)
-    saved = state["optimizer"]
-    for name, param in named_parameters(run).items():
-        if name in saved:
-            for group in saved[name].get("param_groups", []):
-                group["lr"] = next_lr
-            run.optim.optim_objs[param].load_state_dict(saved[name])
-    if state["svi"]:
-        run.svi.load_state_dict(state["svi"])
-    run.epoch = run.checkpoint_epoch = int(state["epoch"])
+    epoch = int(state["epoch"])
+    if state.get("version") == 1:
+        _restore_version_1(run, state, epoch, source)
+    else:
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        run.subspace.load_state_dict(state["subspace"])
+        if run.weight_sampling is not None and state["sparse_compute"]:
+            run.weight_sampling.load_state_dict(state["sparse_compute"])
+    run.epoch = run.checkpoint_epoch = epoch
     run.history = list(state["history"])
     run.elapsed_s = float(state["elapsed_s"])
     _set_rng_state(state["rng"])
 
 
-def lr_at(c: TrainConfig, epoch: int) -> float:
-    """Learning rate of a 1-based epoch (cosine: from ``lr`` towards 0)."""
-    if c.lr_schedule == "cosine":
-        return c.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / c.epochs))
-    return c.lr
+def _restore_version_1(
+    run: Run, state: dict[str, Any], epoch: int, source: str
+) -> None:
+    """Resume from a checkpoint of pyro_ssvi before the torch-optimiser loop.
+
+    Those kept one torch optimiser per parameter, saved by parameter name
+    (``"guide.<name>"``, ``"model.<name>"``: the names the ``ELBOModule``
+    gives them too), an ``"svi"`` entry with the subspace schedule (and the
+    sparse-compute choices as ``"paths"``), and no LR schedule (the lr
+    followed from the epoch).
+    """
+    svi = dict(state["svi"])
+    paths = svi.pop("paths", None)
+    run.subspace.load_state_dict(svi)
+    if run.weight_sampling is not None and paths:
+        run.weight_sampling.load_state_dict(paths)
+    current = run.optimizer.state_dict()
+    position = {
+        id(p): i
+        for i, p in enumerate(
+            p for g in run.optimizer.param_groups for p in g["params"]
+        )
+    }
+    saved, moments = state["optimizer"], {}
+    for name, param in named_parameters(run).items():
+        entry = saved.get(name, {}).get("state", {})
+        old = next(iter(entry.values()), None)
+        if id(param) in position and old is not None and _fits(old, param):
+            moments[position[id(param)]] = old
+    current["state"] = moments
+    run.optimizer.load_state_dict(current)
+    if len(moments) < len(position):
+        warnings.warn(
+            f"{source} was written by an earlier pyro_ssvi: "
+            f"{len(position) - len(moments)} of {len(position)} parameters "
+            "resume with fresh optimiser moments",
+            UserWarning,
+            stacklevel=3,
+        )
+    # The optimiser's groups hold initial_lr (set by the run's LR scheduler).
+    run.lr_scheduler = lr_scheduler(run.config, run.optimizer, last_epoch=epoch - 1)
+
+
+def _fits(moments: dict[str, Any], param: torch.Tensor) -> bool:
+    tensors = [v for v in moments.values() if torch.is_tensor(v) and v.dim() > 0]
+    return bool(tensors) and all(v.shape == param.shape for v in tensors)
+
+
+def named_parameters(run: Run) -> dict[str, torch.nn.Parameter]:
+    """``{"guide.<name>" | "model.<name>": parameter}`` of a run's modules."""
+    named = {f"guide.{n}": p for n, p in run.guide.named_parameters()}
+    named.update({f"model.{n}": p for n, p in run.model.named_parameters()})
+    return named
 
 
 def progress_bar(enabled: bool, **kwargs: Any) -> Any:
@@ -350,4 +491,7 @@ def progress_bar(enabled: bool, **kwargs: Any) -> Any:
 
 
 def density_of(run: Run) -> float:
-    return float(run.guide.density) if hasattr(run.guide, "density") else 1.0
+    """The run's density: the guide's achieved density (dense VI: 1)."""
+    from ..guides import AutoSparseNormal
+
+    return float(run.guide.density) if isinstance(run.guide, AutoSparseNormal) else 1.0

@@ -26,11 +26,19 @@ from ._config import PLOTS, RUN_FILES, ConfigError, RunDirError, TrainConfig
 
 #: Configuration fields that may differ when resuming or re-evaluating.
 RUNTIME_FIELDS = frozenset({"device", "num_workers", "eval_batch_size", "download"})
-#: Keys of every training checkpoint (see ``checkpoint_state``).
-STATE_KEYS = frozenset(
-    {"config", "epoch", "num_data", "history", "elapsed_s"}
-    | {"guide", "model", "optimizer", "svi", "rng"}
-)
+_COMMON_KEYS = {"config", "epoch", "num_data", "history", "elapsed_s"}
+#: Keys of every training checkpoint (see ``checkpoint_state``), by layout
+#: version: 1 kept per-parameter optimiser state by name and the subspace
+#: schedule as ``svi``; 2 keeps the torch optimiser's and LR scheduler's own
+#: state dicts.
+STATE_KEYS = {
+    1: frozenset(_COMMON_KEYS | {"guide", "model", "optimizer", "svi", "rng"}),
+    2: frozenset(
+        _COMMON_KEYS
+        | {"guide", "model", "optimizer", "lr_scheduler", "subspace"}
+        | {"sparse_compute", "rng"}
+    ),
+}
 _TRAINED = "pass a run directory or the checkpoint.pt that pyro-ssvi train wrote"
 
 
@@ -153,7 +161,7 @@ def load_run_state(path: str | os.PathLike) -> tuple[dict[str, Any], TrainConfig
             run's entries, or holds an invalid configuration.
     """
     state = load_checkpoint(path, map_location="cpu")
-    missing = sorted(STATE_KEYS - set(state))
+    missing = sorted(STATE_KEYS[state["version"]] - set(state))
     if missing:
         raise CheckpointError(
             f"checkpoint {path} lacks {missing}, so it is not from a training "

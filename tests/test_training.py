@@ -1,0 +1,188 @@
+"""The training protocol of pyro_ssvi.training, shared by SSVI and dense VI.
+
+Runs are built on slices of the embedded MNIST (and digits); each test checks
+an exact answer: the same loss and gradients as the ELBO computed by hand,
+the optimiser's groups, a checkpoint of the earlier layout mapped value for
+value, the learning rate of the resumed epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+from common import TINY_TRAINING
+
+from pyro_ssvi.checkpoint import CHECKPOINT_VERSION, load_checkpoint
+from pyro_ssvi.cli import main
+from pyro_ssvi.compare import compare
+from pyro_ssvi.guides import AutoSparseNormal
+from pyro_ssvi.poutine import scale_kl
+from pyro_ssvi.scheduler import SubspaceScheduler
+from pyro_ssvi.training import (
+    ConfigError,
+    FixedSubspace,
+    TrainConfig,
+    TrainingDiverged,
+    build_run,
+    evaluate_run,
+    load_run,
+    train,
+    train_step,
+)
+from pyro_ssvi.training._loop import _check_finite
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def module_local():
+    with pyro.settings.context(module_local_params=True):
+        yield
+
+
+@pytest.mark.parametrize("guide", ["ssvi", "autonormal"])
+def test_one_step_is_the_elbo_per_example_and_one_optimiser_step(module_local, guide):
+    """train_step = (negative ELBO / N).backward() and one Adam step, on the
+    parameters of the ELBO module, with the same random numbers."""
+    config = TrainConfig(guide=guide, kl_weight=0.5, **TINY_TRAINING)
+    run = build_run(config)
+    x, y = run.train_data.tensors[0][:64], run.train_data.tensors[1][:64]
+    before = {n: p.detach().clone() for n, p in run.loss.named_parameters()}
+    rng = torch.get_rng_state()
+    with scale_kl(weight=0.5):
+        expected = run.loss(x, y) / run.num_data
+    expected.backward()
+    grads = {
+        n: p.grad.clone() for n, p in run.loss.named_parameters() if p.requires_grad
+    }
+    with torch.no_grad():
+        for n, p in run.loss.named_parameters():
+            p.copy_(before[n])
+    torch.set_rng_state(rng)
+    loss = train_step(run, x, y, kl_weight=0.5)
+    assert loss == expected.item()
+    moved = 0
+    for name, p in run.loss.named_parameters():
+        if not p.requires_grad:  # AutoSparseNormal's active indices
+            assert torch.equal(p, before[name]) and name.startswith("guide.indices.")
+            continue
+        # Adam's first step moves every coordinate by lr * sign(grad) (up to eps).
+        step = (before[name] - p.detach()) / config.lr
+        active = grads[name].abs() > 1e-6
+        assert torch.allclose(step[active], grads[name][active].sign(), atol=1e-2)
+        moved += int(active.sum())
+    assert moved > 0
+
+
+@pytest.mark.parametrize("guide", ["ssvi", "autonormal"])
+def test_optimiser_groups_scales_without_decay_and_the_schedules(module_local, guide):
+    config = TrainConfig(
+        guide=guide, weight_decay=1e-3, optimizer="sgd", **TINY_TRAINING
+    )
+    run = build_run(config)
+    decayed, scales = run.optimizer.param_groups
+    assert (decayed["weight_decay"], scales["weight_decay"]) == (1e-3, 0.0)
+    assert decayed["momentum"] == scales["momentum"] == config.momentum
+    assert {id(p) for p in scales["params"]} == {
+        id(p) for p in run.guide.scales.parameters()
+    }
+    trainable = [p for p in run.loss.parameters() if p.requires_grad]
+    in_groups = [id(p) for g in run.optimizer.param_groups for p in g["params"]]
+    assert sorted(in_groups) == sorted(id(p) for p in trainable)  # each once
+    # Per-epoch cosine from lr towards 0: epoch e (0-based) at lr (1 + cos(pi e/E))/2.
+    lrs = []
+    for _ in range(config.epochs):
+        lrs.append(run.optimizer.param_groups[0]["lr"])
+        run.optimizer.step()  # (no gradients: nothing moves)
+        run.lr_scheduler.step()
+    assert lrs == [
+        config.lr * 0.5 * (1 + math.cos(math.pi * e / 15)) for e in range(15)
+    ]
+    if guide == "ssvi":
+        assert isinstance(run.subspace, SubspaceScheduler)
+        assert run.subspace.optimizer is run.optimizer
+        assert run.subspace.stop_updates_at == int(0.75 * run.total_steps)
+    else:
+        assert isinstance(run.subspace, FixedSubspace) and run.subspace.updates == []
+
+
+def test_a_scale_that_underflowed_to_zero_counts_as_diverged(module_local):
+    run = build_run(TrainConfig(**TINY_TRAINING))
+    _check_finite(run, 1)  # a fresh run is fine
+    name = run.guide.sparse_site_names()[0]
+    with torch.no_grad():
+        run.guide.subspace_params(name).scale[0] = -200.0  # softplus(-200) == 0.0
+    with pytest.raises(TrainingDiverged, match=f"guide parameter scales.{name} left"):
+        _check_finite(run, 1)
+
+
+def test_a_version_1_checkpoint_resumes_with_its_moments_and_schedules(tmp_path):
+    """tests/data/checkpoint_v1_digits.pt: epoch 1 of 2 of a run by pyro_ssvi
+    d1a754f (a PyroOptim, one torch Adam per parameter, saved by name), made by
+    ``train(TrainConfig(dataset="digits", density=0.02, epochs=2,
+    train_limit=64, test_limit=32, batch_size=32, update_every=1,
+    num_samples=2, lr=0.01, lrt=True, sparse_compute="auto", device="cpu"),
+    out, stop_after_epoch=1)``."""
+    old = load_checkpoint(DATA / "checkpoint_v1_digits.pt")
+    assert old["version"] == 1 and "svi" in old and "lr_scheduler" not in old
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(DATA / "checkpoint_v1_digits.pt", out / "checkpoint.pt")
+    run, _ = load_run(out)
+    named = {f"guide.{n}": p for n, p in run.guide.named_parameters()}
+    trainable = [n for n, p in named.items() if p.requires_grad]
+    assert len(trainable) == 12  # locs and scales of 3 weights and 3 biases
+    for name in trainable:
+        saved = old["optimizer"][name]["state"][0]
+        state = run.optimizer.state[named[name]]
+        assert set(state) == {"step", "exp_avg", "exp_avg_sq"}
+        for key, value in saved.items():
+            assert torch.equal(state[key], value), (name, key)
+    # Epoch 2 of 2 (0-based 1) runs at lr (1 + cos(pi / 2)) / 2 = lr / 2.
+    assert run.optimizer.param_groups[0]["lr"] == 0.01 * 0.5 * (
+        1 + math.cos(math.pi / 2)
+    )
+    assert run.lr_scheduler.last_epoch == 1
+    assert run.subspace.step_count == 2 and run.subspace.num_updates == 2
+    assert run.weight_sampling.state_dict() == old["svi"]["paths"]
+    # The CLI resumes it to the end, and writes the current layout.
+    argv = ["train", "--output-dir", str(out), "--resume", "--no-progress"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["num_updates"] == 2
+    new = load_checkpoint(out / "checkpoint.pt")
+    assert new["version"] == CHECKPOINT_VERSION == 2
+    assert new["subspace"]["step_count"] == 4 and new["lr_scheduler"]["last_epoch"] == 2
+
+
+def test_no_subspace_update_when_updates_stop_at_once(tmp_path):
+    config = TrainConfig(epochs=1, stop_updates_fraction=0.0, **TINY_TRAINING)
+    metrics = train(config, tmp_path / "run", progress=False)
+    assert metrics["num_updates"] == 0
+    assert json.loads((tmp_path / "run" / "subspace_updates.json").read_text()) == []
+
+
+def test_settings_are_checked_before_any_run_starts(tmp_path):
+    # The guide's own check, at the boundary: compare trains nothing.
+    with pytest.raises(ConfigError, match=r"density must be in \(0, 1\], got 0"):
+        compare(TINY_TRAINING, [0.1, 0.0], tmp_path / "cmp", progress=False)
+    assert not (tmp_path / "cmp").exists()
+    # The library's checks are the only ones: the same message as from the object.
+    with pytest.raises(ValueError) as direct:
+        AutoSparseNormal(lambda: None, density=1.5)
+    with pytest.raises(ConfigError) as config:
+        TrainConfig(density=1.5)
+    assert str(config.value) == str(direct.value)
+
+
+def test_evaluate_checks_the_number_of_samples(tmp_path):
+    out = tmp_path / "run"
+    train(TrainConfig(epochs=1, **TINY_TRAINING), out, progress=False)
+    with pytest.raises(ValueError, match="num_samples must be a positive int, got 0"):
+        evaluate_run(out, num_samples=0)
