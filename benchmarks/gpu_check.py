@@ -102,13 +102,7 @@ PLANS: dict[str, dict[str, Any]] = {
 }
 #: The paper-scale recipe's flags (README, "Paper-scale recipe"), without
 #: data, length, batch size, device and output.
-RECIPE_FLAGS = [
-    "--model", "resnet18", "--density", "0.1",
-    "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.9", "--weight-decay", "5e-4",
-    "--prior-scale", "0.005", "--init-scale", "6e-4", "--kl-weight", "0.01",
-    "--removal", "snr_abs", "--addition", "grad", "--drop-fraction", "0.3",
-    "--lrt", "--augment",
-]  # fmt: skip
+RECIPE_FLAGS = ["--recipe", "reference-cifar"]
 
 
 @dataclass

@@ -27,6 +27,18 @@ from ._version import __version__
 
 __all__ = ["build_parser", "main"]
 
+def _regrow_scale(text: str) -> str | float:
+    """``--regrow-scale``: ``mean`` or a number."""
+    if text == "mean":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'mean' or a number, got {text!r}"
+        ) from None
+
+
 # flag name -> (type, help); the default is appended to the help, unless it is
 # None (then the help says what happens without the flag).
 _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
@@ -53,6 +65,11 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
         float,
         "fraction of the training steps after which the subspace is frozen",
     ),
+    "regrow_scale": (
+        _regrow_scale,
+        "initial standard deviation of re-grown coordinates: 'mean' (of the "
+        "kept ones) or a number",
+    ),
     "optimizer": (str, "optimiser"),
     "lr": (float, "learning rate"),
     "momentum": (float, "SGD momentum"),
@@ -65,6 +82,11 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
     ),
     "prior_scale": (float, "standard deviation of the Normal weight prior"),
     "init_scale": (float, "initial posterior standard deviation"),
+    "init_scale_std": (
+        float,
+        "SSVI: draw each initial standard deviation from |N(init-scale, "
+        "init-scale-std^2)| (0: all equal to --init-scale)",
+    ),
     "kl_weight": (float, "weight of the KL term (1 = the ELBO)"),
     "kl_anneal_epochs": (int, "linear KL warm-up over this many epochs (0: none)"),
     "epochs": (int, "training epochs"),
@@ -84,6 +106,8 @@ _BOOL_FLAGS = {
     "download": "download missing data sets (needs internet)",
     "augment": "random crops (and flips where they keep the label)",
     "lrt": "local reparameterisation of linear and conv layers (SSVI guide)",
+    "growth_includes_kl": "add the KL weight times the KL gradient to the "
+    "gradient addition score (as the reference implementation does)",
 }
 _SIGNALS = ("SIGINT", "SIGTERM")
 
@@ -137,6 +161,15 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
             metavar=name.split("_")[-1].upper(),
             help=_help(text, default, options.get(name)),
         )
+    from .training import RECIPES
+
+    group.add_argument(
+        "--recipe",
+        default=None,
+        metavar="NAME",
+        help="start from a named set of settings; other flags override it: "
+        + ", ".join(RECIPES),
+    )
     group.add_argument(  # its earlier name (the meaning is the same), still accepted
         "--stop-updates-at",
         dest="stop_updates_at",
@@ -146,7 +179,11 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
     )
     for name, text in _BOOL_FLAGS.items():
         group.add_argument(
-            "--" + name, dest=name, action="store_true", default=None, help=text
+            "--" + name.replace("_", "-"),
+            dest=name,
+            action="store_true",
+            default=None,
+            help=text,
         )
 
 
@@ -240,8 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``TrainConfig`` fields the flags set (a ``--recipe``'s included)."""
     names = list(_TRAIN_FLAGS) + list(_BOOL_FLAGS)
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if getattr(args, "recipe", None) is not None:
+        from .training._config import recipe_values
+
+        given = recipe_values(args.recipe, given)
     old = getattr(args, "stop_updates_at", None)
     if old is not None:
         print(

@@ -326,7 +326,7 @@ class SubspaceScheduler:
             and regrow_scale > 0
         ):
             raise ValueError(
-                "SparseSVI: regrow_scale must be 'mean' or a standard deviation > 0, "
+                "SubspaceScheduler: regrow_scale must be 'mean' or a standard deviation > 0, "
                 f"got {regrow_scale!r}."
             )
         self.regrow_scale = regrow_scale

@@ -17,7 +17,7 @@ import torch
 from common import classification_data
 
 from pyro_ssvi import AutoSparseNormal
-from pyro_ssvi.cli import build_parser
+from pyro_ssvi.cli import _given, build_parser
 from pyro_ssvi.criteria import CRITERIA, removal_scores, top_k
 from pyro_ssvi.models import BayesianClassifier, mlp
 from pyro_ssvi.poutine import scale_kl
@@ -204,11 +204,14 @@ REFERENCE_CIFAR = dict(
     weight_decay=5e-4,
     lr_schedule="cosine",
     prior_scale=0.005,
-    init_scale=6e-4,  # the reference's mean; its draw needs init_scale=(m, s)
+    init_scale=6e-4,  # sigma ~ |N(6e-4, 5e-4^2)| per coordinate
+    init_scale_std=5e-4,
     kl_weight=0.01,
     kl_anneal_epochs=100,  # beta = min(2 e / E, 1)
     removal="snr_abs",
     addition="grad",
+    growth_includes_kl=True,  # the reference's growth score carries the KL
+    regrow_scale="mean",
     update_every=100,
     drop_fraction=0.3,
     drop_schedule="cosine",
@@ -235,13 +238,8 @@ def _readme_recipe_argv() -> list[str]:
 
 
 def _train_config(argv: list[str]):
-    """What ``pyro-ssvi train`` builds from ``argv``: every given flag is the
-    TrainConfig field of the same name."""
-    args = build_parser().parse_args(argv)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(
-        **{k: v for k, v in vars(args).items() if k in fields and v is not None}
-    )
+    """What ``pyro-ssvi train`` builds from ``argv`` (a ``--recipe`` included)."""
+    return TrainConfig(**_given(build_parser().parse_args(argv)))
 
 
 def test_readme_recipe_resolves_to_the_reference_settings():
@@ -253,7 +251,7 @@ def test_notebook_recipe_resolves_to_the_reference_settings(capsys):
     cell = next(
         "".join(c["source"])
         for c in notebook["cells"]
-        if "".join(c["source"]).startswith("config = TrainConfig(")
+        if "".join(c["source"]).startswith("config = TrainConfig")
     )
     names = dict(json=json, dataclasses=dataclasses, TrainConfig=TrainConfig)
     names.update(DATA_DIR="data", download=False, num_epochs=200, device="cuda")
@@ -271,3 +269,20 @@ def test_gpu_check_trains_with_the_recipes_flags():
     # Only the run's length, its data and where it runs differ.
     length_data_place = {"epochs", "kl_anneal_epochs", "data_dir", "download"}
     assert differ <= length_data_place | {"num_workers", "device"}
+
+
+def test_recipe_flags_override_it_and_the_kl_warm_up_follows_the_epochs(capsys):
+    base = ["train", "--recipe", "reference-cifar"]
+    short = _train_config([*base, "--epochs", "50", "--lr", "0.05"])
+    assert (short.epochs, short.kl_anneal_epochs, short.lr) == (50, 25, 0.05)
+    assert _train_config([*base, "--kl-anneal-epochs", "3"]).kl_anneal_epochs == 3
+    assert TrainConfig.from_recipe("reference-cifar", epochs=10) == _train_config(
+        [*base, "--epochs", "10"]
+    )
+    from pyro_ssvi.cli import main
+
+    assert main(["train", "--recipe", "nope", "--output-dir", "x"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "pyro-ssvi: error: --recipe must be one of ['reference-cifar'], got 'nope'"
+    )

@@ -188,3 +188,53 @@ def test_evaluate_checks_the_number_of_samples(tmp_path):
     train(TrainConfig(epochs=1, **TINY_TRAINING), out, progress=False)
     with pytest.raises(ValueError, match="num_samples must be a positive int, got 0"):
         evaluate_run(out, num_samples=0)
+
+
+# ------------------------------------------- the reference's optional rules
+def test_init_scale_std_draws_each_initial_scale_from_the_folded_normal(module_local):
+    """--init-scale-std s: sigma_j = |m + s z_j|, as AutoSparseNormal(init_scale=(m, s))."""
+    m, s = 6e-4, 5e-4
+    drawn = build_run(TrainConfig(init_scale=m, init_scale_std=s, **TINY_TRAINING))
+    fixed = build_run(TrainConfig(init_scale=m, **TINY_TRAINING))
+    x, y = drawn.train_data.tensors[0][:8], drawn.train_data.tensors[1][:8]
+    drawn.guide.setup(x, y)
+    fixed.guide.setup(x, y)
+    name = drawn.guide.sparse_site_names()[0]
+    sigma = drawn.guide.site_posterior(name).scale.detach().double()
+    const = fixed.guide.site_posterior(name).scale.detach().double()
+    assert torch.allclose(const, torch.full_like(const, m), rtol=1e-5)
+    # Folded normal: E = s sqrt(2/pi) exp(-m^2/2s^2) + m (1 - 2 Phi(-m/s)).
+    z = torch.tensor(m / s, dtype=torch.float64)
+    phi = 0.5 * (1 + torch.erf(-z / math.sqrt(2)))
+    mean = s * math.sqrt(2 / math.pi) * torch.exp(-(z**2) / 2) + m * (1 - 2 * phi)
+    se = math.sqrt((m**2 + s**2 - mean.item() ** 2) / sigma.numel())
+    assert abs(sigma.mean().item() - mean.item()) < 4 * se
+    assert sigma.min() >= 0
+    with pytest.raises(ConfigError, match="--init-scale-std needs --guide ssvi"):
+        TrainConfig(guide="autonormal", init_scale_std=s)
+
+
+def test_regrow_scale_and_growth_with_the_kl_reach_the_scheduler(module_local):
+    config = TrainConfig(
+        regrow_scale=0.123,
+        growth_includes_kl=True,
+        kl_weight=0.5,
+        kl_anneal_epochs=4,
+        **TINY_TRAINING,
+    )
+    run = build_run(config)
+    assert run.subspace.regrow_scale == 0.123
+    x, y = run.train_data.tensors[0][:64], run.train_data.tensors[1][:64]
+    name = run.guide.sparse_site_names()[0]
+    for step in range(1, config.update_every + 1):
+        before = run.guide.active_indices()[name].clone()
+        train_step(run, x, y, run.kl_weight(step))
+        # Epoch 1 of a 4-epoch warm-up: the growth score's KL weight is 0.5 / 4.
+        assert run.subspace.growth_kl_weight() == 0.5 / 4
+    assert run.subspace.num_updates == 1
+    after = run.guide.active_indices()[name]
+    new = ~torch.isin(after, before)
+    assert new.any()
+    scale = run.guide.site_posterior(name).scale.detach()
+    assert torch.allclose(scale[new], torch.full_like(scale[new], 0.123), rtol=1e-5)
+    assert build_run(TrainConfig(**TINY_TRAINING)).subspace.growth_kl_weight == 0.0

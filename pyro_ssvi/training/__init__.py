@@ -22,6 +22,7 @@ Example::
 from ._config import (
     MODELS,
     PLOTS,
+    RECIPES,
     RUN_FILES,
     ConfigError,
     RunDirError,
@@ -45,6 +46,7 @@ __all__ = [
     "FixedSubspace",
     "MODELS",
     "PLOTS",
+    "RECIPES",
     "RUN_FILES",
     "Run",
     "RunDirError",

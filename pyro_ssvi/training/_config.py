@@ -80,6 +80,40 @@ MODELS: dict[str, Callable[[Any], torch.nn.Module]] = {
 GUIDES = ("ssvi", "autonormal")
 #: Configuration keys of earlier versions and their current names.
 RENAMED_KEYS = {"stop_updates_at": "stop_updates_fraction"}
+#: Named sets of settings (``pyro-ssvi train --recipe NAME``,
+#: :meth:`TrainConfig.from_recipe`); settings given explicitly override them.
+#: ``reference-cifar`` is the SSVI reference implementation's CIFAR-10
+#: ResNet-18 run; its KL warm-up is half the epochs (``beta = min(2 e / E, 1)``)
+#: unless ``kl_anneal_epochs`` is given.
+RECIPES: dict[str, dict[str, Any]] = {
+    "reference-cifar": dict(
+        model="resnet18",
+        dataset="cifar10",
+        guide="ssvi",
+        density=0.1,
+        epochs=200,
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=5e-4,
+        lr_schedule="cosine",
+        prior_scale=0.005,
+        init_scale=6e-4,
+        init_scale_std=5e-4,
+        kl_weight=0.01,
+        removal="snr_abs",
+        addition="grad",
+        growth_includes_kl=True,
+        regrow_scale="mean",
+        update_every=100,
+        drop_fraction=0.3,
+        drop_schedule="cosine",
+        stop_updates_fraction=0.75,
+        lrt=True,
+        augment=True,
+    ),
+}
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 SPARSE_COMPUTE: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
@@ -131,6 +165,17 @@ class TrainConfig:
             checkpointed, so a resumed run keeps them).
         prior_scale: Standard deviation of the Normal weight prior.
         init_scale: Initial posterior standard deviation.
+        init_scale_std: With SSVI, > 0 draws each coordinate's initial
+            standard deviation from ``|N(init_scale, init_scale_std^2)|``
+            (the reference implementation's
+            rule, ``AutoSparseNormal(init_scale=(m, s))``); 0 (default): every
+            coordinate starts at ``init_scale``.
+        regrow_scale: Initial standard deviation of re-grown coordinates:
+            ``"mean"`` (the mean over the kept and re-grown coordinates, the
+            reference's rule) or a positive number.
+        growth_includes_kl: Add the current KL weight times the KL term's
+            gradient to the ``"grad"`` addition score, as the reference does
+            (default: the likelihood's gradient alone).
         kl_weight: Weight of the KL term (1 = the ELBO).
         kl_anneal_epochs: Linear KL warm-up over this many epochs (0: none).
         epochs, batch_size: Training length and minibatch size.
@@ -156,6 +201,8 @@ class TrainConfig:
     drop_fraction: float = 0.3
     drop_schedule: str = "cosine"
     stop_updates_fraction: float = 0.75
+    regrow_scale: str | float = "mean"
+    growth_includes_kl: bool = False
     optimizer: str = "adam"
     lr: float = 3e-3
     momentum: float = 0.9
@@ -165,6 +212,7 @@ class TrainConfig:
     sparse_compute: str = "off"
     prior_scale: float = 1.0
     init_scale: float = 0.01
+    init_scale_std: float = 0.0
     kl_weight: float = 1.0
     kl_anneal_epochs: int = 0
     epochs: int = 15
@@ -186,6 +234,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def from_recipe(cls, name: str, **overrides: Any) -> "TrainConfig":
+        """A configuration from :data:`RECIPES`, with ``overrides`` on top.
+
+        Example::
+
+            TrainConfig.from_recipe("reference-cifar", data_dir="~/data", epochs=50)
+        """
+        return cls(**recipe_values(name, overrides))
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Rebuild a configuration, refusing unknown keys.
 
@@ -198,6 +256,19 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown configuration keys {unknown}")
         return cls(**values)
+
+
+def recipe_values(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The fields of recipe ``name`` with the ``given`` ones on top.
+
+    Raises:
+        ConfigError: For an unknown recipe.
+    """
+    _choice("recipe", name, RECIPES)
+    values = {**RECIPES[name], **given}
+    if name == "reference-cifar" and "kl_anneal_epochs" not in given:
+        values["kl_anneal_epochs"] = max(1, values["epochs"] // 2)
+    return values
 
 
 def _choice(name: str, value: Any, options: Any) -> None:
@@ -248,6 +319,11 @@ def _validate(c: TrainConfig) -> None:
     _positive("prior-scale", c.prior_scale, minimum=1e-30)
     if c.guide == "autonormal":  # Pyro's AutoNormal only asserts it
         _positive("init-scale", c.init_scale, minimum=1e-30)
+        if c.init_scale_std:
+            raise ConfigError(
+                "--init-scale-std needs --guide ssvi (Pyro's AutoNormal starts "
+                "every coordinate at --init-scale); drop --init-scale-std"
+            )
     for name in ("train_limit", "test_limit"):
         if getattr(c, name) is not None:
             _positive(name.replace("_", "-"), getattr(c, name))
@@ -271,7 +347,13 @@ def schedule_options(c: TrainConfig) -> dict[str, Any]:
         addition=c.addition,
         drop_fraction=c.drop_fraction,
         drop_schedule=c.drop_schedule,
+        regrow_scale=c.regrow_scale,
     )
+
+
+def initial_scale(c: TrainConfig) -> float | tuple[float, float]:
+    """``AutoSparseNormal``'s ``init_scale``: a value, or ``(mean, std)`` to draw."""
+    return (c.init_scale, c.init_scale_std) if c.init_scale_std else c.init_scale
 
 
 def _no_model(*args: Any, **kwargs: Any) -> None:
@@ -295,7 +377,9 @@ def _check_with_library(c: TrainConfig) -> None:
     from ..scheduler import SubspaceScheduler
 
     try:
-        guide = AutoSparseNormal(_no_model, density=c.density, init_scale=c.init_scale)
+        guide = AutoSparseNormal(
+            _no_model, density=c.density, init_scale=initial_scale(c)
+        )
         # The run's own stop step depends on the data size.
         SubspaceScheduler(_no_model, guide, stop_updates_at=1, **schedule_options(c))
         scale_kl(weight=c.kl_weight)

@@ -14,7 +14,14 @@ import torch
 
 from ..checkpoint import CheckpointError
 from ..distributed import is_distributed, wrap_ddp
-from ._config import MODELS, SPARSE_COMPUTE, TrainConfig, ood_name, schedule_options
+from ._config import (
+    MODELS,
+    SPARSE_COMPUTE,
+    TrainConfig,
+    initial_scale,
+    ood_name,
+    schedule_options,
+)
 
 
 # --------------------------------------------------------------------- runs
@@ -88,11 +95,16 @@ class Run:
 
     def kl_weight(self, step: int) -> float:
         """KL weight at a 1-based step: ``kl_weight * min(1, epoch / anneal)``."""
-        c = self.config
-        if not c.kl_anneal_epochs:
-            return c.kl_weight
-        epoch = (step - 1) // self.steps_per_epoch + 1
-        return c.kl_weight * min(1.0, epoch / c.kl_anneal_epochs)
+        return kl_weight_at(self.config, step, self.steps_per_epoch)
+
+
+def kl_weight_at(c: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """KL weight at a 1-based step: ``kl_weight * min(1, epoch / anneal)``,
+    ``epoch = (step - 1) // steps_per_epoch + 1``."""
+    if not c.kl_anneal_epochs:
+        return c.kl_weight
+    epoch = (step - 1) // steps_per_epoch + 1
+    return c.kl_weight * min(1.0, epoch / c.kl_anneal_epochs)
 
 
 class FixedSubspace:
@@ -231,7 +243,7 @@ def build_run(
         wrap_ddp(loss) if is_distributed() else loss,
         optimizer,
         lr_scheduler(c, optimizer),
-        _subspace(c, model, guide, optimizer, c.epochs * steps_per_epoch),
+        _subspace(c, model, guide, optimizer, steps_per_epoch),
         _weight_sampling(c),
         train_data,
         test_data,
@@ -250,7 +262,7 @@ def _guide(c: TrainConfig, model: Any) -> Any:
         return AutoSparseNormal(
             model,
             density=c.density,
-            init_scale=c.init_scale,
+            init_scale=initial_scale(c),
             dense_sites=model.dense_sites,
             init_loc_fn=model.init_loc_fn(),
             init_active="random",  # a fresh network: the paper's random subset
@@ -313,19 +325,25 @@ def lr_scheduler(
 
 
 def _subspace(
-    c: TrainConfig, model: Any, guide: Any, optimizer: Any, total_steps: int
+    c: TrainConfig, model: Any, guide: Any, optimizer: Any, steps_per_epoch: int
 ) -> Any:
     from ..scheduler import SubspaceScheduler
 
     if c.guide != "ssvi":
         return FixedSubspace()
+    total_steps = c.epochs * steps_per_epoch
     options = schedule_options(c)
     stop = int(c.stop_updates_fraction * total_steps)
     if not stop:  # no update at all: no horizon for a decay, nor anything to decay
         options["drop_schedule"] = "constant"
-    return SubspaceScheduler(
+    scheduler = SubspaceScheduler(
         model, guide, optimizer, stop_updates_at=stop, num_steps=total_steps, **options
     )
+    if c.growth_includes_kl:  # the KL weight of the step just taken
+        scheduler.growth_kl_weight = lambda: kl_weight_at(
+            c, scheduler.step_count, steps_per_epoch
+        )
+    return scheduler
 
 
 def _weight_sampling(c: TrainConfig) -> Any:
