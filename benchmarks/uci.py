@@ -39,6 +39,7 @@ the same settings skips what is there); ``<out>/results.md`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
@@ -47,7 +48,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 #: Published results on the same sets: mean ± standard error over 20 splits,
 #: in original target units. Gal & Ghahramani (2016), "Dropout as a Bayesian
@@ -158,6 +159,16 @@ def run_one(dataset: str, method: str, split: int, args: dict[str, Any]) -> dict
 
 def _task(task: tuple[str, str, int, dict[str, Any]]) -> dict:
     return run_one(*task)
+
+
+@contextlib.contextmanager
+def _runner(jobs: int) -> Iterator[Callable[..., Iterable[dict]]]:
+    """``map`` in this process for one job, else a pool of spawned workers."""
+    if jobs == 1:
+        yield map
+        return
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        yield pool.imap_unordered
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -292,9 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     start = time.perf_counter()
     print(f"{len(tasks)} runs to do, {len(done)} already in {raw}", flush=True)
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(args.jobs) as pool, raw.open("a") as out:
-        for row in pool.imap_unordered(_task, tasks):
+    with _runner(args.jobs) as run, raw.open("a") as out:
+        for row in run(_task, tasks):
             row["settings"] = settings
             out.write(json.dumps(row) + "\n")
             out.flush()

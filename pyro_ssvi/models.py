@@ -11,7 +11,7 @@ set size, and remembers the network's own initial weights for the guide::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import pyro
 import pyro.distributions as dist
@@ -465,7 +465,7 @@ class BayesianRegressor(_BayesianNet):
             loc, raw = out.chunk(2, dim=-1)
             scale = F.softplus(raw) + self.min_noise
         else:
-            loc, scale = out, self.noise_scale.expand(out.shape)
+            loc, scale = out, cast(torch.Tensor, self.noise_scale).expand(out.shape)
         if loc.shape[-1] == 1:
             return loc.squeeze(-1), scale.squeeze(-1)
         return loc, scale
