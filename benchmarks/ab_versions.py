@@ -41,11 +41,15 @@ def load_base(path: Path) -> Any:
     return module
 
 
-def ssvi_step(pkg: Any, models: Any, density: float, x: Any, y: Any) -> Callable[[], Any]:
+def ssvi_step(
+    pkg: Any, models: Any, density: float, x: Any, y: Any
+) -> Callable[[], Any]:
     """One SparseSVI training step of a fresh MLP, built with ``pkg``."""
     net = models.mlp(784, [400, 400], 10)
     model = models.BayesianClassifier(net, num_data=50_000)
-    guide = pkg.AutoSparseNormal(model, density=density, init_loc_fn=model.init_loc_fn())
+    guide = pkg.AutoSparseNormal(
+        model, density=density, init_loc_fn=model.init_loc_fn()
+    )
     svi = pkg.SparseSVI(
         model, guide, pyro.optim.Adam({"lr": 1e-3}), num_steps=10**9, update_every=10**9
     )
@@ -71,7 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(128, 784, generator=g), torch.randint(0, 10, (128,), generator=g)
     steps = {
-        "base": ssvi_step(base, sys.modules["pyro_ssvi_base.models"], args.density, x, y),
+        "base": ssvi_step(
+            base, sys.modules["pyro_ssvi_base.models"], args.density, x, y
+        ),
         "this": ssvi_step(pyro_ssvi, pyro_ssvi.models, args.density, x, y),
     }
     times: dict[str, list[float]] = {k: [] for k in steps}
@@ -82,7 +88,10 @@ def main(argv: list[str] | None = None) -> None:
                 step()
             times[name].append((time.perf_counter() - start) / args.steps)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    print(f"threads {args.threads}, density {args.density}, {args.reps} x {args.steps} steps")
+    print(
+        f"threads {args.threads}, density {args.density}, "
+        f"{args.reps} x {args.steps} steps"
+    )
     for k, v in med.items():
         print(f"  {k}: median {v:.2f} ms/step")
     print(f"  this / base: {med['this'] / med['base']:.3f}")

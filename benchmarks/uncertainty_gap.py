@@ -146,7 +146,9 @@ def animal_mnist(normalize_like: str) -> torch.Tensor | str:
     spec = importlib.util.find_spec("animal_mnist")
     if spec is None or spec.origin is None:
         return "Animal-MNIST is not installed: pip install --no-deps animal-mnist==0.4"
-    path = Path(spec.origin).parent / "data" / "Animal_MNIST" / "animal_data_version_3.gz"
+    path = (
+        Path(spec.origin).parent / "data" / "Animal_MNIST" / "animal_data_version_3.gz"
+    )
     with gzip.open(path, "rb") as fh:
         images = np.asarray(restricted_load(fh))
     if images.shape != (10000, 28, 28) or images.dtype != np.uint8:
@@ -179,13 +181,19 @@ def plan(stages: list[str], seeds: list[int], pairs: list[str]) -> list[Job]:
     if "main" in stages or "decomposition" in stages:
         for pair in pairs:
             for seed in seeds:
-                jobs.append(Job("main", pair, "dense VI", seed, (("guide", "autonormal"),)))
+                jobs.append(
+                    Job("main", pair, "dense VI", seed, (("guide", "autonormal"),))
+                )
                 for d in DENSITIES:
-                    jobs.append(Job("main", pair, f"SSVI d={d}", seed, (("density", d),)))
+                    jobs.append(
+                        Job("main", pair, f"SSVI d={d}", seed, (("density", d),))
+                    )
     if "ablations" in stages and "mnist" in pairs:
         for seed in seeds:
             for name, changes in ABLATIONS.items():
-                jobs.append(Job("ablations", "mnist", name, seed, tuple(changes.items())))
+                jobs.append(
+                    Job("ablations", "mnist", name, seed, tuple(changes.items()))
+                )
     return jobs
 
 
@@ -233,7 +241,9 @@ def masked_guide(
 
     def guide(*args: Any, **kwargs: Any) -> None:
         for name, (loc, scale) in sites.items():
-            theta = loc * loc_mask[name] + scale * torch.randn_like(loc) * noise_mask[name]
+            theta = (
+                loc * loc_mask[name] + scale * torch.randn_like(loc) * noise_mask[name]
+            )
             if extra_noise and name in extra_noise:
                 mask, s = extra_noise[name]
                 theta = theta + s * torch.randn_like(loc) * mask
@@ -242,7 +252,9 @@ def masked_guide(
     return guide
 
 
-def scores(model: Any, guide: Any, data: Any, num_samples: int) -> dict[str, torch.Tensor]:
+def scores(
+    model: Any, guide: Any, data: Any, num_samples: int
+) -> dict[str, torch.Tensor]:
     from pyro_ssvi.metrics import mutual_information, predictive_entropy
     from pyro_ssvi.predict import predict
 
@@ -322,7 +334,11 @@ def decompose(run: Any, sets: dict[str, Any], job: Job, smoke: bool) -> dict[str
         ones = {n: torch.ones_like(loc) for n, (loc, _) in sites.items()}
         for d in DENSITIES:
             top = {
-                n: (_top_fraction(loc, sc, d) if loc.dim() >= 2 else torch.ones_like(loc))
+                n: (
+                    _top_fraction(loc, sc, d)
+                    if loc.dim() >= 2
+                    else torch.ones_like(loc)
+                )
                 for n, (loc, sc) in sites.items()
             }
             rest = {n: 1 - m if sites[n][0].dim() >= 2 else m for n, m in top.items()}
@@ -334,7 +350,9 @@ def decompose(run: Any, sets: dict[str, Any], job: Job, smoke: bool) -> dict[str
             for label, guide in variants.items():
                 pyro.set_rng_seed(2000 + job.seed)
                 test = scores(run.model, guide, run.test_data, num_samples)
-                oods = {k: scores(run.model, guide, v, num_samples) for k, v in sets.items()}
+                oods = {
+                    k: scores(run.model, guide, v, num_samples) for k, v in sets.items()
+                }
                 out[label] = summarise(test, oods)
     elif job.method.startswith("SSVI"):
         guide = run.guide
@@ -342,7 +360,9 @@ def decompose(run: Any, sets: dict[str, Any], job: Job, smoke: bool) -> dict[str
         for name in guide.site_names():
             post = guide.site_posterior(name)
             if name in guide.sparse_site_names():
-                loc, scale = post.scatter(post.loc.detach()), post.scatter(post.scale.detach())
+                loc, scale = post.scatter(post.loc.detach()), post.scatter(
+                    post.scale.detach()
+                )
                 mask = post.scatter(torch.ones_like(post.loc))
                 extra[name] = (1 - mask, float(post.scale.detach().median()))
             else:
@@ -359,7 +379,9 @@ def decompose(run: Any, sets: dict[str, Any], job: Job, smoke: bool) -> dict[str
     return out
 
 
-def run_job(job: Job, out: str, data_dir: str, smoke: bool, threads: int) -> dict[str, Any]:
+def run_job(
+    job: Job, out: str, data_dir: str, smoke: bool, threads: int
+) -> dict[str, Any]:
     """Train (unless finished) and evaluate one job; in a worker process."""
     torch.set_num_threads(threads)
     from pyro_ssvi.training import train
@@ -378,7 +400,9 @@ def run_job(job: Job, out: str, data_dir: str, smoke: bool, threads: int) -> dic
     result = {
         "job": dataclasses.asdict(job),
         "name": job.name,
-        "train_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "train_metrics": {
+            k: v for k, v in metrics.items() if isinstance(v, (int, float))
+        },
         **evaluate(job, run_dir, Path(data_dir), smoke),
         "seconds": time.perf_counter() - start,
     }
@@ -430,7 +454,9 @@ def table(
         if entries:
             label = method if part is None else f"{method}: {part}"
             cells = [_fmt([e[c] for e in entries if c in e]) for c in columns]
-            lines.append(f"| {pair} | {label} | {len(entries)} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {pair} | {label} | {len(entries)} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines)
 
 
@@ -443,7 +469,9 @@ def paired_gaps(
         return r["samples"].get(samples, {}).get(column)
 
     mine = [r for r in results if r["job"]["pair"] == pair]
-    dense = {r["job"]["seed"]: value(r) for r in mine if r["job"]["method"] == "dense VI"}
+    dense = {
+        r["job"]["seed"]: value(r) for r in mine if r["job"]["method"] == "dense VI"
+    }
     gaps = []
     for r in mine:
         v, ref = value(r), dense.get(r["job"]["seed"])
@@ -458,21 +486,37 @@ def report(results: list[dict[str, Any]]) -> str:
         return "(no runs)"
     counts = sorted({int(k) for r in results for k in r["samples"]})
     base = str(counts[0])
-    oods = sorted({k.split("/", 1)[1] for r in results for k in r["samples"][base] if "/" in k})
+    oods = sorted(
+        {k.split("/", 1)[1] for r in results for k in r["samples"][base] if "/" in k}
+    )
     aurocs = [f"auroc_{kind}/{o}" for o in oods for kind in ("entropy", "mi")]
     cols = ["accuracy", "nll", "ece", *aurocs]
     methods = ["dense VI"] + [f"SSVI d={d}" for d in DENSITIES]
     pairs = [p for p in PAIRS if any(r["job"]["pair"] == p for r in results)]
-    main_rows: list[tuple[str, str, str | None]] = [(p, m, None) for p in pairs for m in methods]
-    parts = [f"## Dense VI and SSVI, {base} evaluation samples", "", table(results, main_rows, cols, base)]
-    parts += ["", f"## Paired difference to dense VI of the same seed ({base} samples)", ""]
+    main_rows: list[tuple[str, str, str | None]] = [
+        (p, m, None) for p in pairs for m in methods
+    ]
+    parts = [
+        f"## Dense VI and SSVI, {base} evaluation samples",
+        "",
+        table(results, main_rows, cols, base),
+    ]
+    parts += [
+        "",
+        f"## Paired difference to dense VI of the same seed ({base} samples)",
+        "",
+    ]
     head = ["pair", "setting", "seeds", *aurocs, "accuracy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in pairs:
         for m in methods[1:] + (list(ABLATIONS) if p == "mnist" else []):
             gaps = [paired_gaps(results, p, m, c, base) for c in [*aurocs, "accuracy"]]
             if gaps[0]:
-                lines.append(f"| {p} | {m} | {len(gaps[0])} | " + " | ".join(_fmt(g) for g in gaps) + " |")
+                lines.append(
+                    f"| {p} | {m} | {len(gaps[0])} | "
+                    + " | ".join(_fmt(g) for g in gaps)
+                    + " |"
+                )
     parts.append("\n".join(lines))
     for count in counts[1:]:
         parts += ["", f"## {count} evaluation samples", ""]
@@ -544,16 +588,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--stages", nargs="+", default=["main", "ablations", "decomposition"],
-                        choices=["main", "ablations", "decomposition"])
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        default=["main", "ablations", "decomposition"],
+        choices=["main", "ablations", "decomposition"],
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--smoke", action="store_true", help="tiny runs (CI)")
     args = parser.parse_args(argv)
     results = run_study(
-        args.out, stages=args.stages, seeds=args.seeds, data_dir=args.data_dir,
-        smoke=args.smoke, jobs=args.jobs, threads=args.threads,
+        args.out,
+        stages=args.stages,
+        seeds=args.seeds,
+        data_dir=args.data_dir,
+        smoke=args.smoke,
+        jobs=args.jobs,
+        threads=args.threads,
     )
     summary = {
         "machine": f"{os.cpu_count()} CPU cores, {args.jobs} runs at a time, "

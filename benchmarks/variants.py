@@ -68,6 +68,8 @@ def available(name: str) -> bool:
     except ImportError:
         return False
     return True
+
+
 NUM_DATA = 50_000
 
 
@@ -314,7 +316,9 @@ class SparseLayers:
     """
 
     def __init__(self, net: nn.Module, density: float) -> None:
-        self.layers = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        self.layers = [
+            m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+        ]
         self.indices, self.structures = [], []
         self.shapes = [layer.weight.shape for layer in self.layers]
         for i, layer in enumerate(self.layers):
@@ -355,7 +359,9 @@ class SparseLayers:
         return forward
 
 
-def floor_variant(model_name: str, density: float, x: torch.Tensor, y: torch.Tensor) -> Variant:
+def floor_variant(
+    model_name: str, density: float, x: torch.Tensor, y: torch.Tensor
+) -> Variant:
     """A deterministic network on the same active weights and kernels."""
     net, _ = network(model_name)
     sparse = SparseLayers(net, density)
@@ -373,7 +379,9 @@ def floor_variant(model_name: str, density: float, x: torch.Tensor, y: torch.Ten
     return Variant("floor", step, lambda: _torch_state_bytes(params, optimizer, sparse))
 
 
-def _torch_step(loss_fn: Callable[[], torch.Tensor], optimizer: Any) -> Callable[[], float]:
+def _torch_step(
+    loss_fn: Callable[[], torch.Tensor], optimizer: Any
+) -> Callable[[], float]:
     """A plain torch training step on ``loss_fn()``, taken once (warm-up)."""
 
     def step() -> float:
@@ -398,7 +406,7 @@ def torch_ssvi_variant(
         for layer, idx in zip(sparse.layers, sparse.indices)
     )
     rho0 = math.log(math.expm1(0.01))
-    rhos = nn.ParameterList(nn.Parameter(torch.full_like(l, rho0)) for l in locs)
+    rhos = nn.ParameterList(nn.Parameter(torch.full_like(loc, rho0)) for loc in locs)
     shapes = [layer.weight.shape for layer in sparse.layers]
     for layer in sparse.layers:
         del layer.weight
@@ -423,7 +431,9 @@ def torch_ssvi_variant(
         return nll + kl
 
     step = _torch_step(loss, optimizer)
-    return Variant("torch_ssvi", step, lambda: _torch_state_bytes(params, optimizer, sparse))
+    return Variant(
+        "torch_ssvi", step, lambda: _torch_state_bytes(params, optimizer, sparse)
+    )
 
 
 def bayesian_torch_variant(
@@ -449,7 +459,9 @@ def bayesian_torch_variant(
         lambda: F.cross_entropy(net(x), y) + get_kl_loss(net) / NUM_DATA, optimizer
     )
     params = list(net.parameters())
-    return Variant("bayesian_torch", step, lambda: _torch_state_bytes(params, optimizer, None))
+    return Variant(
+        "bayesian_torch", step, lambda: _torch_state_bytes(params, optimizer, None)
+    )
 
 
 def _torch_state_bytes(

@@ -123,7 +123,9 @@ class _Observe(Messenger):
         if msg["is_observed"]:
             fn = msg["fn"]
             log_p = fn.log_prob(msg["value"], *msg["args"], **msg["kwargs"])
-            self.log_probs.append(scale_and_mask(log_p, msg["scale"], msg["mask"]).sum())
+            self.log_probs.append(
+                scale_and_mask(log_p, msg["scale"], msg["mask"]).sum()
+            )
 
     def _pyro_post_param(self, msg: Any) -> None:
         value = msg["value"]
@@ -147,7 +149,10 @@ def _normal_prior(prior: Any, shape: torch.Size) -> tuple[torch.Tensor, torch.Te
 
 
 def _dense_kl(
-    loc: torch.Tensor, scale: torch.Tensor, prior_loc: torch.Tensor, prior_scale: torch.Tensor
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    prior_loc: torch.Tensor,
+    prior_scale: torch.Tensor,
 ) -> torch.Tensor:
     """Sum of closed-form Normal KLs (torch's formula)."""
     var_ratio = (scale / prior_scale) ** 2
@@ -250,7 +255,9 @@ class FastLoss:
                             guide._get_loc_and_scale(s.name)
                     return
 
-    def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def __call__(
+        self, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The loss (a differentiable scalar) and the tensors it trains.
 
         Raises:
@@ -282,14 +289,19 @@ class FastLoss:
         """Draw every site (the traced guide's random numbers, in its order)."""
         values: list[Any] = []
         kl: Any = 0.0
-        if self.device is None or self.sites[0].prior_scale.device != params[0][0].device:
+        if (
+            self.device is None
+            or self.sites[0].prior_scale.device != params[0][0].device
+        ):
             self._move_priors(params[0][0].device)
         for i, (site, (loc, scale_u, idx)) in enumerate(zip(self.sites, params)):
             scale = self.scale_transform(scale_u)
             const = site.constant
             if const is not None and const[3] != tensor_version(
                 site.prior_scale
-            ) + tensor_version(site.prior_loc):  # the prior was edited: re-read it
+            ) + tensor_version(
+                site.prior_loc
+            ):  # the prior was edited: re-read it
                 k = loc.numel()
                 const = _constant_prior(site.prior_loc, site.prior_scale, site.shape, k)
                 self.sites[i] = site = site._replace(constant=const)
@@ -316,15 +328,23 @@ class FastLoss:
                 values.append(weight)
             elif site.sparse:
                 eps = torch.randn(loc.shape, dtype=loc.dtype, device=loc.device)
-                values.append(SparseMoments(loc, scale, idx, site.shape).scatter(loc + scale * eps))
+                values.append(
+                    SparseMoments(loc, scale, idx, site.shape).scatter(
+                        loc + scale * eps
+                    )
+                )
             else:
-                eps = torch.empty(loc.shape, dtype=loc.dtype, device=loc.device).normal_()
+                eps = torch.empty(
+                    loc.shape, dtype=loc.dtype, device=loc.device
+                ).normal_()
                 values.append(loc + eps * scale)
         return values, kl
 
     def _move_priors(self, device: torch.device) -> None:
         self.sites = [
-            s._replace(prior_loc=s.prior_loc.to(device), prior_scale=s.prior_scale.to(device))
+            s._replace(
+                prior_loc=s.prior_loc.to(device), prior_scale=s.prior_scale.to(device)
+            )
             for s in self.sites
         ]
         self.device = device
@@ -357,7 +377,9 @@ def check_agrees(
     (loss_t, grads_t), (loss_f, grads_f) = results
     if not bool(torch.isfinite(loss_t)):
         raise NotNow("the traced loss is not finite")
-    if not torch.allclose(loss_f, loss_t, rtol=1e-4, atol=1e-4 * (1 + loss_t.abs().item())):
+    if not torch.allclose(
+        loss_f, loss_t, rtol=1e-4, atol=1e-4 * (1 + loss_t.abs().item())
+    ):
         return f"loss {loss_f.item():.6g} (fast) against {loss_t.item():.6g} (traced)"
     for p, gt, gf in zip(params, grads_t, grads_f):
         gt = torch.zeros_like(p) if gt is None else gt
@@ -369,7 +391,11 @@ def check_agrees(
 
 
 def build_fast_loss(
-    model: Any, guide: Any, traced: Callable[[], torch.Tensor], args: tuple, kwargs: dict
+    model: Any,
+    guide: Any,
+    traced: Callable[[], torch.Tensor],
+    args: tuple,
+    kwargs: dict,
 ) -> tuple[FastLoss | None, str | None]:
     """A checked :class:`FastLoss` for this pair, or ``(None, why not)``.
 
@@ -390,4 +416,3 @@ def build_fast_loss(
         )
         return None, f"the fast path disagrees with the traced loss ({reason})"
     return fast, None
-

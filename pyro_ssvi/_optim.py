@@ -96,5 +96,6 @@ class GroupedStep:
             shared = cls(next(iter(groups.values()))["params"])
             self._shared[cls] = shared
         shared.param_groups = list(groups.values())
-        shared.state = {p: opt.state[p] for p, opt in members}  # type: ignore[assignment]
+        state = {p: opt.state[p] for p, opt in members}
+        shared.state = state  # type: ignore[assignment]
         shared.step()

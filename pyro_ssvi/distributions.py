@@ -69,7 +69,7 @@ class SparseNormal(TorchDistribution):
         shape: Sequence[int],
         validate_args: bool | None = None,
     ) -> None:
-        shape = torch.Size(shape)
+        event_shape = torch.Size(shape)
         loc, scale = torch.broadcast_tensors(loc, scale)
         if loc.dim() < 1:
             raise ValueError("SparseNormal needs loc of shape batch_shape + (k,).")
@@ -80,16 +80,16 @@ class SparseNormal(TorchDistribution):
             )
         if indices.dtype not in (torch.int64, torch.int32):
             raise ValueError("SparseNormal: indices must be an integer tensor.")
-        if loc.shape[-1] > shape.numel():
+        if loc.shape[-1] > event_shape.numel():
             raise ValueError(
                 f"SparseNormal: k={loc.shape[-1]} active coordinates do not fit "
-                f"in shape {tuple(shape)}."
+                f"in shape {tuple(event_shape)}."
             )
         self.loc = loc
         self.scale = scale
         self.indices = indices
-        self._numel = shape.numel()
-        super().__init__(loc.shape[:-1], shape, validate_args=validate_args)
+        self._numel = event_shape.numel()
+        super().__init__(loc.shape[:-1], event_shape, validate_args=validate_args)
 
     @constraints.dependent_property(is_discrete=False, event_dim=0)
     def support(self) -> constraints.Constraint:
@@ -286,9 +286,11 @@ def sparse_normal_kl(
             tuple(lead) + (-1,)
         ).sum(-1)
     else:  # different broadcast patterns: sum densely
-        total = _normal_log_prob_at_zero(prior_loc, prior_scale).reshape(
-            tuple(lead) + (-1,)
-        ).sum(-1)
+        total = (
+            _normal_log_prob_at_zero(prior_loc, prior_scale)
+            .reshape(tuple(lead) + (-1,))
+            .sum(-1)
+        )
     active_lp0 = active_lp0.expand(active_lp0.shape[:-1] + (k,)).sum(-1)
     return active_kl - (total - active_lp0)
 

@@ -95,7 +95,7 @@ class TraceSparseMeanField_ELBO(TraceMeanField_ELBO):
     def why_traced(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any
     ) -> str | None:
-        """Why ``(model, guide)`` takes the traced path (None: it takes the fast one)."""
+        """Why ``(model, guide)`` takes the traced path (None: the fast one)."""
         return self._fast_entry(model, guide, args, kwargs)[1]
 
     def _fast_entry(
@@ -155,7 +155,9 @@ class TraceSparseMeanField_ELBO(TraceMeanField_ELBO):
             return torch_item(result[0])
         return super().loss(model, guide, *args, **kwargs)
 
-    def loss_and_grads(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
+    def loss_and_grads(
+        self, model: Any, guide: Any, *args: Any, **kwargs: Any
+    ) -> float:
         result = self.fast_loss(model, guide, *args, **kwargs)
         if result is None:
             return super().loss_and_grads(model, guide, *args, **kwargs)

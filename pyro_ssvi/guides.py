@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from contextlib import ExitStack
 from operator import attrgetter
-from typing import Any, Callable, Collection, Iterator, NamedTuple
+from typing import Any, Callable, Collection, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -519,7 +519,8 @@ class AutoSparseNormal(AutoGuide):
         self._require_params()
         if name not in self._sites:
             raise KeyError(
-                f"AutoSparseNormal has no site {name!r}; sites are {sorted(self._sites)}."
+                f"AutoSparseNormal has no site {name!r}; sites are "
+                f"{sorted(self._sites)}."
             )
 
     def _support(self, name: str) -> constraints.Constraint:
@@ -925,7 +926,9 @@ def _after_load(module: AutoSparseNormal, incompatible: Any) -> None:
     module._index_cache.clear()
 
 
-def _initial_scales(like: torch.Tensor, scale: float | tuple[float, float]) -> torch.Tensor:
+def _initial_scales(
+    like: torch.Tensor, scale: float | tuple[float, float]
+) -> torch.Tensor:
     r"""A constant scale, or :math:`|\varepsilon|`, :math:`\varepsilon \sim
     \mathcal{N}(\text{mean}, \text{std}^2)` per coordinate (zeros redrawn)."""
     if not isinstance(scale, tuple):

@@ -182,7 +182,9 @@ def likelihood_gradients(
     return result
 
 
-def _kl_gradients(guide_trace: Any, model_trace: Any, names: list[str]) -> dict[str, Any]:
+def _kl_gradients(
+    guide_trace: Any, model_trace: Any, names: list[str]
+) -> dict[str, Any]:
     """``scale * dKL/dmu`` of each sparse site at its active coordinates, dense
     (0 elsewhere); ``scale`` is the guide site's, as in the ELBO's KL term."""
     from torch.distributions import kl_divergence
@@ -326,7 +328,8 @@ class SubspaceScheduler:
             and regrow_scale > 0
         ):
             raise ValueError(
-                "SubspaceScheduler: regrow_scale must be 'mean' or a standard deviation > 0, "
+                "SubspaceScheduler: regrow_scale must be 'mean' or a standard "
+                "deviation > 0, "
                 f"got {regrow_scale!r}."
             )
         self.regrow_scale = regrow_scale
@@ -501,7 +504,9 @@ class SubspaceScheduler:
             fill = refill_value(new_scale, result.source)
         else:
             fill = transform_to(guide.scale_constraint).inv(
-                torch.as_tensor(self.regrow_scale, dtype=scale_u.dtype, device=scale_u.device)
+                torch.as_tensor(
+                    self.regrow_scale, dtype=scale_u.dtype, device=scale_u.device
+                )
             )
         new_scale[result.source < 0] = fill
         loc_u.copy_(move(loc_u, result.source, 0.0))

@@ -168,10 +168,14 @@ def test_kl_with_priors_broadcast_along_some_dims(pattern):
         loc_p = torch.tensor(0.0, **f64)
         scale_p = torch.rand(SHAPE[0], 1, generator=g, **f64) + 0.3
     prior = dist.Normal(loc_p, scale_p).expand(SHAPE).to_event(2)
-    dense_loc, dense_scale = (t.expand(SHAPE) for t in torch.broadcast_tensors(loc_p, scale_p))
+    dense_loc, dense_scale = (
+        t.expand(SHAPE) for t in torch.broadcast_tensors(loc_p, scale_p)
+    )
     per_coord = kl_divergence(
         dist.Normal(q.loc, q.scale),
-        dist.Normal(dense_loc.reshape(-1)[q.indices], dense_scale.reshape(-1)[q.indices]),
+        dist.Normal(
+            dense_loc.reshape(-1)[q.indices], dense_scale.reshape(-1)[q.indices]
+        ),
     )
     log_p0 = dist.Normal(dense_loc, dense_scale).log_prob(torch.zeros(SHAPE, **f64))
     expected = per_coord.sum() - log_p0[_off_mask(q)].sum()

@@ -389,14 +389,19 @@ def test_pretrained_values_start_on_their_largest_coordinates():
     # generic rules (the default init_to_kaiming) count as random draws.
     pyro.clear_param_store()
     guide = AutoSparseNormal(
-        model, density=0.25, init_loc_fn=init_to_value(values=values), init_active="random"
+        model,
+        density=0.25,
+        init_loc_fn=init_to_value(values=values),
+        init_active="random",
     ).setup(X, Y)
     for name in guide.sparse_site_names():
         flat = values[name].reshape(-1)
         k = guide.num_active()[name]
         top = flat.abs().argsort(descending=True, stable=True)[:k].sort().values
         assert not torch.equal(guide.active_indices()[name], top)
-        assert torch.equal(guide.site_posterior(name).loc, flat[guide.active_indices()[name]])
+        assert torch.equal(
+            guide.site_posterior(name).loc, flat[guide.active_indices()[name]]
+        )
     from pyro_ssvi.initialization import init_gives_values, init_to_kaiming
 
     assert not init_gives_values(init_to_kaiming, "net.0.weight")

@@ -1,4 +1,4 @@
-"""The fast path of TraceSparseMeanField_ELBO equals the traced loss, or stands aside."""
+"""TraceSparseMeanField_ELBO's fast path equals the traced loss, or is not used."""
 
 from __future__ import annotations
 
@@ -74,9 +74,13 @@ def test_fast_path_equals_the_traced_loss_and_gradients(kind, handler):
     else:
         handlers = HANDLERS[handler]
     model, x, y = _case(kind)
-    guide = AutoSparseNormal(model, density=0.3, dense_sites=getattr(model, "dense_sites", ()))
+    guide = AutoSparseNormal(
+        model, density=0.3, dense_sites=getattr(model, "dense_sites", ())
+    )
     guide.setup(x, y)
-    fast_elbo, traced_elbo = TraceSparseMeanField_ELBO(), TraceSparseMeanField_ELBO(fast=False)
+    fast_elbo, traced_elbo = TraceSparseMeanField_ELBO(), TraceSparseMeanField_ELBO(
+        fast=False
+    )
     with handlers():
         path = fast_elbo.fast_path(model, guide, x, y)
     assert path is not None  # the standard case: the fast path is taken
@@ -117,7 +121,9 @@ class LearnablePrior(PyroModule):
     def __init__(self):
         super().__init__()
         self.tau = PyroParam(torch.tensor(1.0), dist.constraints.positive)
-        self.w = PyroSample(lambda m: dist.Normal(0.0, m.tau).expand([1, 6]).to_event(2))
+        self.w = PyroSample(
+            lambda m: dist.Normal(0.0, m.tau).expand([1, 6]).to_event(2)
+        )
 
     def forward(self, x, y=None):
         mean = (x @ self.w.T)[:, 0]

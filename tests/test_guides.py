@@ -410,12 +410,14 @@ def test_init_scale_pair_draws_folded_normal_scales():
     model = tiny_classifier(in_features=60, hidden=100)
     x, y = torch.randn(4, 60), torch.tensor([0, 1, 2, 0])
     guide = AutoSparseNormal(model, density=0.5, init_scale=(m, sd)).setup(x, y)
-    scales = torch.cat([guide.site_posterior(n).scale for n in guide.sparse_site_names()])
+    scales = torch.cat(
+        [guide.site_posterior(n).scale for n in guide.sparse_site_names()]
+    )
     scales = scales.double()
     n = scales.numel()
-    mean = sd * math.sqrt(2 / math.pi) * math.exp(-(m**2) / (2 * sd**2)) + m * math.erf(
-        m / (sd * math.sqrt(2))
-    )
+    mean = sd * math.sqrt(2 / math.pi) * math.exp(
+        -(m**2) / (2 * sd**2)
+    ) + m * math.erf(m / (sd * math.sqrt(2)))
     second = m**2 + sd**2
     std = math.sqrt(second - mean**2)
     # 5 standard errors of the mean and of the second moment (whose variance

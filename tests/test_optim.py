@@ -30,7 +30,9 @@ OPTIMS = {
     "adam": lambda: pyro.optim.Adam({"lr": 0.05}),
     "adamw": lambda: pyro.optim.AdamW({"lr": 0.05, "weight_decay": 0.1}),
     "sgd_momentum": lambda: pyro.optim.SGD({"lr": 0.05, "momentum": 0.9}),
-    "per_param_lr": lambda: pyro.optim.Adam(lambda name: {"lr": 0.01 * int(name[1:]) + 0.01}),
+    "per_param_lr": lambda: pyro.optim.Adam(
+        lambda name: {"lr": 0.01 * int(name[1:]) + 0.01}
+    ),
     "lr_scheduler": lambda: pyro.optim.ExponentialLR(
         {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.05}, "gamma": 0.5}
     ),
@@ -42,7 +44,9 @@ OPTIMS = {
 @pytest.mark.parametrize("name", sorted(OPTIMS))
 def test_grouped_step_equals_pyro_optim(name):
     named = name == "per_param_lr"
-    a, b = _params(prefix="a" if named else None), _params(prefix="b" if named else None)
+    a, b = _params(prefix="a" if named else None), _params(
+        prefix="b" if named else None
+    )
     optim_a, optim_b = OPTIMS[name](), OPTIMS[name]()
     grouped = GroupedStep(optim_b)
     for step in range(6):

@@ -656,9 +656,7 @@ def test_jit_elbo_trains_like_python_elbo(Guide, SVIClass, Elbo, JitElbo):
         guide = Guide(normal_normal_model)
         # 200 steps from lr 0.15: the same learning-rate budget as 300 from 0.1.
         fit(SVIClass, normal_normal_model, guide, data, steps=200, lr=0.15, elbo=elbo)
-        result[label] = unconstrained_loc_scale(
-            guide, "loc", constraints.real, data
-        )
+        result[label] = unconstrained_loc_scale(guide, "loc", constraints.real, data)
     for loc, scale in result.values():
         assert torch.allclose(loc, mean, atol=LOC_ATOL)
         assert torch.allclose(scale, sd, rtol=SCALE_RTOL)
@@ -853,9 +851,7 @@ def test_replay_guide_trace_into_model_under_plates(Guide, SVIClass, sample_shap
 
 # ============================================================ AutoGuideList
 def list_model(data_w, data_s):
-    w = pyro.sample(
-        "w", dist.Normal(PRIOR_LOC, PRIOR_SCALE).expand([2, 3]).to_event(2)
-    )
+    w = pyro.sample("w", dist.Normal(PRIOR_LOC, PRIOR_SCALE).expand([2, 3]).to_event(2))
     s = pyro.sample("s", dist.Normal(PRIOR_LOC, PRIOR_SCALE))
     with pyro.plate("data", data_w.shape[0]):
         pyro.sample("obs_w", dist.Normal(w, NOISE).to_event(2), obs=data_w)
@@ -910,9 +906,7 @@ def test_guide_list_median_and_quantiles(Guide, SVIClass):
 # =============================================================== Predictive
 def predictive_model(num_obs, data=None):
     """Supports a leading sample dimension (``parallel=True``)."""
-    w = pyro.sample(
-        "w", dist.Normal(PRIOR_LOC, PRIOR_SCALE).expand([2, 3]).to_event(2)
-    )
+    w = pyro.sample("w", dist.Normal(PRIOR_LOC, PRIOR_SCALE).expand([2, 3]).to_event(2))
     s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
     with pyro.plate("data", num_obs):
         u = pyro.sample("u", dist.Normal(0.0, 0.1))  # a per-observation offset

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pyro
-from pyro import poutine
 import pytest
 import torch
 from common import (
@@ -16,13 +15,14 @@ from common import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_ssvi import CRITERIA, AutoSparseNormal, SparseSVI
 from pyro_ssvi._pyro_compat import pyro_optim_optimizers
-from pyro_ssvi.poutine import scale_kl
 from pyro_ssvi.criteria import removal_scores
+from pyro_ssvi.poutine import scale_kl
 
 X, Y = classification_data()
 
@@ -478,7 +478,9 @@ def test_sparse_compute_defaults_to_auto_on_the_cpu_only():
 
 def test_regrow_scale_sets_the_scale_of_new_coordinates():
     name = "net.0.weight"
-    _, guide, svi = _svi(0.5, drop_fraction=0.5, drop_schedule="constant", regrow_scale=0.123)
+    _, guide, svi = _svi(
+        0.5, drop_fraction=0.5, drop_schedule="constant", regrow_scale=0.123
+    )
     for _ in range(3):
         svi.step(X, Y)
     before = guide.active_indices()[name]

@@ -192,7 +192,8 @@ def test_evaluate_checks_the_number_of_samples(tmp_path):
 
 # ------------------------------------------- the reference's optional rules
 def test_init_scale_std_draws_each_initial_scale_from_the_folded_normal(module_local):
-    """--init-scale-std s: sigma_j = |m + s z_j|, as AutoSparseNormal(init_scale=(m, s))."""
+    """--init-scale-std s: sigma_j = |m + s z_j|, as in
+    AutoSparseNormal(init_scale=(m, s))."""
     m, s = 6e-4, 5e-4
     drawn = build_run(TrainConfig(init_scale=m, init_scale_std=s, **TINY_TRAINING))
     fixed = build_run(TrainConfig(init_scale=m, **TINY_TRAINING))
