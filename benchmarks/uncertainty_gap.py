@@ -76,6 +76,7 @@ FASHION_FILES = (
 )
 DENSITIES = (0.2, 0.1, 0.05)
 EVAL_SAMPLES = (10, 30, 100)
+DECOMPOSITION_SAMPLES = "30"
 #: pair -> (training set, its OOD set)
 PAIRS = {"mnist": ("mnist", "fashion_mnist"), "fashion": ("fashion_mnist", "mnist")}
 #: ablation name -> TrainConfig overrides (SSVI, density 0.1, MNIST)
@@ -327,7 +328,7 @@ def decompose(run: Any, sets: dict[str, Any], job: Job, smoke: bool) -> dict[str
     median active scale of the tensor."""
     import pyro
 
-    num_samples = 2 if smoke else 30
+    num_samples = 2 if smoke else int(DECOMPOSITION_SAMPLES)
     out: dict[str, Any] = {}
     if job.method == "dense VI":
         sites = _site_weights(run.guide)
@@ -539,6 +540,158 @@ def report(results: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
+# --------------------------------------------------------------- figures
+def _values(
+    results: list[dict[str, Any]], pair: str, method: str, key: str, part: str | None
+) -> list[float]:
+    runs = [
+        r for r in results if (r["job"]["pair"], r["job"]["method"]) == (pair, method)
+    ]
+    base = str(min(int(k) for r in runs for k in r["samples"])) if runs else "10"
+    return [e[key] for e in _entries(runs, base, part) if key in e]
+
+
+def figures(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{file name: matplotlib figure}``: AUROC against density, the
+    ablations' paired gaps, and dense VI's decomposition (mean ± s.e.)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, Any] = {}
+    pairs = [p for p in PAIRS if any(r["job"]["pair"] == p for r in results)]
+    if not pairs:
+        return out
+    fig, axes = plt.subplots(
+        1, len(pairs), figsize=(5.5 * len(pairs), 4), squeeze=False
+    )
+    for ax, pair in zip(axes[0], pairs):
+        ood = PAIRS[pair][1]
+        for kind, colour in (("entropy", "C0"), ("mi", "C1")):
+            key = f"auroc_{kind}/{ood}"
+            pts = [
+                mean_se(v)
+                for d in DENSITIES
+                if (v := _values(results, pair, f"SSVI d={d}", key, None))
+            ]
+            if len(pts) == len(DENSITIES):
+                ax.errorbar(
+                    DENSITIES,
+                    [m for m, _ in pts],
+                    [e for _, e in pts],
+                    marker="o",
+                    color=colour,
+                    capsize=3,
+                    label=f"SSVI, by {kind}",
+                )
+            dense = _values(results, pair, "dense VI", key, None)
+            if dense:
+                m, e = mean_se(dense)
+                ax.axhspan(m - e, m + e, color=colour, alpha=0.2)
+                ax.axhline(m, color=colour, ls="--", label=f"dense VI, by {kind}")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(DENSITIES, [str(d) for d in DENSITIES])
+        ax.set_xlabel("density")
+        ax.set_ylabel(f"OOD AUROC ({PAIRS[pair][0]} vs {ood})")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out["auroc_vs_density.png"] = fig
+
+    names = ["SSVI d=0.1", *ABLATIONS]
+    keys = [("auroc_mi/fashion_mnist", "MI AUROC"), ("auroc_entropy/fashion_mnist",
+            "entropy AUROC"), ("accuracy", "accuracy")]  # fmt: skip
+    gaps = {
+        n: [paired_gaps(results, "mnist", n, k, "10") for k, _ in keys] for n in names
+    }
+    rows = [(n, [mean_se(g) for g in gs]) for n, gs in gaps.items() if all(gs)]
+    if rows:
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
+        y = np.arange(len(rows))
+        for j, ((_, label), colour) in enumerate(zip(keys, ("C1", "C0", "C2"))):
+            ax.errorbar([v[j][0] for _, v in rows], y + (j - 1) * 0.2,
+                        xerr=[v[j][1] for _, v in rows], fmt="o", color=colour,
+                        capsize=2, label=label)  # fmt: skip
+        ax.axvline(0, color="k", lw=0.8)
+        ax.axvline(-0.01, color="grey", ls=":", lw=0.8)
+        ax.set_yticks(y, [n for n, _ in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel(
+            "SSVI minus dense VI of the same seed (MNIST; OOD: Fashion-MNIST)"
+        )
+        ax.legend(fontsize=8, loc="lower left")
+        fig.tight_layout()
+        out["ablations.png"] = fig
+
+    parts = sorted(
+        {k for r in results for k in r.get("decomposition", {}) if "top" in k}
+    )
+    if parts:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ood = PAIRS["mnist"][1]
+        key = f"auroc_mi/{ood}"
+        full = [  # at the decomposition's number of samples
+            r["samples"][DECOMPOSITION_SAMPLES][key]
+            for r in results
+            if (r["job"]["pair"], r["job"]["method"]) == ("mnist", "dense VI")
+            and DECOMPOSITION_SAMPLES in r["samples"]
+        ]
+        for label, colour in (("variance on top", "C0"), ("variance off top", "C3"),
+                              ("pruned to top", "C2")):  # fmt: skip
+            pts = [
+                mean_se(v)
+                for d in DENSITIES
+                if (
+                    v := _values(
+                        results,
+                        "mnist",
+                        "dense VI",
+                        key,
+                        f"{label} {d}"
+                        + (" only" if label == "variance off top" else ""),
+                    )
+                )
+            ]
+            if len(pts) == len(DENSITIES):
+                ax.errorbar(
+                    DENSITIES,
+                    [m for m, _ in pts],
+                    [e for _, e in pts],
+                    marker="o",
+                    color=colour,
+                    capsize=3,
+                    label=f"dense VI, {label} d",
+                )
+        ssvi = [
+            mean_se(v)
+            for d in DENSITIES
+            if (v := _values(results, "mnist", f"SSVI d={d}", key, "as trained"))
+        ]
+        if len(ssvi) == len(DENSITIES):
+            ax.errorbar(
+                DENSITIES,
+                [m for m, _ in ssvi],
+                [e for _, e in ssvi],
+                marker="s",
+                color="C1",
+                capsize=3,
+                label="SSVI at density d",
+            )
+        if full:
+            ax.axhline(
+                mean_se(full)[0], color="k", ls="--", label="dense VI, whole posterior"
+            )
+        ax.set_xscale("log")
+        ax.set_xticks(DENSITIES, [str(d) for d in DENSITIES])
+        ax.set_xlabel("d (fraction of each weight tensor, by |mu|/sigma)")
+        ax.set_ylabel("MI AUROC, MNIST vs Fashion-MNIST")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out["decomposition.png"] = fig
+    return out
+
+
 # ------------------------------------------------------------------ main
 def run_study(
     out: Path,
@@ -623,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = args.out / (name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, args.out / name)
+    for name, fig in figures(results).items():
+        fig.savefig(args.out / name, dpi=110)
     print(report(results))
     return 0
 
