@@ -314,11 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _given(args: argparse.Namespace) -> dict[str, Any]:
+def _given(args: argparse.Namespace, implicit: bool = True) -> dict[str, Any]:
     """The ``TrainConfig`` fields the flags set (a ``--recipe``'s included).
 
-    A regression data set without ``--recipe`` starts from its task's recipe
-    (``uci``).
+    With ``implicit``, a regression data set without ``--recipe`` starts from
+    its task's recipe (``uci``); a resumed run keeps its saved settings instead.
     """
     from .training._config import default_recipe, recipe_values
 
@@ -326,7 +326,9 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if "hidden" in given:
         given["hidden"] = tuple(given["hidden"])
-    recipe = getattr(args, "recipe", None) or default_recipe(given.get("dataset"))
+    recipe = getattr(args, "recipe", None)
+    if recipe is None and implicit:
+        recipe = default_recipe(given.get("dataset"))
     if recipe is not None:
         given = recipe_values(recipe, given)
     old = getattr(args, "stop_updates_at", None)
@@ -428,7 +430,7 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, resume_config, train
 
-    given = _given(args)
+    given = _given(args, implicit=not args.resume)
     out = args.output_dir or _default_dir(
         f"{given.get('model', 'mlp')}-{given.get('dataset', 'mnist')}"
     )
