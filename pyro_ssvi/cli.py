@@ -143,13 +143,8 @@ def _options() -> dict[str, Sequence[str]]:
     from .criteria import CRITERIA
     from .schedules import SCHEDULES
     from .svi import ADDITIONS
-    from .training import MODELS
-    from .training._config import (
-        LR_SCHEDULES,
-        OPTIMIZERS,
-        SPARSE_COMPUTE,
-        dataset_tasks,
-    )
+    from .training import MODELS, dataset_tasks
+    from .training._config import LR_SCHEDULES, OPTIMIZERS, SPARSE_COMPUTE
 
     return {
         "model": list(MODELS),

@@ -22,7 +22,9 @@ from common import TINY_REGRESSION, as_flags
 from pyro_ssvi.checkpoint import load_checkpoint, save_checkpoint
 from pyro_ssvi.cli import main
 from pyro_ssvi.compare import REGRESSION_COLUMNS
+from pyro_ssvi.data import DATASETS
 from pyro_ssvi.regression import (
+    REGRESSION_DATASETS,
     RegressionPrediction,
     evaluate_regression,
     load_regression_dataset,
@@ -36,6 +38,7 @@ from pyro_ssvi.training import (
     ConfigError,
     TrainConfig,
     build_run,
+    dataset_tasks,
     load_run,
     train,
 )
@@ -290,12 +293,19 @@ def test_bad_settings_give_one_line_and_exit_1(
 
 
 def test_the_task_follows_from_the_data_set():
+    tasks = dataset_tasks()
+    assert {n for n, t in tasks.items() if t == "classification"} == set(DATASETS)
+    assert {n for n, t in tasks.items() if t == "regression"} == set(
+        REGRESSION_DATASETS
+    )
     assert TrainConfig().task == "classification"
     assert TrainConfig(dataset="diabetes").task == "regression"
     assert TrainConfig(hidden=[3, 4]).hidden == (3, 4)  # from JSON
     with pytest.raises(ConfigError, match="--dataset must be one of"):
         TrainConfig(dataset="wine")
-    # The linear model: --hidden with no widths.
-    pyro.set_rng_seed(0)
+    # The linear model: --hidden with no widths; widths of an image MLP too.
     run = build_run(TrainConfig(dataset="diabetes", hidden=()))
     assert [n for n, _ in run.model.net.named_children()] == ["0"]
+    run = build_run(TrainConfig(hidden=(16, 8), train_limit=64, test_limit=64))
+    shapes = [p.shape for p in run.guide.median().values() if p.dim() == 2]
+    assert shapes == [(16, 784), (8, 16), (10, 8)]

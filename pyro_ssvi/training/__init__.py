@@ -36,6 +36,7 @@ from ._config import (
     RunStopped,
     TrainConfig,
     TrainingDiverged,
+    dataset_tasks,
 )
 from ._evaluate import (
     evaluate_predictions,
@@ -62,6 +63,7 @@ __all__ = [
     "TrainConfig",
     "TrainingDiverged",
     "build_run",
+    "dataset_tasks",
     "evaluate_predictions",
     "evaluate_run",
     "load_run",
