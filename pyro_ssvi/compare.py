@@ -3,7 +3,10 @@
 Each variant is an ordinary run directory under the comparison directory
 (``autonormal/``, ``ssvi-d0.1/``, ...); the table goes to ``comparison.md``
 and ``comparison.json``, the trade-off plot (SSVI against density, dense VI
-as a reference line) to ``density_tradeoff.png``::
+as a reference line) to ``density_tradeoff.png``. On a regression data set the
+table holds RMSE, test log-likelihood, NLL, 90% coverage and calibration error
+(:data:`REGRESSION_COLUMNS`) and the plot RMSE, test log-likelihood, coverage
+and calibration error::
 
     table = compare({"epochs": 15}, [0.1, 0.05], "runs/compare")
 """
@@ -18,7 +21,13 @@ from typing import Any, Sequence
 from .checkpoint import atomic_write, write_json
 from .distributed import is_main_process, process_group
 
-__all__ = ["COLUMNS", "compare", "markdown_table"]
+__all__ = [
+    "COLUMNS",
+    "REGRESSION_COLUMNS",
+    "TRADEOFF_METRICS",
+    "compare",
+    "markdown_table",
+]
 
 #: Columns of the comparison table: (metrics key, header, format).
 COLUMNS = (
@@ -30,6 +39,32 @@ COLUMNS = (
     ("checkpoint_bytes", "checkpoint (MB)", "{:.2f}"),
     ("wall_time_s", "wall time (s)", "{:.0f}"),
 )
+#: Columns of the table for a regression data set (Monte Carlo metrics in the
+#: targets' original units; test LL is the mixture log-likelihood).
+REGRESSION_COLUMNS = (
+    ("test_rmse", "RMSE", "{:.4g}"),
+    ("test_log_likelihood", "test LL", "{:.4f}"),
+    ("test_nll", "NLL", "{:.4f}"),
+    ("test_coverage_90", "90% coverage", "{:.3f}"),
+    ("test_calibration_error", "calibration error", "{:.4f}"),
+    ("num_variational_params", "variational params", "{:,}"),
+    ("checkpoint_bytes", "checkpoint (MB)", "{:.3f}"),
+    ("wall_time_s", "wall time (s)", "{:.1f}"),
+)
+#: Metrics of the trade-off plot (``density_tradeoff.png``), by task.
+TRADEOFF_METRICS = {
+    "classification": ("test_accuracy", "test_nll", "test_ece", "ood_auroc"),
+    "regression": (
+        "test_rmse",
+        "test_log_likelihood",
+        "test_coverage_90",
+        "test_calibration_error",
+    ),
+}
+
+
+def _is_regression(rows: list[dict[str, Any]]) -> bool:
+    return bool(rows) and rows[0].get("task") == "regression"
 
 
 def _cell(key: str, fmt: str, row: dict[str, Any]) -> str:
@@ -44,17 +79,20 @@ def _cell(key: str, fmt: str, row: dict[str, Any]) -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of comparison rows (``variant`` plus :data:`COLUMNS`).
 
-    A ``params vs dense`` column gives each row's variational parameters as a
-    fraction of the dense-VI row's, when there is one.
+    Rows of a regression data set (``task == "regression"``) get
+    :data:`REGRESSION_COLUMNS` instead. A ``params vs dense`` column gives
+    each row's variational parameters as a fraction of the dense-VI row's,
+    when there is one.
     """
+    columns = REGRESSION_COLUMNS if _is_regression(rows) else COLUMNS
     dense = next((r for r in rows if r["variant"] == "dense VI (AutoNormal)"), None)
-    headers = ["method", "density"] + [h for _, h, _ in COLUMNS]
+    headers = ["method", "density"] + [h for _, h, _ in columns]
     if dense:
         headers.append("params vs dense")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         cells = [row["variant"], f"{row['density']:.2f}"]
-        cells += [_cell(k, f, row) for k, _, f in COLUMNS]
+        cells += [_cell(k, f, row) for k, _, f in columns]
         if dense:
             ratio = row["num_variational_params"] / dense["num_variational_params"]
             cells.append(f"{ratio:.3f}x")
@@ -142,8 +180,10 @@ def _write_comparison(out: Path, table: str, rows: list[dict[str, Any]]) -> None
     write_json(out / "comparison.json", rows)
     sparse = [r for r in rows if r.get("guide") == "ssvi"]
     dense = next((r for r in rows if r.get("guide") == "autonormal"), None)
+    task = "regression" if _is_regression(rows) else "classification"
     plot_density_tradeoff(
         sparse or rows,
         out / "density_tradeoff.png",
+        ys=TRADEOFF_METRICS[task],
         reference=dense if sparse else None,
     )

@@ -16,19 +16,21 @@ The model must return logits from ``model(x)``; it may also take ``y=None``
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import AutoGuide
-from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from ._batching import (
+    batches,
+    check_consistent,
+    eval_mode,
+    median_on,
+    prepare_prediction,
+)
 from .metrics import _entropy, classification_metrics
 
 __all__ = ["Prediction", "evaluate", "predict", "predict_proba"]
-
-_Batch = tuple[torch.Tensor, "torch.Tensor | None"]
 
 
 class Prediction(NamedTuple):
@@ -49,75 +51,7 @@ class Prediction(NamedTuple):
     labels: torch.Tensor | None
 
 
-# ------------------------------------------------------------------- batching
-def _split(tensors: tuple[torch.Tensor, ...], batch_size: int) -> Iterator[_Batch]:
-    for start in range(0, len(tensors[0]), batch_size):
-        chunk = [t[start : start + batch_size] for t in tensors]
-        yield chunk[0], (chunk[1] if len(chunk) > 1 else None)
-
-
-def _unpack(item: Any, position: int) -> _Batch:
-    if isinstance(item, torch.Tensor):
-        return item, None
-    if isinstance(item, (tuple, list)) and 1 <= len(item) <= 2:
-        if all(isinstance(t, torch.Tensor) for t in item):
-            return item[0], (item[1] if len(item) == 2 else None)
-    raise ValueError(
-        f"batch {position} of data must be a tensor x or a pair (x, y) of tensors, "
-        f"got {type(item).__name__}"
-        + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else "")
-        + "."
-    )
-
-
-def _batches(data: Any, batch_size: int) -> Iterator[_Batch]:
-    """Normalise ``data`` to an iterator of ``(x, y or None)`` batches."""
-    if isinstance(data, torch.Tensor):
-        yield from _split((data,), batch_size)
-    elif (
-        isinstance(data, tuple)
-        and len(data) == 2
-        and all(isinstance(t, torch.Tensor) for t in data)
-    ):
-        if len(data[0]) != len(data[1]):
-            raise ValueError(
-                f"data (x, y) have different lengths {len(data[0])} and {len(data[1])}."
-            )
-        yield from _split(data, batch_size)
-    elif isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-        yield from _batches(DataLoader(data, batch_size=batch_size), batch_size)
-    elif isinstance(data, Iterable):
-        for position, item in enumerate(data):
-            yield _unpack(item, position)
-    else:
-        raise TypeError(
-            "data must be a tensor of inputs, a tuple (x, y) of tensors, a Dataset, "
-            f"or an iterable (e.g. DataLoader) of x or (x, y) batches; got {data!r}."
-        )
-
-
 # ----------------------------------------------------------------- prediction
-def _default_device(guide: Any) -> torch.device | None:
-    if isinstance(guide, torch.nn.Module):
-        for tensor in (*guide.parameters(), *guide.buffers()):
-            return tensor.device
-    return None
-
-
-@contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Put an ``nn.Module`` model in eval mode, restoring every submodule after."""
-    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
-    modes = [m.training for m in modules]
-    try:
-        if modules:
-            model.eval()
-        yield
-    finally:
-        for module, mode in zip(modules, modes):
-            module.train(mode)
-
-
 def _softmax(logits: Any, x: torch.Tensor) -> torch.Tensor:
     """Checked ``softmax(logits)``, in at least float32 (half-precision models)."""
     if (
@@ -153,36 +87,6 @@ def _mc_batch(
     return sum_probs / num_samples, sum_entropy / num_samples
 
 
-def _check_options(num_samples: int, batch_size: int) -> None:
-    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}.")
-
-
-def _is_loaded(guide: Any) -> bool:
-    """An AutoSparseNormal loaded from a state dict (it checks itself on use)."""
-    from .guides import AutoSparseNormal
-
-    try:
-        return isinstance(guide, AutoSparseNormal) and bool(guide.site_names())
-    except RuntimeError:  # no parameters yet
-        return False
-
-
-def _require_setup(guide: Any) -> None:
-    if (
-        isinstance(guide, AutoGuide)
-        and guide.prototype_trace is None
-        and not _is_loaded(guide)
-    ):
-        raise ValueError(
-            f"{type(guide).__name__} has not been run on the model yet (a new or "
-            "freshly loaded autoguide), so sampling it would trace the model "
-            "without labels. Call guide.setup(x, y) (AutoSparseNormal) or "
-            "guide(x, y) once with a labelled batch first."
-        )
-
-
 def _predict_batches(
     model: Callable[..., Any],
     guide: Any,
@@ -195,25 +99,17 @@ def _predict_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """Yield ``(mean probs, mean entropy, labels or None)`` per batch, on the CPU.
 
-    The caller must hold ``torch.no_grad()`` and :func:`_eval_mode`.
+    The caller must hold ``torch.no_grad()`` and ``eval_mode``.
     """
-    _check_options(num_samples, batch_size)
-    if mean_weights and not callable(getattr(guide, "median", None)):
-        raise TypeError(
-            "mean_weights=True needs a guide with a median() method (an autoguide), "
-            f"got {type(guide).__name__}."
-        )
-    if not mean_weights:
-        _require_setup(guide)
-    device = _default_device(guide) if device is None else torch.device(device)
+    device = prepare_prediction(guide, num_samples, mean_weights, batch_size, device)
     median = None
-    for x, y in _batches(data, batch_size):
+    for x, y in batches(data, batch_size):
         x = x if device is None else x.to(device)
         if not mean_weights:
             probs, entropy = _mc_batch(model, guide, x, num_samples)
         else:
             if median is None:
-                median = {k: v.to(x.device) for k, v in guide.median(x).items()}
+                median = median_on(guide, x)
             probs = _softmax(poutine.condition(model, data=median)(x), x)
             entropy = _entropy(probs)
         labels = None if y is None else y.detach().to("cpu", torch.int64)
@@ -283,7 +179,7 @@ def predict(
         pred = predict(model, guide, x_test, num_samples=50)
         pred.probs.argmax(-1)
     """
-    batches = _predict_batches(
+    stream = _predict_batches(
         model,
         guide,
         data,
@@ -295,14 +191,12 @@ def predict(
     probs: list[torch.Tensor] = []
     entropies: list[torch.Tensor] = []
     labels: list[torch.Tensor | None] = []
-    with torch.no_grad(), _eval_mode(model):
-        for position, (batch_probs, batch_entropy, batch_labels) in enumerate(batches):
-            if position and (batch_labels is None) != (labels[0] is None):
-                raise ValueError(
-                    f"batch {position} of data has "
-                    f"{'no ' if batch_labels is None else ''}labels unlike the first "
-                    "batch; give labels for every batch or for none."
-                )
+    with torch.no_grad(), eval_mode(model):
+        for position, (batch_probs, batch_entropy, batch_labels) in enumerate(stream):
+            first = batch_labels if not labels else labels[0]
+            check_consistent(
+                position, batch_labels is not None, first is not None, "labels"
+            )
             probs.append(batch_probs)
             entropies.append(batch_entropy)
             labels.append(batch_labels)

@@ -104,3 +104,16 @@ def as_flags(settings: dict) -> list[str]:
     return [
         a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))
     ]
+
+
+#: A few seconds of real regression training on scikit-learn's diabetes set
+#: (398 training and 44 test examples of split 0): 7 steps per epoch,
+#: subspace updates at steps 3, 6, 9, ...
+TINY_REGRESSION = dict(
+    dataset="diabetes",
+    epochs=2,
+    batch_size=64,
+    update_every=3,
+    num_samples=3,
+    lr=0.01,
+)

@@ -17,7 +17,13 @@ from pyro_ssvi.checkpoint import load_checkpoint, save_checkpoint
 from pyro_ssvi.cli import main
 from pyro_ssvi.metrics import ece, ood_metrics
 from pyro_ssvi.predict import predict
-from pyro_ssvi.training import PLOTS, TrainConfig, TrainingDiverged, load_run, train
+from pyro_ssvi.training import (
+    PLOTS_BY_TASK,
+    TrainConfig,
+    TrainingDiverged,
+    load_run,
+    train,
+)
 
 # 512 MNIST training images, 256 test and OOD images, a few subspace updates.
 TINY = [*as_flags(TINY_TRAINING), "--no-progress"]
@@ -53,7 +59,9 @@ def test_train_writes_a_complete_run_directory(tmp_path, capsys):
     assert [r["epoch"] for r in rows] == [1, 2]
     updates = json.loads((out / "subspace_updates.json").read_text())
     assert [u["step"] for u in updates] == [3, 6, 9]
-    for name in PLOTS:
+    written = sorted(p.name for p in (out / "plots").iterdir())
+    assert written == sorted(PLOTS_BY_TASK["classification"])
+    for name in written:
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "test accuracy" in capsys.readouterr().out
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

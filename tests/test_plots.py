@@ -16,6 +16,7 @@ import torch
 
 from pyro_ssvi import plots
 from pyro_ssvi.metrics import auroc, ece, reliability_bins
+from pyro_ssvi.regression import calibration_curve, calibration_error
 from pyro_ssvi.svi import SubspaceUpdate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -224,6 +225,53 @@ def test_density_tradeoff_lines_reference_and_readable_axes(tmp_path):
     assert fig.axes[1].get_legend() is None  # one legend: the same in each panel
 
 
+# ----------------------------------------------------------------- regression
+def _gaussian_predictions(n: int = 40) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(n, generator=g, dtype=torch.float64) * 3
+    variance = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    targets = mean + variance.sqrt() * torch.randn(n, generator=g, dtype=torch.float64)
+    return mean, variance, targets
+
+
+def test_regression_calibration_draws_the_calibration_curve(tmp_path):
+    mean, variance, targets = _gaussian_predictions()
+    fig = plots.plot_regression_calibration(
+        mean, variance, targets, tmp_path / "c.png", num_levels=9, kind="MC, 5"
+    )
+    _check_png(tmp_path / "c.png", fig)
+    (ax,) = fig.axes
+    curve = calibration_curve(mean, variance, targets, num_levels=9)
+    assert ax.lines[0].get_xdata().tolist() == curve.expected.tolist()
+    assert ax.lines[0].get_ydata().tolist() == curve.observed.tolist()
+    diagonal = ax.lines[1]
+    assert list(diagonal.get_xdata()) == [0, 1] == list(diagonal.get_ydata())
+    error = calibration_error(mean, variance, targets, num_levels=9)
+    assert ax.get_title() == (
+        f"Interval calibration (MC, 5)\ncalibration error {error:.4f} (9 levels)"
+    )
+    assert _legend(ax) == ["observed", "perfect calibration"]
+
+
+def test_predictions_draw_means_against_targets_with_two_std_bars(tmp_path):
+    mean, variance, targets = _gaussian_predictions()
+    fig = plots.plot_predictions(mean, variance, targets, tmp_path / "p.png")
+    _check_png(tmp_path / "p.png", fig)
+    (ax,) = fig.axes
+    points, _, (bars,) = ax.containers[0]
+    assert points.get_xdata().tolist() == targets.tolist()
+    assert points.get_ydata().tolist() == mean.tolist()
+    segments = np.array(bars.get_segments())  # (N, 2 ends, (x, y))
+    std = variance.sqrt().numpy()
+    np.testing.assert_allclose(segments[:, 0, 1], mean.numpy() - 2 * std)
+    np.testing.assert_allclose(segments[:, 1, 1], mean.numpy() + 2 * std)
+    inside = ((targets - mean).abs() <= 2 * variance.sqrt()).double().mean().item()
+    rmse = (targets - mean).pow(2).mean().sqrt().item()
+    assert ax.get_title() == (
+        f"Predictions (MC)\nRMSE {rmse:.4g}, {inside:.0%} of targets within ± 2 std"
+    )
+
+
 def test_failed_write_leaves_no_temporary_file(tmp_path):
     # Saving onto an existing directory fails at os.replace, after the PNG
     # was rendered to the temporary file: it must be cleaned up.
@@ -270,6 +318,12 @@ def test_failed_write_leaves_no_temporary_file(tmp_path):
                 [{"step": 1, "num_swapped": {"z": 1}}], {"a": 1}, p
             ),
             r"\['z'\]",
+        ),
+        (lambda p: plots.plot_predictions([1.0], [0.0], [1.0], p), "variance must"),
+        (lambda p: plots.plot_predictions([1.0, 2], [1.0], [1.0], p), "same size"),
+        (
+            lambda p: plots.plot_regression_calibration([1.0], [1.0], [], p),
+            "targets must be a non-empty",
         ),
         (lambda p: plots.plot_density_tradeoff([{"acc": 1}], p), "'density'"),
         (lambda p: plots.plot_density_tradeoff([{"density": "a"}], p), "number"),

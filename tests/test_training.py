@@ -16,7 +16,7 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
-from common import TINY_TRAINING
+from common import TINY_REGRESSION, TINY_TRAINING
 
 from pyro_ssvi.checkpoint import CHECKPOINT_VERSION, load_checkpoint
 from pyro_ssvi.cli import main
@@ -47,11 +47,18 @@ def module_local():
 
 
 @pytest.mark.parametrize("guide", ["ssvi", "autonormal"])
-def test_one_step_is_the_elbo_per_example_and_one_optimiser_step(module_local, guide):
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_one_step_is_the_elbo_per_example_and_one_optimiser_step(
+    module_local, guide, task
+):
     """train_step = (negative ELBO / N).backward() and one Adam step, on the
-    parameters of the ELBO module, with the same random numbers."""
-    config = TrainConfig(guide=guide, kl_weight=0.5, **TINY_TRAINING)
+    parameters of the ELBO module, with the same random numbers; a regressor's
+    learned noise is one of them."""
+    tiny = TINY_TRAINING if task == "classification" else TINY_REGRESSION
+    config = TrainConfig(guide=guide, kl_weight=0.5, **tiny)
     run = build_run(config)
+    noise = "model.noise_scale_unconstrained"
+    assert (noise in dict(run.loss.named_parameters())) == (task == "regression")
     x, y = run.train_data.tensors[0][:64], run.train_data.tensors[1][:64]
     before = {n: p.detach().clone() for n, p in run.loss.named_parameters()}
     rng = torch.get_rng_state()
@@ -78,6 +85,8 @@ def test_one_step_is_the_elbo_per_example_and_one_optimiser_step(module_local, g
         assert torch.allclose(step[active], grads[name][active].sign(), atol=1e-2)
         moved += int(active.sum())
     assert moved > 0
+    if task == "regression":  # the noise is trained with the guide
+        assert not torch.equal(dict(run.loss.named_parameters())[noise], before[noise])
 
 
 @pytest.mark.parametrize("guide", ["ssvi", "autonormal"])

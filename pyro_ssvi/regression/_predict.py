@@ -23,12 +23,12 @@ from typing import Any, Callable, Iterator, NamedTuple
 import torch
 from pyro import poutine
 
-from ..predict import (
-    _batches,
-    _check_options,
-    _default_device,
-    _eval_mode,
-    _require_setup,
+from .._batching import (
+    batches,
+    check_consistent,
+    eval_mode,
+    median_on,
+    prepare_prediction,
 )
 
 __all__ = ["RegressionPrediction", "predict_regression"]
@@ -230,30 +230,17 @@ def predict_regression(
         pred = predict_regression(model, guide, (x_test, y_test), num_samples=100)
         pred.mean, pred.variance.sqrt(), pred.log_likelihood.mean()
     """
-    _check_options(num_samples, batch_size)
-    if mean_weights and not callable(getattr(guide, "median", None)):
-        raise TypeError(
-            "mean_weights=True needs a guide with a median() method (an autoguide), "
-            f"got {type(guide).__name__}."
-        )
-    if not mean_weights:
-        _require_setup(guide)
-    device = _default_device(guide) if device is None else torch.device(device)
+    device = prepare_prediction(guide, num_samples, mean_weights, batch_size, device)
     parts: list[tuple[torch.Tensor, ...]] = []
     targets: list[torch.Tensor] = []
     median = None
-    with torch.no_grad(), _eval_mode(model):
-        for position, (x, y) in enumerate(_batches(data, batch_size)):
-            if position and (y is None) != (not targets):
-                raise ValueError(
-                    f"batch {position} of data has {'no ' if y is None else ''}"
-                    "targets unlike the first batch; give targets for every batch "
-                    "or for none."
-                )
+    with torch.no_grad(), eval_mode(model):
+        for position, (x, y) in enumerate(batches(data, batch_size)):
+            check_consistent(position, y is not None, bool(targets), "targets")
             x = x if device is None else x.to(device)
             y = None if y is None else y.to(x.device)
             if mean_weights and median is None:
-                median = {k: v.to(x.device) for k, v in guide.median(x).items()}
+                median = median_on(guide, x)
             draws = _draws(model, guide, x, num_samples, median, obs_site)
             parts.append(tuple(t.cpu() for t in _summarise(draws, y)))
             if y is not None:

@@ -11,17 +11,23 @@ flags. A run writes one directory::
                            (written before the epoch's line in metrics.jsonl)
     subspace_updates.json  per-update record of swapped coordinates
     plots/*.png            training curves, reliability, OOD entropy, density
+                           (regression: calibration, predictions; PLOTS_BY_TASK)
 
 Example::
 
     from pyro_ssvi.training import TrainConfig, train
     metrics = train(TrainConfig(epochs=5, density=0.1), "runs/mnist-d0.1")
     metrics["test_accuracy"], metrics["ood_auroc"]
+
+    # a regression data set: the UCI protocol's settings, metrics in target units
+    metrics = train(TrainConfig.from_recipe("uci", dataset="diabetes"), "runs/diabetes")
+    metrics["test_rmse"], metrics["test_log_likelihood"], metrics["test_coverage_90"]
 """
 
 from ._config import (
     MODELS,
     PLOTS,
+    PLOTS_BY_TASK,
     RECIPES,
     RUN_FILES,
     ConfigError,
@@ -30,6 +36,7 @@ from ._config import (
     RunStopped,
     TrainConfig,
     TrainingDiverged,
+    dataset_tasks,
 )
 from ._evaluate import (
     evaluate_predictions,
@@ -46,6 +53,7 @@ __all__ = [
     "FixedSubspace",
     "MODELS",
     "PLOTS",
+    "PLOTS_BY_TASK",
     "RECIPES",
     "RUN_FILES",
     "Run",
@@ -55,6 +63,7 @@ __all__ = [
     "TrainConfig",
     "TrainingDiverged",
     "build_run",
+    "dataset_tasks",
     "evaluate_predictions",
     "evaluate_run",
     "load_run",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -16,13 +17,26 @@ RUN_FILES = (
     "checkpoint.pt",
     "subspace_updates.json",
 )
-PLOTS = (
-    "training_curves.png",
-    "reliability.png",
-    "ood_entropy.png",
-    "layer_density.png",
-    "swap_fraction.png",
-)
+#: Files under ``plots/`` that a run writes, by task (``ood_entropy.png`` only
+#: with an OOD set).
+PLOTS_BY_TASK = {
+    "classification": (
+        "training_curves.png",
+        "reliability.png",
+        "ood_entropy.png",
+        "layer_density.png",
+        "swap_fraction.png",
+    ),
+    "regression": (
+        "training_curves.png",
+        "calibration.png",
+        "predictions.png",
+        "layer_density.png",
+        "swap_fraction.png",
+    ),
+}
+#: Every file under ``plots/`` that a run may write.
+PLOTS = tuple(dict.fromkeys(name for v in PLOTS_BY_TASK.values() for name in v))
 
 
 class ConfigError(ValueError):
@@ -52,10 +66,10 @@ class RunInterrupted(KeyboardInterrupt):
     """
 
 
-def _mlp(info: Any) -> torch.nn.Module:
+def _mlp(info: Any, hidden: Sequence[int] = (400, 400)) -> torch.nn.Module:
     from ..models import mlp
 
-    return mlp(math.prod(info.input_shape), [400, 400], info.num_classes)
+    return mlp(math.prod(info.input_shape), list(hidden), info.num_classes)
 
 
 def _lenet(info: Any) -> torch.nn.Module:
@@ -71,8 +85,12 @@ def _resnet18(info: Any) -> torch.nn.Module:
     return resnet18_cifar(info.num_classes)
 
 
-#: Network builders by name: ``info`` is the data set's ``DatasetInfo``.
-MODELS: dict[str, Callable[[Any], torch.nn.Module]] = {
+#: Network builders of image classifiers by name: ``info`` is the data set's
+#: ``DatasetInfo``; ``mlp`` also takes ``hidden``, the widths of its hidden
+#: layers. On a regression data set, ``mlp`` is ``F -> hidden -> 1`` (2 outputs
+#: when heteroscedastic), one hidden layer of 50 units by default (the UCI
+#: protocol's network).
+MODELS: dict[str, Callable[..., torch.nn.Module]] = {
     "lenet": _lenet,
     "mlp": _mlp,
     "resnet18": _resnet18,
@@ -84,7 +102,9 @@ RENAMED_KEYS = {"stop_updates_at": "stop_updates_fraction"}
 #: :meth:`TrainConfig.from_recipe`); settings given explicitly override them.
 #: ``reference-cifar`` is the SSVI reference implementation's CIFAR-10
 #: ResNet-18 run; its KL warm-up is half the epochs (``beta = min(2 e / E, 1)``)
-#: unless ``kl_anneal_epochs`` is given.
+#: unless ``kl_anneal_epochs`` is given. ``uci`` is the training protocol of
+#: Hernández-Lobato & Adams (2015) for regression (``benchmarks/uci.py``):
+#: batch 32, Adam at a constant lr 0.01, 40 epochs, 100 posterior samples.
 RECIPES: dict[str, dict[str, Any]] = {
     "reference-cifar": dict(
         model="resnet18",
@@ -113,7 +133,21 @@ RECIPES: dict[str, dict[str, Any]] = {
         lrt=True,
         augment=True,
     ),
+    "uci": dict(
+        dataset="diabetes",
+        model="mlp",
+        batch_size=32,
+        lr=0.01,
+        lr_schedule="constant",
+        epochs=40,
+        num_samples=100,
+    ),
 }
+#: The recipe a data set starts from on the command line when no ``--recipe``
+#: is given: every regression data set takes ``uci``.
+TASK_RECIPES = {"regression": "uci"}
+#: Default widths of the hidden layers of ``mlp``, by task.
+DEFAULT_HIDDEN = {"classification": (400, 400), "regression": (50,)}
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 SPARSE_COMPUTE: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
@@ -136,14 +170,38 @@ class TrainConfig:
     The defaults train the embedded MNIST to about
     97.5% test accuracy at density 0.1 in a few minutes on 2 CPU cores.
 
+    The task follows from the data set (:func:`dataset_tasks`): an image
+    classification set (:data:`pyro_ssvi.data.DATASETS`) trains a
+    :class:`~pyro_ssvi.models.BayesianClassifier`, a regression set
+    (:data:`pyro_ssvi.regression.REGRESSION_DATASETS`) a
+    :class:`~pyro_ssvi.models.BayesianRegressor` on one standardised random
+    split, evaluated in the targets' original units; its loss is the
+    Gaussian negative log-likelihood per example plus the KL term, as above.
+    ``TrainConfig.from_recipe("uci", dataset=...)`` gives the regression
+    protocol's settings (``pyro-ssvi train`` starts every regression data set
+    from it).
+
     Attributes:
         model: Network, a key of :data:`MODELS`.
-        dataset: Data set name (see :data:`pyro_ssvi.data.DATASETS`); the
-            embedded MNIST by default.
+        hidden: Widths of the hidden layers of ``mlp``; None: 400, 400 for
+            images, 50 for regression data (:data:`DEFAULT_HIDDEN`); ``()``
+            is a linear model.
+        dataset: Data set name (see :data:`pyro_ssvi.data.DATASETS` and
+            :data:`pyro_ssvi.regression.REGRESSION_DATASETS`); the embedded
+            MNIST by default.
         data_dir: Directory with data sets in torchvision's layout.
         download: Download missing data sets into ``data_dir``.
         ood_dataset: Out-of-distribution set; default: the data set's usual
-            one (Fashion-MNIST for MNIST); ``"none"`` to skip.
+            one (Fashion-MNIST for MNIST); ``"none"`` to skip. Regression
+            data sets have none.
+        noise: Regression: the Gaussian likelihood's noise standard
+            deviation, ``"learned"`` (a point estimate trained with the
+            guide, starting at 1) or a fixed value, in standardised target
+            units.
+        heteroscedastic: Regression: the network predicts the noise
+            standard deviation of each input (its second output).
+        split_seed: Regression: seed of the random train/test split.
+        test_fraction: Regression: fraction of the data held out for testing.
         guide: ``"ssvi"`` (:class:`~pyro_ssvi.AutoSparseNormal` with a
             :class:`~pyro_ssvi.SubspaceScheduler`) or ``"autonormal"``
             (Pyro's ``AutoNormal``, the dense-VI baseline); both train by
@@ -181,7 +239,8 @@ class TrainConfig:
         epochs, batch_size: Training length and minibatch size.
         num_samples: Posterior samples for the final Monte Carlo evaluation.
         eval_batch_size: Inputs per forward pass in evaluation.
-        train_limit, test_limit: Use only the first N examples (smoke runs).
+        train_limit, test_limit: Use only the first N examples (smoke runs;
+            a regression split is standardised with its whole training part).
         augment: Random crops (and flips where they preserve the label).
         num_workers: Data-loader workers for on-disk data sets.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -189,10 +248,15 @@ class TrainConfig:
     """
 
     model: str = "mlp"
+    hidden: tuple[int, ...] | None = None
     dataset: str = "mnist"
     data_dir: str | None = None
     download: bool = False
     ood_dataset: str | None = None
+    noise: str | float = "learned"
+    heteroscedastic: bool = False
+    split_seed: int = 0
+    test_fraction: float = 0.1
     guide: str = "ssvi"
     density: float = 0.1
     removal: str = "snr_abs"
@@ -227,7 +291,14 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.hidden, list):  # from JSON
+            object.__setattr__(self, "hidden", tuple(self.hidden))
         _validate(self)
+
+    @property
+    def task(self) -> str:
+        """``"classification"`` or ``"regression"``: what the data set is for."""
+        return dataset_tasks()[self.dataset]
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-serialisable dict."""
@@ -271,6 +342,20 @@ def recipe_values(name: str, given: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def dataset_tasks() -> dict[str, str]:
+    """``{data set name: "classification" | "regression"}`` of every data set.
+
+    The image sets of :data:`pyro_ssvi.data.DATASETS` are for classification,
+    those of :data:`pyro_ssvi.regression.REGRESSION_DATASETS` for regression.
+    """
+    from ..data import DATASETS
+    from ..regression import REGRESSION_DATASETS
+
+    tasks = dict.fromkeys(DATASETS, "classification")
+    tasks.update(dict.fromkeys(REGRESSION_DATASETS, "regression"))
+    return tasks
+
+
 def _choice(name: str, value: Any, options: Any) -> None:
     if value not in options:
         raise ConfigError(f"--{name} must be one of {sorted(options)}, got {value!r}")
@@ -293,9 +378,14 @@ def _validate(c: TrainConfig) -> None:
     from ..data import DATASETS
 
     _choice("model", c.model, MODELS)
-    _choice("dataset", c.dataset, DATASETS)
+    _choice("dataset", c.dataset, dataset_tasks())
     if c.ood_dataset not in (None, "none"):
         _choice("ood-dataset", c.ood_dataset, DATASETS)
+    _check_hidden(c)
+    if c.task == "regression":
+        _check_regression(c)
+    else:
+        _check_classification(c)
     _choice("guide", c.guide, GUIDES)
     _choice("optimizer", c.optimizer, OPTIMIZERS)
     _choice("lr-schedule", c.lr_schedule, LR_SCHEDULES)
@@ -339,6 +429,81 @@ def _validate(c: TrainConfig) -> None:
     _check_with_library(c)
 
 
+def _check_hidden(c: TrainConfig) -> None:
+    if c.hidden is None:
+        return
+    if not isinstance(c.hidden, tuple) or not all(
+        isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in c.hidden
+    ):
+        raise ConfigError(
+            f"--hidden takes the widths of the hidden layers, ints >= 1 (none for "
+            f"a linear model), got {c.hidden!r}"
+        )
+    if c.model != "mlp":
+        raise ConfigError(
+            f"--hidden sets the layers of --model mlp; drop it for {c.model}"
+        )
+
+
+def _check_classification(c: TrainConfig) -> None:
+    """Refuse regression settings on an image data set."""
+    regression = {
+        "noise": c.noise != "learned",
+        "heteroscedastic": c.heteroscedastic,
+        "split-seed": c.split_seed != 0,
+        "test-fraction": c.test_fraction != 0.1,
+    }
+    given = [f"--{name}" for name, value in regression.items() if value]
+    if given:
+        names = ", ".join(_regression_sets())
+        raise ConfigError(
+            f"{_flags(given)} to regression data sets ({names}); {c.dataset} is "
+            f"an image classification set: drop {'it' if len(given) == 1 else 'them'}"
+        )
+
+
+def _flags(given: list[str]) -> str:
+    """``"--a applies"`` or ``"--a and --b apply"``."""
+    return " and ".join(given) + (" applies" if len(given) == 1 else " apply")
+
+
+def _regression_sets() -> list[str]:
+    return [name for name, task in dataset_tasks().items() if task == "regression"]
+
+
+def _check_regression(c: TrainConfig) -> None:
+    """What a regression data set cannot take, and whether its data can be read."""
+    from ..regression import REGRESSION_DATASETS
+
+    if c.model != "mlp":
+        raise ConfigError(
+            f"--model {c.model} is a network for images; the regression data set "
+            f"{c.dataset} takes --model mlp"
+        )
+    images = {
+        "--ood-dataset": c.ood_dataset not in (None, "none"),
+        "--augment": c.augment,
+        "--data-dir": c.data_dir is not None,
+        "--download": c.download,
+    }
+    given = [name for name, value in images.items() if value]
+    if given:
+        raise ConfigError(
+            f"{_flags(given)} to image data sets (regression data sets have no "
+            f"OOD set and load without files); drop "
+            f"{'it' if len(given) == 1 else 'them'} for {c.dataset}"
+        )
+    if isinstance(c.split_seed, bool) or not isinstance(c.split_seed, int):
+        raise ConfigError(f"--split-seed must be an int, got {c.split_seed!r}")
+    _positive("split-seed", c.split_seed, minimum=0)
+    info = REGRESSION_DATASETS[c.dataset]
+    if info.requires is not None and importlib.util.find_spec(info.requires) is None:
+        raise ConfigError(
+            f"--dataset {c.dataset} is read from the optional {info.requires} "
+            f"package, which is not installed: {info.install}"
+        )
+
+
 def schedule_options(c: TrainConfig) -> dict[str, Any]:
     """The :class:`~pyro_ssvi.SubspaceScheduler` arguments a configuration sets."""
     return dict(
@@ -367,7 +532,11 @@ def _check_with_library(c: TrainConfig) -> None:
     runs the model, nothing draws random numbers), so constructing them here
     around a stand-in model checks density, initial scale, removal, addition,
     update interval, drop fraction and schedule, and KL weight before any data
-    is loaded, with the library's own messages.
+    is loaded, with the library's own messages. For a regression data set the
+    likelihood (:class:`~pyro_ssvi.models.BayesianRegressor`, around an
+    uninitialised one-unit layer) checks the noise settings, and the split
+    (:func:`~pyro_ssvi.regression.split_and_standardize` of zeros of the data
+    set's size) the test fraction.
 
     Raises:
         ConfigError: With the library's one-line message.
@@ -383,11 +552,49 @@ def _check_with_library(c: TrainConfig) -> None:
         # The run's own stop step depends on the data size.
         SubspaceScheduler(_no_model, guide, stop_updates_at=1, **schedule_options(c))
         scale_kl(weight=c.kl_weight)
+        if c.task == "regression":
+            _check_regression_with_library(c)
     except (ValueError, TypeError) as e:
         raise ConfigError(" ".join(str(e).split())) from e
 
 
+def _check_regression_with_library(c: TrainConfig) -> None:
+    import numpy as np
+
+    from ..models import BayesianRegressor
+    from ..regression import REGRESSION_DATASETS, split_and_standardize
+
+    layer = torch.nn.utils.skip_init(torch.nn.Linear, 1, 1)  # draws nothing
+    BayesianRegressor(layer, 1, noise=c.noise, heteroscedastic=c.heteroscedastic)
+    size = REGRESSION_DATASETS[c.dataset].num_examples
+    split_and_standardize(
+        np.zeros((size, 1)),
+        np.zeros(size),
+        seed=c.split_seed,
+        test_fraction=c.test_fraction,
+    )
+
+
 def ood_name(c: TrainConfig) -> str | None:
+    """The run's OOD set: the given one, the data set's usual one, or None."""
     from ..data import default_ood
 
+    if c.task == "regression":
+        return None
     return default_ood(c.dataset) if c.ood_dataset is None else c.ood_dataset
+
+
+def input_shape(c: TrainConfig) -> tuple[int, ...]:
+    """Shape of one input: ``(C, H, W)`` of an image, ``(F,)`` of a table row."""
+    from ..data import DATASETS
+    from ..regression import REGRESSION_DATASETS
+
+    if c.task == "regression":
+        return (REGRESSION_DATASETS[c.dataset].num_features,)
+    return DATASETS[c.dataset].input_shape
+
+
+def default_recipe(dataset: Any) -> str | None:
+    """The recipe a data set starts from on the command line (:data:`TASK_RECIPES`)."""
+    task = dataset_tasks().get(dataset) if isinstance(dataset, str) else None
+    return None if task is None else TASK_RECIPES.get(task)

@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 
 from ..distributed import gather_rows, is_main_process, shard, world_size
-from ._config import ood_name
+from . import _regression as regression
+from ._config import input_shape, ood_name
 from ._run import Run, build_run, density_of, progress_bar, restore
 from ._rundir import check_checkpoint_matches, load_run_state
 
@@ -60,14 +61,18 @@ def evaluate_predictions(
     Args:
         run: The built run.
         data: Labelled test data.
-        ood_data: Out-of-distribution data, or None.
+        ood_data: Out-of-distribution data, or None (always, for regression).
         num_samples: Posterior samples (default: the run's).
         progress: Show one progress bar over all passes.
 
     Returns:
         ``(metrics, prediction, ood_prediction)``; metric keys are prefixed
         ``test_`` (Monte Carlo), ``test_*_mean_weights`` and ``ood_`` (Monte
-        Carlo) and ``ood_*_mean_weights``.
+        Carlo) and ``ood_*_mean_weights``. For regression, the keys of
+        :func:`~pyro_ssvi.regression.regression_metrics` (``test_rmse``,
+        ``test_nll``, ``test_log_likelihood``, ``test_coverage_90``, ...) in
+        the targets' original units, and the prediction is a
+        :class:`~pyro_ssvi.regression.RegressionPrediction` in those units.
     """
     from ..metrics import classification_metrics
 
@@ -82,6 +87,9 @@ def evaluate_predictions(
             for d in sets
         ]
         means = [_predict(run, d, mean_weights=True, on_batch=bar.update) for d in sets]
+    if run.statistics is not None:
+        found, pred = regression.final_metrics(preds[0], means[0], run.statistics)
+        return {"num_samples": k, **found}, pred, None
     pred, ood = preds[0], (preds[1] if ood_data is not None else None)
     if pred.labels is None:
         raise ValueError("evaluation data must carry labels")
@@ -109,11 +117,10 @@ def evaluate_predictions(
 
 def _flops(run: Run, active: dict[str, int], numel: dict[str, int]) -> dict[str, float]:
     """Training and inference FLOPs of this run versus dense VI (spec §8)."""
-    from ..data import DATASETS
     from ..flops import flops_report, layer_costs
 
     c = run.config
-    costs = layer_costs(run.model, DATASETS[c.dataset].input_shape)
+    costs = layer_costs(run.model, input_shape(c))
     report = flops_report(
         costs,
         {n: active[n] / numel[n] for n in active if n in costs},
@@ -148,6 +155,7 @@ def final_evaluation(run: Run, out: Path, *, progress: bool = False) -> dict[str
         {
             "model": c.model,
             "dataset": c.dataset,
+            "task": c.task,
             "guide": c.guide,
             "ood_dataset": None if ood is None else ood_name(c),
             "density": density_of(run),
@@ -166,6 +174,8 @@ def final_evaluation(run: Run, out: Path, *, progress: bool = False) -> dict[str
         }
     )
     metrics.update(_flops(run, active, numel))
+    if run.statistics is not None:
+        metrics.update(regression.run_facts(run.model, run.statistics))
     if run.weight_sampling is not None:
         metrics["lrt_paths"] = dict(run.weight_sampling.decisions)
     if not is_main_process():  # one writer: rank 0
@@ -173,7 +183,12 @@ def final_evaluation(run: Run, out: Path, *, progress: bool = False) -> dict[str
     pdir = out / "plots"
     kind = f"MC, {metrics['num_samples']} samples"
     plots.plot_training_curves(run.history, pdir / "training_curves.png", final=metrics)
-    plots.plot_reliability(pred.probs, pred.labels, pdir / "reliability.png", kind=kind)
+    if run.statistics is not None:
+        regression.write_plots(pred, pdir, kind)
+    else:
+        plots.plot_reliability(
+            pred.probs, pred.labels, pdir / "reliability.png", kind=kind
+        )
     if ood is not None:
         plots.plot_ood_entropy(
             predictive_entropy(pred.probs),
@@ -203,7 +218,8 @@ def load_run(
     Args:
         path: Run directory or checkpoint file.
         dataset: Load this data set's test split instead of the run's own
-            (same input shape and number of classes).
+            (same input shape and number of classes; a regression run
+            evaluates on its own split only).
         ood_dataset: OOD set (default: the run's, or the new data set's usual
             one when ``dataset`` is given; ``"none"`` to skip).
         data_dir: Directory with on-disk data sets.
@@ -223,8 +239,6 @@ def load_run(
         run, _ = load_run("runs/mnist-d0.1")
         run.guide.active_indices(), run.guide.median()
     """
-    from ..data import DATASETS
-
     path = Path(path)
     ckpt = path / "checkpoint.pt" if path.is_dir() else path
     state, saved = load_run_state(ckpt)
@@ -232,15 +246,7 @@ def load_run(
         check_checkpoint_matches(path, saved)
     changes: dict[str, Any] = {}
     if dataset is not None and dataset != saved.dataset:
-        a, b = DATASETS[saved.dataset], DATASETS.get(dataset)
-        if b is None or (a.input_shape, a.num_classes) != (
-            b.input_shape,
-            b.num_classes,
-        ):
-            raise ValueError(
-                f"--dataset {dataset} does not fit a model trained on "
-                f"{saved.dataset} (inputs {a.input_shape}, {a.num_classes} classes)"
-            )
+        _check_fits(saved, dataset)
         changes.update(dataset=dataset, ood_dataset=ood_dataset)
     elif ood_dataset is not None:
         changes["ood_dataset"] = ood_dataset
@@ -255,6 +261,23 @@ def load_run(
     run = build_run(config, train=False, num_data=int(state["num_data"]))
     restore(run, state, source=str(ckpt))
     return run, ckpt
+
+
+def _check_fits(saved: Any, dataset: str) -> None:
+    """Refuse a data set whose inputs or labels the saved model does not take."""
+    from ..data import DATASETS
+
+    if saved.task == "regression":
+        raise ValueError(
+            f"--dataset {dataset} does not fit a model trained on {saved.dataset}: "
+            "a regression run is evaluated on its own test split; drop --dataset"
+        )
+    a, b = DATASETS[saved.dataset], DATASETS.get(dataset)
+    if b is None or (a.input_shape, a.num_classes) != (b.input_shape, b.num_classes):
+        raise ValueError(
+            f"--dataset {dataset} does not fit a model trained on "
+            f"{saved.dataset} (inputs {a.input_shape}, {a.num_classes} classes)"
+        )
 
 
 def evaluate_run(
@@ -274,7 +297,8 @@ def evaluate_run(
             ``test_limit``, as in :func:`load_run`.
 
     Returns:
-        The metrics, as in ``metrics.json`` (``test_*``, ``ood_*``, ...).
+        The metrics, as in ``metrics.json`` (``test_*``, ``ood_*``, ...; for
+        regression also ``noise_std``, ``target_mean``, ``target_std``).
 
     Raises:
         CheckpointError: If the checkpoint is missing, corrupt or unsafe.
@@ -285,14 +309,21 @@ def evaluate_run(
         run, run.test_data, run.ood_data, num_samples=num_samples, progress=progress
     )
     metrics.update(dataset=run.config.dataset, checkpoint=str(ckpt), epoch=run.epoch)
+    if run.statistics is not None:
+        metrics.update(regression.run_facts(run.model, run.statistics))
     return metrics
 
 
 def quick_eval(run: Run) -> dict[str, float]:
-    """Mean-weight accuracy, NLL and ECE on the test set (per-epoch curves)."""
+    """Mean-weight accuracy, NLL and ECE on the test set (per-epoch curves).
+
+    For regression: mean-weight RMSE and Gaussian NLL, in target units.
+    """
     from ..metrics import classification_metrics
 
     pred = _predict(run, run.test_data, mean_weights=True)
+    if run.statistics is not None:
+        return regression.epoch_metrics(pred, run.statistics)
     m = classification_metrics(pred.probs, pred.labels)
     return {"test_accuracy": m["accuracy"], "test_nll": m["nll"], "test_ece": m["ece"]}
 
@@ -307,17 +338,23 @@ def _sharded(data: Any) -> Any:
 
 
 def _predict(run: Run, data: Any, **kwargs: Any) -> Any:
-    """Streaming prediction on this rank's shard, gathered from every rank."""
-    from ..predict import Prediction, predict
+    """Streaming prediction on this rank's shard, gathered from every rank.
+
+    A classifier's :class:`~pyro_ssvi.predict.Prediction`, or a regressor's
+    :class:`~pyro_ssvi.regression.RegressionPrediction` (standardised units).
+    """
+    from ..predict import predict
+    from ..regression import predict_regression
 
     kwargs.update(batch_size=run.config.eval_batch_size, device=run.device)
-    pred = predict(run.model, run.guide, _sharded(data), **kwargs)
+    method = predict if run.statistics is None else predict_regression
+    pred = method(run.model, run.guide, _sharded(data), **kwargs)
     if world_size() == 1:
         return pred
     device = run.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
-    def gather(t: torch.Tensor) -> torch.Tensor:
-        return gather_rows(t.to(device)).cpu()
+    def gather(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else gather_rows(t.to(device)).cpu()
 
-    labels = None if pred.labels is None else gather(pred.labels)
-    return Prediction(gather(pred.probs), gather(pred.mean_entropy), labels)
+    fields = [gather(t) for t in pred]
+    return type(pred)(*fields)  # type: ignore[arg-type]

@@ -195,6 +195,13 @@ def _check_finite(run: Run, epoch: int) -> None:
             )
 
 
+def _headline(row: dict[str, Any]) -> dict[str, str]:
+    """The epoch's main test metric for the progress bar: accuracy or RMSE."""
+    if "test_accuracy" in row:
+        return {"acc": f"{row['test_accuracy']:.4f}"}
+    return {"rmse": f"{row['test_rmse']:.4g}"}
+
+
 def _write_history(run: Run, out: Path) -> None:
     lines = "".join(json.dumps(row, sort_keys=True) + "\n" for row in run.history)
     atomic_write(out / "metrics.jsonl", lambda fh: fh.write(lines.encode()))
@@ -373,7 +380,7 @@ def _epochs_and_evaluation(
             bar.update()
             bar.set_postfix(
                 loss=f"{train_loss:.4g}",
-                acc=f"{row['test_accuracy']:.4f}",
+                **_headline(row),
                 density=f"{row['density']:.3f}",
             )
             if stop_after_epoch is not None and epoch >= stop_after_epoch:

@@ -14,11 +14,13 @@ import torch
 
 from ..checkpoint import CheckpointError
 from ..distributed import is_distributed, wrap_ddp
+from . import _regression as regression
 from ._config import (
     MODELS,
     SPARSE_COMPUTE,
     TrainConfig,
     initial_scale,
+    input_shape,
     ood_name,
     schedule_options,
 )
@@ -44,7 +46,8 @@ class Run:
     Attributes:
         config: The configuration.
         device: Where the model and guide live.
-        model: The Bayesian classifier (a ``PyroModule``).
+        model: The Bayesian classifier or regressor (a ``PyroModule``; a
+            regressor's learned noise is a parameter of the model).
         guide: ``AutoSparseNormal`` or Pyro's ``AutoNormal``.
         loss: Pyro's ``ELBOModule`` of model and guide
             (:class:`~pyro_ssvi.elbo.TraceSparseMeanField_ELBO` for SSVI,
@@ -67,6 +70,9 @@ class Run:
         checkpoint_epoch: Epoch of the last checkpoint written (or loaded).
         history: One metrics dict per completed epoch.
         elapsed_s: Wall time spent on this run so far (over resumes).
+        statistics: Regression: the split's standardisation, float64
+            ``x_mean``, ``x_std``, ``y_mean``, ``y_std`` (saved in the
+            checkpoint); None for classification.
     """
 
     config: TrainConfig
@@ -87,6 +93,7 @@ class Run:
     checkpoint_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    statistics: dict[str, torch.Tensor] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -215,19 +222,20 @@ def build_run(
     Returns:
         The :class:`Run`, with parameters materialised on its device.
     """
-    from ..data import DATASETS
-    from ..models import BayesianClassifier
-
     c = config
     device = resolve_device(c.device)
     pyro.clear_param_store()
     pyro.set_rng_seed(c.seed)
-    train_data, test_data, ood_data = _load_data(c, train)
+    statistics = None
+    if c.task == "regression":
+        train_data, test_data, statistics = regression.load_data(c, train)
+        ood_data = None
+    else:
+        train_data, test_data, ood_data = _load_data(c, train)
     n = len(train_data) if train_data is not None else num_data
     if n is None:
         raise ValueError("build_run(train=False) needs num_data")
-    net = MODELS[c.model](DATASETS[c.dataset])
-    model = BayesianClassifier(net, num_data=n, prior_scale=c.prior_scale).to(device)
+    model = _model(c, n).to(device)
     guide = _guide(c, model)
     x0, y0 = _first_batch(train_data if train_data is not None else test_data)
     with torch.no_grad():
@@ -250,7 +258,20 @@ def build_run(
         ood_data,
         n,
         steps_per_epoch,
+        statistics=statistics,
     )
+
+
+def _model(c: TrainConfig, num_data: int) -> Any:
+    """The Bayesian classifier or regressor of the configured network."""
+    from ..data import DATASETS
+    from ..models import BayesianClassifier
+
+    if c.task == "regression":
+        return regression.build_model(c, input_shape(c)[0], num_data)
+    hidden = {} if c.hidden is None else {"hidden": c.hidden}
+    net = MODELS[c.model](DATASETS[c.dataset], **hidden)
+    return BayesianClassifier(net, num_data=num_data, prior_scale=c.prior_scale)
 
 
 def _guide(c: TrainConfig, model: Any) -> Any:
@@ -389,7 +410,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def checkpoint_state(run: Run) -> dict[str, Any]:
-    """Everything a resumed run needs (layout version 2 of the checkpoint)."""
+    """Everything a resumed run needs (layout version 2 of the checkpoint).
+
+    ``statistics`` (a regression split's standardisation; empty for
+    classification) is optional in layout version 2: earlier checkpoints lack it.
+    """
     sampling = run.weight_sampling
     return {
         "config": run.config.to_dict(),
@@ -404,6 +429,7 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         "subspace": run.subspace.state_dict(),
         "sparse_compute": {} if sampling is None else sampling.state_dict(),
         "rng": _rng_state(),
+        "statistics": run.statistics or {},
     }
 
 
@@ -431,6 +457,10 @@ def restore(run: Run, state: dict[str, Any], source: str = "the checkpoint") -> 
             "was edited or assembled from another run: use that run's own "
             "checkpoint"
         ) from e
+    if run.statistics is not None:
+        c = run.config
+        saved = state.get("statistics")
+        regression.check_statistics(saved, run.statistics, source, c.dataset)
     epoch = int(state["epoch"])
     if state.get("version") == 1:
         _restore_version_1(run, state, epoch, source)
