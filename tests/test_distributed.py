@@ -73,8 +73,14 @@ def test_cli_under_torchrun_matches_one_process_and_resumes(tmp_path):
         assert m2[key] == pytest.approx(m1[key], rel=1e-3, abs=1e-3), key
     g2, g1 = (load_checkpoint(d / "checkpoint.pt")["guide"] for d in (two, one))
     for key, value in g2.items():
-        if torch.is_tensor(value) and value.is_floating_point():
-            assert torch.allclose(value, g1[key], atol=1e-4), key
+        if not torch.is_tensor(value) or not value.is_floating_point():
+            assert torch.equal(value, g1[key]), key  # the same active sets
+            continue
+        # Adam's step is lr * m / sqrt(v): where the gradient is ~0, float
+        # summation order can change a step by up to lr (0.01). Nearly all
+        # coordinates agree to float rounding; none by more than lr / 10.
+        diff = (value - g1[key]).abs()
+        assert diff.max() <= 1e-3 and diff.median() <= 1e-6, key
     # A run killed after epoch 1 under torchrun resumes there to the same end.
     worker = ["ddp_worker.py", str(cut), "--train-stop-after", "1"]
     _run([*TORCHRUN, "--nproc_per_node", "2", *worker])
