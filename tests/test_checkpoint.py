@@ -147,8 +147,13 @@ def test_signals_wait_for_the_write_to_finish(tmp_path):
         signal.raise_signal(signal.SIGINT)  # Ctrl-C in the middle of the write
         fh.write(b"complete")
 
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(path, write)
+    # Python's own Ctrl-C handler (a background job may inherit SIGINT ignored).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write(path, write)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert path.read_bytes() == b"complete"
     caught = []
     previous = signal.signal(signal.SIGTERM, lambda s, f: caught.append(s))
