@@ -222,7 +222,7 @@ def plot_training_curves(
         if test:
             ax.legend(fontsize="small")
         ax.set(xlabel="epoch", ylabel=TRAINING_CURVES[key])
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -600,7 +600,7 @@ def plot_swap_fraction(
         for site, (steps, fractions) in series.items():
             ax.plot(steps, fractions, marker="o", markersize=3, label=site)
         ax.set(xlabel="SVI step", ylabel="fraction of active set swapped")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_ylim(bottom=0)
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
