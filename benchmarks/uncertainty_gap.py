@@ -737,6 +737,30 @@ def run_study(
     return results
 
 
+def write_summary(
+    out: Path, results: list[dict[str, Any]], machine: str, smoke: bool = False
+) -> None:
+    """``summary.json``, ``summary.md`` and the figures, each written atomically."""
+    summary = {
+        "machine": machine,
+        "versions": {"torch": torch.__version__},
+        "smoke": smoke,
+        "results": results,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        ("summary.json", json.dumps(summary, indent=1)),
+        ("summary.md", report(results) + "\n"),
+    ):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+    for name, fig in figures(results).items():
+        tmp = out / (name + ".tmp.png")
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out / name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -761,23 +785,11 @@ def main(argv: list[str] | None = None) -> int:
         jobs=args.jobs,
         threads=args.threads,
     )
-    summary = {
-        "machine": f"{os.cpu_count()} CPU cores, {args.jobs} runs at a time, "
-        f"{args.threads} torch thread(s) each",
-        "versions": {"torch": torch.__version__},
-        "smoke": args.smoke,
-        "results": results,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, text in (
-        ("summary.json", json.dumps(summary, indent=1)),
-        ("summary.md", report(results) + "\n"),
-    ):
-        tmp = args.out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, args.out / name)
-    for name, fig in figures(results).items():
-        fig.savefig(args.out / name, dpi=110)
+    machine = (
+        f"{os.cpu_count()} CPU cores, {args.jobs} runs at a time, "
+        f"{args.threads} torch thread(s) each"
+    )
+    write_summary(args.out, results, machine, smoke=args.smoke)
     print(report(results))
     return 0
 
