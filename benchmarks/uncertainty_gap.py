@@ -593,6 +593,7 @@ def figures(results: list[dict[str, Any]]) -> dict[str, Any]:
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(DENSITIES, [str(d) for d in DENSITIES])
+        ax.set_xticks([], minor=True)  # no log-scale minor labels such as 6e-2
         ax.set_xlabel("density")
         ax.set_ylabel(f"OOD AUROC ({PAIRS[pair][0]} vs {ood})")
         ax.legend(fontsize=8)
@@ -684,6 +685,7 @@ def figures(results: list[dict[str, Any]]) -> dict[str, Any]:
             )
         ax.set_xscale("log")
         ax.set_xticks(DENSITIES, [str(d) for d in DENSITIES])
+        ax.set_xticks([], minor=True)  # no log-scale minor labels such as 6e-2
         ax.set_xlabel("d (fraction of each weight tensor, by |mu|/sigma)")
         ax.set_ylabel("MI AUROC, MNIST vs Fashion-MNIST")
         ax.legend(fontsize=8)
