@@ -551,6 +551,25 @@ def _values(
     return [e[key] for e in _entries(runs, base, part) if key in e]
 
 
+def _density_curve(ax: Any, points: list[tuple[float, float]], **style: Any) -> None:
+    """Mean ± s.e. against density, drawn only when every density has a value."""
+    if len(points) == len(DENSITIES):
+        ax.errorbar(
+            DENSITIES,
+            [m for m, _ in points],
+            [e for _, e in points],
+            capsize=3,
+            **style,
+        )
+
+
+def _density_axis(ax: Any) -> None:
+    """A log density axis labelled at the study's densities only."""
+    ax.set_xscale("log")
+    ax.set_xticks(DENSITIES, [str(d) for d in DENSITIES])
+    ax.set_xticks([], minor=True)  # no log-scale minor labels such as 6e-2
+
+
 def figures(results: list[dict[str, Any]]) -> dict[str, Any]:
     """``{file name: matplotlib figure}``: AUROC against density, the
     ablations' paired gaps, and dense VI's decomposition (mean ± s.e.)."""
@@ -575,25 +594,13 @@ def figures(results: list[dict[str, Any]]) -> dict[str, Any]:
                 for d in DENSITIES
                 if (v := _values(results, pair, f"SSVI d={d}", key, None))
             ]
-            if len(pts) == len(DENSITIES):
-                ax.errorbar(
-                    DENSITIES,
-                    [m for m, _ in pts],
-                    [e for _, e in pts],
-                    marker="o",
-                    color=colour,
-                    capsize=3,
-                    label=f"SSVI, by {kind}",
-                )
+            _density_curve(ax, pts, marker="o", color=colour, label=f"SSVI, by {kind}")
             dense = _values(results, pair, "dense VI", key, None)
             if dense:
                 m, e = mean_se(dense)
                 ax.axhspan(m - e, m + e, color=colour, alpha=0.2)
                 ax.axhline(m, color=colour, ls="--", label=f"dense VI, by {kind}")
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks(DENSITIES, [str(d) for d in DENSITIES])
-        ax.set_xticks([], minor=True)  # no log-scale minor labels such as 6e-2
+        _density_axis(ax)
         ax.set_xlabel("density")
         ax.set_ylabel(f"OOD AUROC ({PAIRS[pair][0]} vs {ood})")
         ax.legend(fontsize=8)
@@ -654,38 +661,20 @@ def figures(results: list[dict[str, Any]]) -> dict[str, Any]:
                     )
                 )
             ]
-            if len(pts) == len(DENSITIES):
-                ax.errorbar(
-                    DENSITIES,
-                    [m for m, _ in pts],
-                    [e for _, e in pts],
-                    marker="o",
-                    color=colour,
-                    capsize=3,
-                    label=f"dense VI, {label} d",
-                )
+            _density_curve(
+                ax, pts, marker="o", color=colour, label=f"dense VI, {label} d"
+            )
         ssvi = [
             mean_se(v)
             for d in DENSITIES
             if (v := _values(results, "mnist", f"SSVI d={d}", key, "as trained"))
         ]
-        if len(ssvi) == len(DENSITIES):
-            ax.errorbar(
-                DENSITIES,
-                [m for m, _ in ssvi],
-                [e for _, e in ssvi],
-                marker="s",
-                color="C1",
-                capsize=3,
-                label="SSVI at density d",
-            )
+        _density_curve(ax, ssvi, marker="s", color="C1", label="SSVI at density d")
         if full:
             ax.axhline(
                 mean_se(full)[0], color="k", ls="--", label="dense VI, whole posterior"
             )
-        ax.set_xscale("log")
-        ax.set_xticks(DENSITIES, [str(d) for d in DENSITIES])
-        ax.set_xticks([], minor=True)  # no log-scale minor labels such as 6e-2
+        _density_axis(ax)
         ax.set_xlabel("d (fraction of each weight tensor, by |mu|/sigma)")
         ax.set_ylabel("MI AUROC, MNIST vs Fashion-MNIST")
         ax.legend(fontsize=8)
