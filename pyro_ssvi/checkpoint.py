@@ -57,7 +57,7 @@ CHECKPOINT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives
-_GIVE_A_RUN = "pass a run directory or the checkpoint.pt that pyro-ssvi train wrote"
+GIVE_A_RUN = "pass a run directory or the checkpoint.pt that pyro-ssvi train wrote"
 
 
 class CheckpointError(ValueError):
@@ -235,13 +235,19 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device | None = None
+    path: str | os.PathLike,
+    map_location: str | torch.device | None = None,
+    *,
+    advice: str = GIVE_A_RUN,
 ) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`, safely.
 
     Args:
         path: The checkpoint file.
         map_location: Passed to :func:`torch.load` (e.g. ``"cpu"``).
+        advice: What to do instead, ending the error line when the file is
+            missing, foreign or unsafe (the default suits a file the user
+            named; ``--resume`` names the run directory's own fix).
 
     Returns:
         The checkpoint dict.
@@ -255,21 +261,21 @@ def load_checkpoint(
     path = Path(path)
     name = str(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {name} does not exist; {_GIVE_A_RUN}")
+        raise CheckpointError(f"checkpoint {name} does not exist; {advice}")
     with open(path, "rb") as fh:
         if fh.read(4) != _ZIP_MAGIC:
             raise CheckpointError(
                 f"{name} is not a pyro_ssvi checkpoint (not a file written by "
-                f"torch.save); {_GIVE_A_RUN}"
+                f"torch.save); {advice}"
             )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch.load raises many types on foreign bytes
-        raise CheckpointError(_load_failure(name, e)) from e
+        raise CheckpointError(_load_failure(name, e, advice)) from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{name} is a torch file but not a pyro_ssvi checkpoint (it has no "
-            f"'format': {CHECKPOINT_FORMAT!r} entry); {_GIVE_A_RUN}"
+            f"'format': {CHECKPOINT_FORMAT!r} entry); {advice}"
         )
     if state.get("version") not in READABLE_VERSIONS:
         readable = " and ".join(str(v) for v in READABLE_VERSIONS)
@@ -281,7 +287,7 @@ def load_checkpoint(
     return state
 
 
-def _load_failure(name: str, error: Exception) -> str:
+def _load_failure(name: str, error: Exception, advice: str) -> str:
     """One line for a failed safe load, without torch's advice to load unsafely."""
     found = re.search(r"GLOBAL ([\w.]+)", str(error))
     if found:
@@ -289,7 +295,7 @@ def _load_failure(name: str, error: Exception) -> str:
             f"checkpoint {name} was refused unread: it holds a Python object "
             f"({found.group(1)}) that loading would have to run, which no "
             "pyro_ssvi checkpoint does, so it is foreign or was tampered with; "
-            f"do not load it, {_GIVE_A_RUN}"
+            f"do not load it; {advice}"
         )
     return (
         f"checkpoint {name} is truncated or corrupt (torch cannot read its "

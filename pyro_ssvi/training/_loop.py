@@ -47,7 +47,12 @@ from ._run import (
     progress_bar,
     restore,
 )
-from ._rundir import check_checkpoint_matches, load_run_state, prepare_run_dir
+from ._rundir import (
+    RESUME_ADVICE,
+    check_checkpoint_matches,
+    load_run_state,
+    prepare_run_dir,
+)
 
 
 # ---------------------------------------------------------------- the loop
@@ -335,7 +340,7 @@ def _resume_state(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     ckpt = out / "checkpoint.pt"
     if not ckpt.is_file():
         return None
-    state, saved = load_run_state(ckpt)
+    state, saved = load_run_state(ckpt, advice=RESUME_ADVICE)
     check_checkpoint_matches(out, saved, config)
     return state
 

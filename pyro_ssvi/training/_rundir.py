@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import (
+    GIVE_A_RUN,
     CheckpointError,
     WriteError,
     check_writable,
@@ -39,7 +40,10 @@ STATE_KEYS = {
         | {"sparse_compute", "rng"}
     ),
 }
-_TRAINED = "pass a run directory or the checkpoint.pt that pyro-ssvi train wrote"
+#: The fix for an unusable checkpoint.pt inside a run directory (``--resume``).
+RESUME_ADVICE = (
+    "put the run's own checkpoint.pt back, or start the run anew with --overwrite"
+)
 
 
 def _only_run_files(out: Path) -> bool:
@@ -152,20 +156,25 @@ def read_config_json(out: str | os.PathLike) -> TrainConfig | None:
         ) from e
 
 
-def load_run_state(path: str | os.PathLike) -> tuple[dict[str, Any], TrainConfig]:
+def load_run_state(
+    path: str | os.PathLike, *, advice: str = GIVE_A_RUN
+) -> tuple[dict[str, Any], TrainConfig]:
     """A training checkpoint, checked, on the CPU, and its configuration.
+
+    ``advice`` ends the error line of an unusable file (see
+    :func:`~pyro_ssvi.checkpoint.load_checkpoint`).
 
     Raises:
         CheckpointError: If the file is not a safe pyro_ssvi checkpoint (see
             :func:`~pyro_ssvi.checkpoint.load_checkpoint`), lacks a training
             run's entries, or holds an invalid configuration.
     """
-    state = load_checkpoint(path, map_location="cpu")
+    state = load_checkpoint(path, map_location="cpu", advice=advice)
     missing = sorted(STATE_KEYS[state["version"]] - set(state))
     if missing:
         raise CheckpointError(
             f"checkpoint {path} lacks {missing}, so it is not from a training "
-            f"run; {_TRAINED}"
+            f"run; {advice}"
         )
     try:
         if not isinstance(state["config"], dict):
@@ -173,7 +182,7 @@ def load_run_state(path: str | os.PathLike) -> tuple[dict[str, Any], TrainConfig
         config = TrainConfig.from_dict(state["config"])
     except (ConfigError, TypeError) as e:
         raise CheckpointError(
-            f"checkpoint {path} holds an invalid configuration ({e}); {_TRAINED}"
+            f"checkpoint {path} holds an invalid configuration ({e}); {advice}"
         ) from e
     return state, config
 
@@ -190,7 +199,7 @@ def saved_config(out: str | os.PathLike) -> TrainConfig:
     if config is not None:
         return config
     if (out / "checkpoint.pt").is_file():
-        return load_run_state(out / "checkpoint.pt")[1]
+        return load_run_state(out / "checkpoint.pt", advice=RESUME_ADVICE)[1]
     raise RunDirError(_nothing_to_resume(out))
 
 
