@@ -216,9 +216,10 @@ def layer_costs(net: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Layer
     modes = {module: module.training for module in net.modules()}
     probe = _probe_tensor(net)
     on_cpu = probe.device.type == "cpu"
+    # No device_type for the CPU: torch < 2.12 refuses device_type=None.
     rng = torch.random.fork_rng(
         [] if on_cpu else [probe.device],
-        device_type=None if on_cpu else probe.device.type,
+        **({} if on_cpu else {"device_type": probe.device.type}),
     )
     try:
         net.eval()
