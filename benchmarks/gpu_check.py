@@ -19,8 +19,10 @@ killed when it runs over), within one overall time limit:
    ``--sparse-compute auto`` timing the classifier's sparse kernels on the GPU.
 4. ``benchmark``: ``benchmarks/run.py`` on the device: dense Pyro against
    SSVI at densities 0.1 and 0.05, with and without LRT and sparse compute,
-   for the MLPs and ResNet-18: every variant of ``benchmarks/variants.py``
-   that can run (no peak-memory subprocesses); ``--smoke``: the small MLP and
+   for the three MLPs and ResNet-18, all at batch 128: every variant of
+   ``benchmarks/variants.py`` that can run (no peak-memory subprocesses;
+   ``ssvi_sparse`` measures sparse weight sampling, off by default on GPUs);
+   ``--smoke``: the small MLP and
    ResNet-18 at density 0.1, dense Pyro and SSVI without and with LRT and
    sparse compute.
 
@@ -75,10 +77,10 @@ PLANS: dict[str, dict[str, Any]] = {
         ],
         "resnet_updates": 2,  # steps 100 and 200, below 0.75 * 300
         "resnet_eval": ["--num-samples", "4", "--eval-batch-size", "500"],
-        "bench_models": ["mlp", "wide_mlp", "resnet18"],
+        "bench_models": ["mlp", "mlp2048", "wide_mlp", "resnet18"],
         "bench_densities": ["0.1", "0.05"],
         "bench_variants": None,  # every variant that can run here
-        "bench_args": ["--reps", "5", "--steps", "5"],
+        "bench_args": ["--reps", "5", "--steps", "5", "--batch", "128"],
     },
     "smoke": {
         "time_limit": 150,

@@ -15,6 +15,9 @@ parameters plus optimiser state, and index buffers), and optionally an
   computed from their active coordinates where that is faster).
 * ``ssvi_dense``: the same samples, every layer on dense kernels
   (``sparse_compute=False``).
+* ``ssvi_sparse``: ``sparse_compute="auto"`` on every device (on the CPU the
+  same as ``ssvi``; on a GPU, where the default is dense kernels, it measures
+  whether the sparse ones pay there).
 * ``ssvi_lrt``: local reparameterisation, dense kernels.
 * ``ssvi_lrt_sparse``: local reparameterisation with ``sparse_compute="auto"``.
 * ``torch_ssvi``: a hand-written SSVI step in plain PyTorch, the same maths
@@ -52,6 +55,7 @@ VARIANTS = (
     "bayesian_torch",
     "ssvi",
     "ssvi_dense",
+    "ssvi_sparse",
     "ssvi_lrt",
     "ssvi_lrt_sparse",
     "torch_ssvi",
