@@ -179,8 +179,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     )
     lines = [head, "|" + "---|" * 13]
 
-    def fmt(value: Any, spec: str) -> str:
-        return "n/a" if value is None else format(value, spec)
+    def fmt(value: Any, spec: str, unit: str = "") -> str:
+        return "n/a" if value is None else format(value, spec) + unit
 
     for r in rows:
         sb = r["state_bytes"]
@@ -188,10 +188,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['model']} | {r['density']:g} | {r['variant']} "
             f"| {r['median_step_ms']:.1f} "
-            f"| {fmt(r.get('ratio_to_pyro_dense'), '.3f')}x "
-            f"| {fmt(r.get('ratio_to_bayesian_torch'), '.3f')}x "
-            f"| {fmt(r.get('ratio_to_floor'), '.2f')}x "
-            f"| {fmt(r.get('ratio_to_masked_lrt'), '.3f')}x "
+            f"| {fmt(r.get('ratio_to_pyro_dense'), '.3f', 'x')} "
+            f"| {fmt(r.get('ratio_to_bayesian_torch'), '.3f', 'x')} "
+            f"| {fmt(r.get('ratio_to_floor'), '.2f', 'x')} "
+            f"| {fmt(r.get('ratio_to_masked_lrt'), '.3f', 'x')} "
             f"| {(sb['params'] + sb['optimizer']) / 2**20:.2f} "
             f"| {sb['indices'] / 2**20:.2f} | {fmt(r.get('peak_mb'), '.0f')} "
             f"| {fmt(r.get('update_fraction_at_100'), '.4f')} | {paths} |"
