@@ -70,9 +70,17 @@ def bench_density(
     batch = args.batch or MODELS[model]
     x, y = _data(model, batch, device)
     torch.manual_seed(0)
-    built = {name: build(name, model, density, x, y) for name in variants}
-    for v in built.values():  # warm-up (allocator, sparse-path timing)
-        _timed(v.step, 2, device)
+    built = {}
+    for name in variants:
+        try:
+            v = build(name, model, density, x, y)
+            _timed(v.step, 2, device)  # warm-up (allocator, sparse-path timing)
+        except Exception as e:  # one variant that fails here must not stop the rest
+            first = f"{type(e).__name__}: {e}".splitlines()[0]
+            print(f"{model} d={density:g}: {name} failed: {first}", file=sys.stderr)
+            continue
+        built[name] = v
+    variants = list(built)
     times: dict[str, list[float]] = {n: [] for n in variants}
     updates: dict[str, list[float]] = {n: [] for n in variants}
     plain: dict[str, list[float]] = {n: [] for n in variants}

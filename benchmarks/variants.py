@@ -88,17 +88,21 @@ class Variant:
     info: Callable[[], dict[str, Any]] | None = None
 
 
-def network(model: str) -> tuple[nn.Module, tuple[int, ...]]:
-    """A fresh plain torch network and its input shape."""
+def network(
+    model: str, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, tuple[int, ...]]:
+    """A fresh plain torch network on ``device`` and its input shape."""
     if model == "mlp":
-        return mlp(784, [400, 400], 10), (784,)
-    if model == "mlp2048":
-        return mlp(784, [2048, 2048], 10), (784,)
-    if model == "wide_mlp":
-        return mlp(784, [4096, 4096], 10), (784,)
-    if model == "resnet18":
-        return resnet18_cifar(10), (3, 32, 32)
-    raise ValueError(f"unknown model {model!r}")
+        net, shape = mlp(784, [400, 400], 10), (784,)
+    elif model == "mlp2048":
+        net, shape = mlp(784, [2048, 2048], 10), (784,)
+    elif model == "wide_mlp":
+        net, shape = mlp(784, [4096, 4096], 10), (784,)
+    elif model == "resnet18":
+        net, shape = resnet18_cifar(10), (3, 32, 32)
+    else:
+        raise ValueError(f"unknown model {model!r}")
+    return net.to(device), shape
 
 
 def _tensor_bytes(tensors: Any) -> int:
@@ -153,7 +157,7 @@ def _scoped(make: Callable[[], Variant]) -> Variant:
 def _pyro_variant(
     name: str, model_name: str, density: float, x: torch.Tensor, y: torch.Tensor
 ) -> Variant:
-    net, _ = network(model_name)
+    net, _ = network(model_name, x.device)
     model = BayesianClassifier(net, num_data=NUM_DATA)
     optim = pyro.optim.Adam({"lr": 1e-3})
     if name == "pyro_dense":
@@ -218,7 +222,8 @@ class MaskedLRTNet(nn.Module):
             mask = torch.ones_like(layer.weight, dtype=torch.bool)
             if i > 0 or isinstance(layer, nn.Linear):  # dense stem, as the reference
                 n = layer.weight.numel()
-                off = torch.randperm(n)[: n - max(1, round(density * n))]
+                off = torch.randperm(n, device=mask.device)
+                off = off[: n - max(1, round(density * n))]
                 mask.view(-1)[off] = False
             self.rho.append(nn.Parameter(rho))
             self.masks.append(mask)
@@ -274,7 +279,7 @@ def masked_lrt_variant(
     model_name: str, density: float, x: torch.Tensor, y: torch.Tensor
 ) -> Variant:
     """The reference approach: dense tensors, masks, LRT, Adam."""
-    net, _ = network(model_name)
+    net, _ = network(model_name, x.device)
     bnn = MaskedLRTNet(net, density)
     optimizer = torch.optim.Adam(bnn.parameters(), lr=1e-3)
 
@@ -329,7 +334,7 @@ class SparseLayers:
             n = layer.weight.numel()
             dense = i == 0 and isinstance(layer, nn.Conv2d)
             k = n if dense else max(1, round(density * n))
-            idx = torch.randperm(n)[:k].sort().values
+            idx = torch.randperm(n, device=layer.weight.device)[:k].sort().values
             self.indices.append(idx)
             sparse = isinstance(layer, nn.Linear) and k < n
             self.structures.append(
@@ -367,7 +372,7 @@ def floor_variant(
     model_name: str, density: float, x: torch.Tensor, y: torch.Tensor
 ) -> Variant:
     """A deterministic network on the same active weights and kernels."""
-    net, _ = network(model_name)
+    net, _ = network(model_name, x.device)
     sparse = SparseLayers(net, density)
     values = nn.ParameterList(
         nn.Parameter(layer.weight.detach().reshape(-1)[idx].clone())
@@ -403,7 +408,7 @@ def torch_ssvi_variant(
     model_name: str, density: float, x: torch.Tensor, y: torch.Tensor
 ) -> Variant:
     """SSVI written by hand in plain PyTorch: the same maths and kernels."""
-    net, _ = network(model_name)
+    net, _ = network(model_name, x.device)
     sparse = SparseLayers(net, density)
     locs = nn.ParameterList(
         nn.Parameter(layer.weight.detach().reshape(-1)[idx].clone())
@@ -446,7 +451,7 @@ def bayesian_torch_variant(
     """bayesian-torch's dense mean-field layers (its documented recipe)."""
     from bayesian_torch.models.dnn_to_bnn import dnn_to_bnn, get_kl_loss
 
-    net, _ = network(model_name)
+    net, _ = network(model_name, x.device)
     dnn_to_bnn(
         net,
         {
@@ -458,6 +463,7 @@ def bayesian_torch_variant(
             "moped_enable": False,
         },
     )
+    net.to(x.device)  # the converted layers' new parameters
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     step = _torch_step(
         lambda: F.cross_entropy(net(x), y) + get_kl_loss(net) / NUM_DATA, optimizer

@@ -341,7 +341,12 @@ def test_cuda_matches_cpu():
     for name, fn in CRITERIA.items():
         got = fn(loc.cuda(), scale.cuda())
         assert got.device.type == "cuda", name
-        torch.testing.assert_close(got.cpu(), fn(loc, scale), rtol=1e-10, atol=0)
+        # CUDA's exp/erfc differ from the CPU's by a few float64 ulps, and a
+        # variance E2 - E1^2 amplifies that by cancellation: 2.8e-10 relative
+        # was seen on an H200 (torch 2.11), still 6 digits inside float32.
+        torch.testing.assert_close(
+            got.cpu(), fn(loc, scale), rtol=1e-8, atol=0, msg=lambda m: f"{name}: {m}"
+        )
 
 
 def test_zero_scale_gives_limits_and_nan_only_for_zero_over_zero():
