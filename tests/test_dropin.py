@@ -297,7 +297,8 @@ def test_learnable_prior_scale_is_fitted_as_trace_elbo_fits_it():
 
 
 # --------------------------------------------------------- compiled ELBOs
-@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:FutureWarning")
+# torch >= 2.12 warns with FutureWarning, earlier versions with DeprecationWarning
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")
 @pytest.mark.parametrize("elbo", [JitTrace_ELBO, JitTraceMeanField_ELBO])
 def test_jit_elbos_train_through_reselections(elbo):
     model, guide, svi = _trained(steps=30, loss=elbo(ignore_jit_warnings=True))
