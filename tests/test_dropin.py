@@ -297,7 +297,7 @@ def test_learnable_prior_scale_is_fitted_as_trace_elbo_fits_it():
 
 
 # --------------------------------------------------------- compiled ELBOs
-# torch >= 2.12 warns with FutureWarning, earlier versions with DeprecationWarning
+# torch >= 2.12 warns with FutureWarning, 2.11 with DeprecationWarning
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")
 @pytest.mark.parametrize("elbo", [JitTrace_ELBO, JitTraceMeanField_ELBO])
 def test_jit_elbos_train_through_reselections(elbo):

@@ -149,9 +149,11 @@ def test_sparse_linear_and_its_gradients_equal_the_dense_masked_product(lead):
     idx = torch.randperm(out_f * in_f, generator=g)[:20].sort().values
     values = torch.randn(20, dtype=torch.float64, generator=g, requires_grad=True)
     x = torch.randn(*lead, in_f, dtype=torch.float64, generator=g, requires_grad=True)
-    weight = torch.zeros(out_f * in_f, dtype=torch.float64).index_put(
-        (idx,), values
-    ).view(out_f, in_f)
+    weight = (
+        torch.zeros(out_f * in_f, dtype=torch.float64)
+        .index_put((idx,), values)
+        .view(out_f, in_f)
+    )
     seed = torch.randn(*lead, out_f, dtype=torch.float64, generator=g)
     dense = x @ weight.T
     gx_d, gv_d = torch.autograd.grad((dense * seed).sum(), (x, values))
