@@ -138,7 +138,9 @@ def _grow(scores: Tensor, kept: Tensor, s: int) -> Tensor:
     masked = scores.clone()
     masked[kept] = -math.inf
     grow = top_k(masked, s)
-    if not bool(torch.isin(grow, kept).any()):
+    # A kept coordinate can only be picked through its -inf mask: checking the
+    # s picks for -inf is O(s), where isin(grow, kept) sorts k entries.
+    if not bool((masked[grow] == -math.inf).any()):
         return grow
     # Fewer than s finite scores outside the kept set: the -inf mask tied with
     # genuine -inf (or NaN) scores. Select among the candidates explicitly.
