@@ -341,6 +341,18 @@ class SparseLayers:
                 SparseStructure(idx, tuple(layer.weight.shape)) if sparse else None
             )
 
+    def take_active(self) -> nn.ParameterList:
+        """The layers' active weight values as parameters; each dense weight
+        is dropped (an empty tensor is left for shape lookups)."""
+        values = nn.ParameterList(
+            nn.Parameter(layer.weight.detach().reshape(-1)[idx].clone())
+            for layer, idx in zip(self.layers, self.indices)
+        )
+        for layer in self.layers:
+            del layer.weight
+            layer.weight = torch.empty(0)
+        return values
+
     def patch(self, weights: Callable[[int], torch.Tensor]) -> None:
         """Make layer ``i`` compute with ``weights(i)`` (its active values)."""
         for i, layer in enumerate(self.layers):
@@ -374,13 +386,7 @@ def floor_variant(
     """A deterministic network on the same active weights and kernels."""
     net, _ = network(model_name, x.device)
     sparse = SparseLayers(net, density)
-    values = nn.ParameterList(
-        nn.Parameter(layer.weight.detach().reshape(-1)[idx].clone())
-        for layer, idx in zip(sparse.layers, sparse.indices)
-    )
-    for layer in sparse.layers:
-        del layer.weight
-        layer.weight = torch.empty(0)  # shape lookups only
+    values = sparse.take_active()
     sparse.patch(lambda i: values[i])
     params = list(values) + [p for p in net.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3, foreach=True)
@@ -410,16 +416,10 @@ def torch_ssvi_variant(
     """SSVI written by hand in plain PyTorch: the same maths and kernels."""
     net, _ = network(model_name, x.device)
     sparse = SparseLayers(net, density)
-    locs = nn.ParameterList(
-        nn.Parameter(layer.weight.detach().reshape(-1)[idx].clone())
-        for layer, idx in zip(sparse.layers, sparse.indices)
-    )
+    locs = sparse.take_active()
     rho0 = math.log(math.expm1(0.01))
     rhos = nn.ParameterList(nn.Parameter(torch.full_like(loc, rho0)) for loc in locs)
-    shapes = [layer.weight.shape for layer in sparse.layers]
-    for layer in sparse.layers:
-        del layer.weight
-        layer.weight = torch.empty(0)
+    shapes = sparse.shapes
     draws: list[torch.Tensor] = []
     sparse.patch(lambda i: draws[i])
     params = list(locs) + list(rhos) + [p for p in net.parameters()]
