@@ -46,6 +46,7 @@ __all__ = [
     "disable_torch_function_subclass",
     "handler_stack",
     "helpful_support_errors",
+    "is_invalid_values_error",
     "is_module_local_param_enabled",
     "module_context",
     "param_store_name",
@@ -63,6 +64,13 @@ check_mean_field_requirement = _check_mean_field_requirement
 #: pyro 1.9.2: the class of ``constraints.softplus_positive`` (private name
 #: ``_SoftplusPositive``), subclassed to register a faster transform.
 SoftplusPositive: type = type(constraints.softplus_positive)
+
+
+def is_invalid_values_error(error: BaseException) -> bool:
+    """Whether a ``ValueError`` is torch's argument validation rejecting NaN or
+    infinite distribution parameters (its text in torch 2.14 and pyro 1.9.2:
+    "... found invalid values: ...")."""
+    return isinstance(error, ValueError) and "invalid values" in str(error)
 
 
 def is_module_local_param_enabled() -> bool:

@@ -1,11 +1,22 @@
-"""The sparse-subspace Normal distribution and its KL divergences.
+r"""The sparse-subspace Normal distribution and the maths of its ELBO terms.
 
 :class:`SparseNormal` is the variational family of SSVI for one weight tensor:
 independent Normals on a fixed set of ``k`` active coordinates, a point mass at
-zero everywhere else. It is what :class:`~pyro_ssvi.AutoSparseNormal` samples at
-each sparse site, directly under the site's name, so that
-:class:`~pyro.infer.TraceMeanField_ELBO` can use the KL divergences registered
-here.
+zero everywhere else. :class:`~pyro_ssvi.AutoSparseNormal` samples it at each
+sparse site, directly under the site's name, so that Pyro's ELBOs score it
+like any other distribution.
+
+Every formula of a sparse site's ELBO terms lives here, once, and both ways of
+computing a step use it: Pyro's traced ELBOs (through the distribution's
+methods and the registered KL divergences) and the direct step of
+:mod:`pyro_ssvi._step`.
+
+* the draw: :meth:`SparseNormal.rsample_active`, ``loc + scale * eps``;
+* the variational log-density: :meth:`SparseNormal.log_prob_active`;
+* the analytic KL term: :func:`sparse_normal_kl` (what
+  :class:`~pyro.infer.TraceMeanField_ELBO` uses);
+* the prior's log-density of a sparse draw: :func:`sparse_prior_log_prob`
+  (what :class:`~pyro.infer.Trace_ELBO` uses, in ``O(k)``).
 
 Example::
 
@@ -24,9 +35,15 @@ import torch
 from pyro.distributions import Independent, Normal, TorchDistribution
 from torch.distributions import constraints, register_kl
 
-__all__ = ["ShiftedSparseNormal", "SparseNormal", "sparse_normal_kl"]
+__all__ = [
+    "ShiftedSparseNormal",
+    "SparseNormal",
+    "constant_normal_prior",
+    "sparse_normal_kl",
+    "sparse_prior_log_prob",
+]
 
-_HALF_LOG_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class SparseNormal(TorchDistribution):
@@ -51,7 +68,9 @@ class SparseNormal(TorchDistribution):
         indices: Flat indices of the active coordinates into the flattened
             event, a 1-D integer tensor of length ``k``.
         shape: The full event shape, with ``prod(shape) >= k``.
-        validate_args: As in :class:`torch.distributions.Distribution`.
+        validate_args: As in :class:`torch.distributions.Distribution`;
+            ``False`` also skips the shape checks (the guide, which built the
+            tensors itself, passes ``False`` on every step).
 
     Raises:
         ValueError: If the shapes of ``loc``, ``scale``, ``indices`` and
@@ -70,21 +89,10 @@ class SparseNormal(TorchDistribution):
         validate_args: bool | None = None,
     ) -> None:
         event_shape = torch.Size(shape)
-        loc, scale = torch.broadcast_tensors(loc, scale)
-        if loc.dim() < 1:
-            raise ValueError("SparseNormal needs loc of shape batch_shape + (k,).")
-        if indices.dim() != 1 or indices.shape[0] != loc.shape[-1]:
-            raise ValueError(
-                f"SparseNormal: indices must be 1-D of length k={loc.shape[-1]} "
-                f"(the last dim of loc), got shape {tuple(indices.shape)}."
-            )
-        if indices.dtype not in (torch.int64, torch.int32):
-            raise ValueError("SparseNormal: indices must be an integer tensor.")
-        if loc.shape[-1] > event_shape.numel():
-            raise ValueError(
-                f"SparseNormal: k={loc.shape[-1]} active coordinates do not fit "
-                f"in shape {tuple(event_shape)}."
-            )
+        if loc.shape != scale.shape:
+            loc, scale = torch.broadcast_tensors(loc, scale)
+        if validate_args is not False:
+            _check_shapes(loc, indices, event_shape)
         self.loc = loc
         self.scale = scale
         self.indices = indices
@@ -142,22 +150,43 @@ class SparseNormal(TorchDistribution):
         flat = value.reshape(value.shape[: value.dim() - n] + (self._numel,))
         return flat.index_select(-1, self.indices)
 
+    def rsample_active(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        r"""A draw of the active coordinates, :math:`\mu + \sigma \odot \varepsilon`.
+
+        The one way a sparse weight is drawn: :meth:`rsample`, the guide's
+        sparse kernels and the direct step all draw through here.
+
+        Returns:
+            Shape ``sample_shape + batch_shape + (k,)``.
+        """
+        shape = torch.Size(sample_shape) + self.loc.shape
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + self.scale * eps
+
     def rsample(  # type: ignore[override]
         self, sample_shape: torch.Size = torch.Size()
     ) -> torch.Tensor:
-        shape = self._extended_shape(sample_shape)[: -len(self.event_shape) or None]
-        eps = torch.randn(
-            shape + (self.loc.shape[-1],), dtype=self.loc.dtype, device=self.loc.device
+        return self.scatter(self.rsample_active(sample_shape))
+
+    def log_prob_active(self, active: torch.Tensor) -> torch.Tensor:
+        r""":math:`\sum_{j \in A} \log \mathcal{N}(\theta_j; \mu_j, \sigma_j^2)`.
+
+        Args:
+            active: Values of the active coordinates, shape ``(..., k)``.
+
+        Returns:
+            Shape ``(...)``.
+        """
+        z = (active - self.loc) / self.scale
+        return (
+            -(0.5 * z * z + self.scale.log()).sum(-1)
+            - self.loc.shape[-1] * _HALF_LOG_2PI
         )
-        return self.scatter(self.loc + self.scale * eps)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        active = self.gather(value)
-        var = self.scale**2
-        lp = -((active - self.loc) ** 2) / (2 * var) - self.scale.log()
-        return (lp - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return self.log_prob_active(self.gather(value))
 
     @property
     def mean(self) -> torch.Tensor:
@@ -173,28 +202,29 @@ class SparseNormal(TorchDistribution):
 
     def entropy(self) -> torch.Tensor:
         """Differential entropy of the active coordinates (shape ``batch_shape``)."""
-        return (_HALF_LOG_2PI_E + self.scale.log()).sum(-1)
+        return (0.5 + _HALF_LOG_2PI + self.scale.log()).sum(-1)
 
 
-def _compact(t: torch.Tensor, event_shape: torch.Size) -> tuple[torch.Tensor, int]:
-    """A prior parameter without its broadcast copies, and how often each value repeats.
+def _check_shapes(
+    loc: torch.Tensor, indices: torch.Tensor, event_shape: torch.Size
+) -> None:
+    if loc.dim() < 1:
+        raise ValueError("SparseNormal needs loc of shape batch_shape + (k,).")
+    if indices.dim() != 1 or indices.shape[0] != loc.shape[-1]:
+        raise ValueError(
+            f"SparseNormal: indices must be 1-D of length k={loc.shape[-1]} "
+            f"(the last dim of loc), got shape {tuple(indices.shape)}."
+        )
+    if indices.dtype not in (torch.int64, torch.int32):
+        raise ValueError("SparseNormal: indices must be an integer tensor.")
+    if loc.shape[-1] > event_shape.numel():
+        raise ValueError(
+            f"SparseNormal: k={loc.shape[-1]} active coordinates do not fit "
+            f"in shape {tuple(event_shape)}."
+        )
 
-    ``Normal(0., s).expand(shape)`` stores ``s`` once with zero strides; summing
-    a function of it over the event equals summing over the stored values
-    times the number of copies. Returns ``(t', m)`` with
-    ``sum_event f(t) = m * sum_event' f(t')``.
-    """
-    n = len(event_shape)
-    if t.dim() < n:
-        t = t.expand(event_shape)
-    multiplicity = 1
-    for d in range(t.dim() - n, t.dim()):
-        if t.stride(d) == 0 and t.shape[d] > 1:
-            multiplicity *= t.shape[d]
-            t = t.narrow(d, 0, 1)
-    return t, multiplicity
 
-
+# ----------------------------------------------------------------- prior maths
 def _is_constant(t: torch.Tensor, event_shape: torch.Size) -> bool:
     """Whether a prior parameter is one value over the event (zero strides)."""
     n = len(event_shape)
@@ -204,35 +234,31 @@ def _is_constant(t: torch.Tensor, event_shape: torch.Size) -> bool:
     return all(st == 0 or sz == 1 for sz, st in zip(sizes, strides))
 
 
-def _gather_param(
-    t: torch.Tensor, event_shape: torch.Size, indices: torch.Tensor
-) -> torch.Tensor:
-    """Values of a prior parameter at the active coordinates, shape ``(..., k)``.
-
-    Parameters that are constant over the event (the usual
-    ``Normal(0., s).expand(shape)``, whose strides are zero) are read once
-    instead of being materialised densely: shape ``(..., 1)``.
-    """
+def _first(t: torch.Tensor, event_shape: torch.Size) -> torch.Tensor:
+    """The value of a parameter constant over the event, shape ``(..., 1)``."""
     n = len(event_shape)
     if t.dim() < n:
         t = t.expand(event_shape)
-    if _is_constant(t, event_shape):
-        return t[(Ellipsis,) + (0,) * n].unsqueeze(-1)
-    lead = t.shape[: t.dim() - n]
-    flat = t.expand(lead + event_shape).reshape(lead + (event_shape.numel(),))
-    return flat.index_select(-1, indices)
+    return t[(Ellipsis,) + (0,) * n].unsqueeze(-1)
 
 
-def _unwrap_independent(
-    q: torch.distributions.Distribution,
-) -> torch.distributions.Distribution:
-    while isinstance(q, torch.distributions.Independent):
-        q = q.base_dist
-    return q
+def constant_normal_prior(
+    prior_loc: torch.Tensor, prior_scale: torch.Tensor, shape: torch.Size
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    r"""``(m, s)``, each of shape ``batch + (1,)``, if the prior is one Normal
+    :math:`\mathcal{N}(m, s^2)` over the whole event (``Normal(m, s).expand``,
+    whose strides are zero), else None."""
+    if not (_is_constant(prior_loc, shape) and _is_constant(prior_scale, shape)):
+        return None
+    return _first(prior_loc, shape), _first(prior_scale, shape)
 
 
 def _normal_log_prob_at_zero(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return -0.5 * (loc / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)
+    return -0.5 * (loc / scale) ** 2 - scale.log() - _HALF_LOG_2PI
+
+
+def _square_sum(x: torch.Tensor) -> torch.Tensor:
+    return torch.dot(x, x) if x.dim() == 1 else (x * x).sum(-1)
 
 
 def sparse_normal_kl(
@@ -252,10 +278,19 @@ def sparse_normal_kl(
             - \sum_{j \notin A} \log \mathcal{N}(0; m_j, s_j^2)
 
     with posterior :math:`\mathcal{N}(\mu_j, \sigma_j^2)` on the active set
-    :math:`A` and prior :math:`\mathcal{N}(m_j, s_j^2)`. A prior whose
-    parameters are one value over the tensor (``Normal(m, s).expand(shape)``,
-    zero strides) costs :math:`O(k)`; the second sum is then
-    :math:`(n - k) \log \mathcal{N}(0; m, s^2)`.
+    :math:`A` and prior :math:`\mathcal{N}(m_j, s_j^2)`: the expectation of
+    :math:`\log q(\theta) - \log p(\theta)`, where the inactive coordinates are
+    exact zeros. A prior that is one value over the tensor
+    (``Normal(m, s).expand(shape)``, zero strides) costs :math:`O(k)`:
+
+    .. math::
+
+        \mathrm{KL}_A = \frac{\sum_A \sigma_j^2 + \sum_A (\mu_j - m)^2}{2 s^2}
+            - \sum_A \log \sigma_j + k (\log s - \tfrac12)
+            - (n - k) \log \mathcal{N}(0; m, s^2).
+
+    Prior parameters that require grad (hierarchical or learnable priors)
+    receive their gradient, the second sum included.
 
     Args:
         loc, scale: Active means and standard deviations, shape ``(..., k)``.
@@ -267,32 +302,67 @@ def sparse_normal_kl(
     Returns:
         Shape ``batch``.
     """
-    n = len(shape)
-    prior_loc, prior_scale = torch.broadcast_tensors(prior_loc, prior_scale)
-    loc_q = _gather_param(prior_loc, shape, indices)
-    scale_q = _gather_param(prior_scale, shape, indices)
-    var_ratio = (scale / scale_q) ** 2
-    t1 = ((loc - loc_q) / scale_q) ** 2
-    active_kl = (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum(-1)
-    k = indices.shape[0]
-    active_lp0 = _normal_log_prob_at_zero(loc_q, scale_q)
-    if _is_constant(prior_loc, shape) and _is_constant(prior_scale, shape):
-        return active_kl - (shape.numel() - k) * active_lp0[..., 0]
-    lead = prior_loc.shape[: prior_loc.dim() - n] if prior_loc.dim() >= n else ()
-    loc_c, m_loc = _compact(prior_loc, shape)
-    scale_c, m_scale = _compact(prior_scale, shape)
-    if m_loc == m_scale and loc_c.shape == scale_c.shape:
-        total = m_loc * _normal_log_prob_at_zero(loc_c, scale_c).reshape(
-            tuple(lead) + (-1,)
-        ).sum(-1)
-    else:  # different broadcast patterns: sum densely
-        total = (
-            _normal_log_prob_at_zero(prior_loc, prior_scale)
-            .reshape(tuple(lead) + (-1,))
-            .sum(-1)
+    k, n = indices.shape[0], shape.numel()
+    constant = constant_normal_prior(prior_loc, prior_scale, shape)
+    if constant is not None:
+        m, s = (t[..., 0] for t in constant)
+        squares = _square_sum(scale) + _square_sum(loc - constant[0])
+        return (
+            squares / (2 * s * s)
+            - scale.log().sum(-1)
+            + k * (s.log() - 0.5)
+            - (n - k) * _normal_log_prob_at_zero(m, s)
         )
-    active_lp0 = active_lp0.expand(active_lp0.shape[:-1] + (k,)).sum(-1)
-    return active_kl - (total - active_lp0)
+    prior_loc, prior_scale = torch.broadcast_tensors(prior_loc, prior_scale)
+    lead = prior_loc.shape[: prior_loc.dim() - len(shape)]
+    flat_loc = prior_loc.expand(lead + shape).reshape(lead + (n,))
+    flat_scale = prior_scale.expand(lead + shape).reshape(lead + (n,))
+    m, s = flat_loc.index_select(-1, indices), flat_scale.index_select(-1, indices)
+    var_ratio = (scale / s) ** 2
+    active = 0.5 * (var_ratio + ((loc - m) / s) ** 2 - 1 - var_ratio.log())
+    log_p0 = _normal_log_prob_at_zero(flat_loc, flat_scale)
+    inactive = log_p0.sum(-1) - log_p0.index_select(-1, indices).sum(-1)
+    return active.sum(-1) - inactive
+
+
+def sparse_prior_log_prob(
+    active: torch.Tensor, n: int, prior_loc: torch.Tensor, prior_scale: torch.Tensor
+) -> torch.Tensor:
+    r"""The log-density of a sparse draw under a constant Normal prior, in ``O(k)``.
+
+    For :math:`\theta` with values ``active`` on :math:`k` coordinates and
+    exact zeros on the other :math:`n - k`, under
+    :math:`\mathcal{N}(m, s^2)` on every coordinate:
+
+    .. math::
+
+        \log p(\theta) = -\frac{\sum_A (\theta_j - m)^2 + (n - k)\, m^2}{2 s^2}
+            - n \big(\log s + \tfrac12 \log 2\pi\big),
+
+    what :class:`~pyro.infer.Trace_ELBO` computes densely from the prior's
+    ``log_prob``.
+
+    Args:
+        active: Values of the active coordinates, shape ``(..., k)``.
+        n: Number of coordinates of the whole tensor.
+        prior_loc, prior_scale: ``m`` and ``s``, shape ``(..., 1)`` (as
+            :func:`constant_normal_prior` returns them).
+
+    Returns:
+        Shape ``(...)``.
+    """
+    m, s = prior_loc[..., 0], prior_scale[..., 0]
+    squares = _square_sum(active - prior_loc) + (n - active.shape[-1]) * m * m
+    return -squares / (2 * s * s) - n * (s.log() + _HALF_LOG_2PI)
+
+
+# ------------------------------------------------------ registered divergences
+def _unwrap_independent(
+    q: torch.distributions.Distribution,
+) -> torch.distributions.Distribution:
+    while isinstance(q, torch.distributions.Independent):
+        q = q.base_dist
+    return q
 
 
 def _inactive_log_prob(
@@ -319,11 +389,10 @@ def _kl_sparse_factorised(
             - \sum_{j \notin A} \log p_j(0),
 
     the expectation of :math:`\log q(\theta) - \log p(\theta)` that
-    :class:`~pyro.infer.Trace_ELBO` estimates: the inactive coordinates are
-    exact zeros, so the prior's density there belongs to the objective. For
-    a fixed prior the second sum is a constant; for a prior with learnable
-    parameters (hierarchical, ARD) it carries their gradient, so they are
-    fitted as under ``Trace_ELBO``.
+    :class:`~pyro.infer.Trace_ELBO` estimates. Normal priors: the closed form
+    of :func:`sparse_normal_kl`. Any other univariate factorised prior: the
+    analytic entropy of the active coordinates plus a one-draw
+    reparameterised estimate of their cross-entropy (unbiased).
     """
     if q.event_shape != p.event_shape and len(q.event_shape) != 0:
         raise NotImplementedError
@@ -334,9 +403,6 @@ def _kl_sparse_factorised(
         return sparse_normal_kl(
             p.loc, p.scale, p.indices, p.event_shape, base.loc, base.scale
         )
-    # Any other univariate factorised prior: analytic entropy of the active
-    # coordinates plus a one-draw reparameterised estimate of the cross-entropy,
-    # both restricted to the active set (an unbiased estimate of the KL).
     dense = p.rsample()
     n = len(p.event_shape)
     log_p = base.log_prob(dense.expand(base.batch_shape[: -n or None] + dense.shape))
@@ -356,12 +422,11 @@ def _kl_sparse_normal(p: SparseNormal, q: Normal) -> torch.Tensor:
 class ShiftedSparseNormal(TorchDistribution):
     r"""A :class:`SparseNormal` translated by a dense tensor: :math:`\theta + \delta`.
 
-    :class:`~pyro_ssvi.SubspaceScheduler` samples sparse sites from this with
-    :math:`\delta = 0` (a leaf that requires grad), so that
-    :math:`\partial L / \partial \delta` is the gradient of the loss with
-    respect to every coordinate of the weight, active or not: the addition
-    score. Only the scheduler's likelihood pass samples it; no KL is
-    registered for it.
+    The traced growth pass of :class:`~pyro_ssvi.SubspaceScheduler` samples
+    sparse sites from this with :math:`\delta = 0` (a leaf that requires
+    grad), so that :math:`\partial L / \partial \delta` is the gradient of the
+    loss with respect to every coordinate of the weight, active or not: the
+    addition score. No KL is registered for it.
 
     Args:
         base: The sparse posterior.

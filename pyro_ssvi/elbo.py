@@ -9,14 +9,14 @@ as much as the network's forward pass. :class:`TraceSparseMeanField_ELBO`
 returns the same loss and gradients and scores only observed sites, plus the
 latent sites whose KL divergence is not available, when the loss reaches them.
 
-For the standard case (an ``AutoSparseNormal`` over a ``PyroModule``
-network with Normal priors; see :mod:`pyro_ssvi._fast` for exactly what is
-covered) it skips tracing altogether: the guide's parameters are sampled
-directly, the network runs once with the samples in place, and the KL is taken
-in closed form from the tensors. That path is checked once against the traced
-one (same random numbers: same loss and gradients) before it is used::
+For an ``AutoSparseNormal`` over a ``PyroModule`` network it skips tracing
+altogether and takes the direct step of :mod:`pyro_ssvi._step`, as
+:class:`~pyro_ssvi.SparseSVI` does for every Pyro ELBO that allows it. This
+matters where the ELBO is called by itself, as in a training loop with a
+torch optimiser over Pyro's ``ELBOModule``::
 
-    svi = SparseSVI(model, guide, optim, TraceSparseMeanField_ELBO())
+    loss_fn = TraceSparseMeanField_ELBO()(model, guide)   # an ELBOModule
+    loss_fn(x, y).backward()
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.util import check_model_guide_match, check_site_shape
 
-from ._fast import FastLoss, NotNow, Unsupported, build_fast_loss
 from ._pyro_compat import check_mean_field_requirement, prune_subsample_sites
+from ._step import DirectStep, Unsupported, direct_step, log_choice
 
 __all__ = ["TraceSparseMeanField_ELBO"]
 
@@ -70,75 +70,71 @@ class TraceSparseMeanField_ELBO(TraceMeanField_ELBO):
 
     Args:
         *args, **kwargs: As for :class:`~pyro.infer.TraceMeanField_ELBO`.
-        fast: Use the direct computation where it applies (one particle, an
-            ``AutoSparseNormal`` over a ``PyroModule``; see
-            :mod:`pyro_ssvi._fast`). ``False`` always traces.
+        fast: Take the direct step where it applies (see
+            :mod:`pyro_ssvi._step`). ``False`` always traces.
     """
+
+    direct_kind = "analytic"
 
     def __init__(self, *args: Any, fast: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fast = fast
-        self._fast: Any = weakref.WeakKeyDictionary()  # guide -> (model ref, path)
+        self._paths: Any = weakref.WeakKeyDictionary()  # guide -> (model ref, path)
 
-    # ------------------------------------------------------------- fast path
+    # ----------------------------------------------------------- direct step
     def fast_path(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any
-    ) -> FastLoss | None:
-        """The checked fast path for ``(model, guide)``, or None (traced).
+    ) -> DirectStep | None:
+        """The direct step for ``(model, guide)``, or None (traced).
 
-        Built and checked against the traced loss (without drawing from the
-        global random state) on first use for a pair, then cached;
-        :meth:`why_traced` says why a pair is traced.
+        Chosen on first use for a pair and cached; :meth:`why_traced` says
+        why a pair is traced.
         """
-        return self._fast_entry(model, guide, args, kwargs)[0]
+        return self._path(model, guide)[0]
 
     def why_traced(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any
     ) -> str | None:
-        """Why ``(model, guide)`` takes the traced path (None: the fast one)."""
-        return self._fast_entry(model, guide, args, kwargs)[1]
+        """Why ``(model, guide)`` takes the traced path (None: the direct one)."""
+        return self._path(model, guide)[1]
 
-    def _fast_entry(
-        self, model: Any, guide: Any, args: tuple, kwargs: dict
-    ) -> tuple[FastLoss | None, str | None]:
-        if not self.fast:
-            return None, "fast=False"
-        if self.num_particles != 1 or self.vectorize_particles:
-            return None, "more than one particle"
-        if getattr(guide, "prototype_trace", None) is None:
-            return None, "the guide is not set up yet"  # the traced path sets it up
+    def _path(self, model: Any, guide: Any) -> tuple[DirectStep | None, str | None]:
         try:
-            entry = self._fast.get(guide)
+            entry = self._paths.get(guide)
         except TypeError:
             return None, "the guide is not weak-referenceable"
-        if entry is None or entry[0]() is not model:
+        trace = getattr(guide, "prototype_trace", None)
+        if entry is None or entry[0]() is not model or entry[1] is not trace:
             try:
-                fast, reason = build_fast_loss(
-                    model,
-                    guide,
-                    lambda: super(TraceSparseMeanField_ELBO, self).differentiable_loss(
-                        model, guide, *args, **kwargs
-                    ),
-                    args,
-                    kwargs,
+                path: tuple[DirectStep | None, str | None] = (
+                    direct_step(model, guide, self),
+                    None,
                 )
-            except NotNow as e:
-                return None, f"not checked yet ({e})"
-            entry = (weakref.ref(model), fast, reason)
-            self._fast[guide] = entry
-        return entry[1], entry[2]
+            except Unsupported as e:
+                path = (None, str(e))
+            if trace is None:
+                return path  # set up by the traced call; choose again then
+            log_choice(type(self).__name__, self, path[1])
+            entry = (weakref.ref(model), trace, path)
+            self._paths[guide] = entry
+        return entry[2]
 
     def fast_loss(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
-        """``(loss, trained tensors)`` by the fast path, or None to trace."""
-        fast = self.fast_path(model, guide, *args, **kwargs)
-        if fast is None:
+        """``(loss, trained tensors)`` by the direct step, or None to trace."""
+        step = self._path(model, guide)[0]
+        if step is None:
             return None
-        try:
-            return fast(*args, **kwargs)
-        except Unsupported:  # e.g. another handler is active around this call
-            return None
+        total, trained = None, list[torch.Tensor]()
+        for _ in range(self.num_particles):
+            result = step(args, kwargs)
+            if result is None:  # a handler the direct step does not cover
+                return None
+            loss, trained = result
+            total = loss if total is None else total + loss
+        assert total is not None
+        return total / self.num_particles, trained
 
     def differentiable_loss(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any
@@ -164,6 +160,7 @@ class TraceSparseMeanField_ELBO(TraceMeanField_ELBO):
         result[0].backward()
         return torch_item(result[0])
 
+    # ----------------------------------------------------------- traced path
     def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
         model_trace = poutine.trace(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from contextlib import ExitStack
 from operator import attrgetter
-from typing import Any, Callable, Collection, NamedTuple
+from typing import Any, Callable, Collection, Iterator, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -26,7 +26,7 @@ from pyro.distributions import constraints
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoGuide
 from pyro.nn import PyroModule, PyroParam
-from torch.distributions import Distribution
+from torch.distributions import Distribution, transform_to
 
 from . import _guide_state
 from ._guide_state import Site
@@ -255,6 +255,7 @@ class AutoSparseNormal(AutoGuide):
         self._sites: dict[str, Site] = {}
         self._verified = True  # False after loading into a never-called guide
         self._raw_model = (model,)
+        self._scale_transform = transform_to(self.scale_constraint)
         self._reset_caches()
         super().__init__(InitMessenger(init_loc_fn)(model), create_plates=create_plates)
         self.register_state_dict_post_hook(_compact_indices)
@@ -533,16 +534,63 @@ class AutoSparseNormal(AutoGuide):
         return support
 
     # ------------------------------------------------------------ posteriors
-    def _posterior(self, name: str) -> Distribution:
+    def _posterior(
+        self,
+        name: str,
+        loc: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+        detach: bool = False,
+    ) -> Distribution:
+        """The site's posterior, from its parameters (read now if not given)."""
         info = self._sites[name]
-        loc, scale = self._get_loc_and_scale(name)
-        if info.sparse:
-            return SparseNormal(loc, scale, self._indices(name, loc), info.shape)
+        if loc is None or scale is None:
+            loc, scale = self._get_loc_and_scale(name)
+        indices = self._indices(name, loc) if info.sparse else None
+        if detach:
+            loc, scale = loc.detach(), scale.detach()
+        if indices is not None:
+            return SparseNormal(loc, scale, indices, info.shape, validate_args=False)
         base = dist.Normal(loc, scale).to_event(info.event_dim)
         support = self._support(name)
         if _base_support(support) is constraints.real:
             return base
         return dist.TransformedDistribution(base, biject_to(support).with_cache())
+
+    def _posteriors(
+        self, detach: bool = False
+    ) -> list[tuple[Distribution, tuple[torch.Tensor, torch.Tensor]]]:
+        """Every site's posterior and its trained leaves ``(loc, raw scale)``.
+
+        The posteriors ``forward`` samples, read from the stored tensors
+        without ``pyro.param`` statements (for the direct step); ``detach``
+        builds them from detached parameters.
+        """
+        if not is_module_local_param_enabled():
+            self._sync_with_store()
+        transform = self._scale_transform
+        out = []
+        for name in self._sites:
+            loc_module, leaf = self._leaf("locs", name)
+            scale_module, _ = self._leaf("scales", name)
+            loc = getattr(loc_module, leaf + "_unconstrained")
+            scale_u = getattr(scale_module, leaf + "_unconstrained")
+            posterior = self._posterior(name, loc, transform(scale_u), detach)
+            out.append((posterior, (loc, scale_u)))
+        return out
+
+    def _sync_with_store(self) -> None:
+        """Adopt tensors that Pyro's param store replaced (set_state, load)."""
+        store = dict(pyro.get_param_store().named_parameters())
+        for name in self._sites:
+            for tree in ("locs", "scales"):
+                module, leaf = self._leaf(tree, name)
+                if store.get(param_store_name(module, leaf)) is not getattr(
+                    module, leaf + "_unconstrained"
+                ):
+                    with module_context(self):  # read as Pyro reads: synchronise
+                        for site in self._sites:
+                            self._get_loc_and_scale(site)
+                    return
 
     def site_posterior(self, name: str) -> Distribution:
         """The variational distribution of one site.
@@ -614,7 +662,8 @@ class AutoSparseNormal(AutoGuide):
                     if frame.vectorized:
                         stack.enter_context(plates[frame.name])
                 posterior: Any = self._posterior(name)  # params read inside plates
-                result[name] = pyro.sample(name, posterior, infer=self._infer(name))
+                infer: Any = self._infer(name)
+                result[name] = pyro.sample(name, posterior, infer=infer)
         return result
 
     def _infer(self, name: str) -> dict[str, Any]:
@@ -677,6 +726,19 @@ class AutoSparseNormal(AutoGuide):
         if not total:
             return 1.0
         return sum(self.num_active().values()) / total
+
+    def named_parameters(  # type: ignore[override]
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """The variational parameters: every site's loc and scale.
+
+        The active indices are stored beside them (so that Pyro's param
+        store carries them), but they are integers, never trained, and not
+        listed here.
+        """
+        for name, param in super().named_parameters(prefix, recurse, remove_duplicate):
+            if not name[len(prefix) :].lstrip(".").startswith("indices."):
+                yield name, param
 
     def num_variational_params(self) -> int:
         """Number of variational parameters (means plus scales) of all sites."""
@@ -862,14 +924,15 @@ class AutoSparseNormal(AutoGuide):
                     f"model's latent sites are {sorted(latent)}: the state is from "
                     "another model."
                 )
-            shape = latent[name]["value"].shape
+            site: Any = latent[name]
+            shape = site["value"].shape
             if shape != info.shape:
                 raise ValueError(
                     f"AutoSparseNormal: site {name!r} has shape {tuple(info.shape)} "
                     f"in the loaded state but {tuple(shape)} in the model: the state "
                     "is from another model."
                 )
-            self._sites[name] = info._replace(support=latent[name]["fn"].support)
+            self._sites[name] = info._replace(support=site["fn"].support)
         for name in set(latent) - set(self._sites):
             trace.remove_node(name)
         self.prototype_trace = trace

@@ -26,16 +26,15 @@ import torch.nn.functional as F
 from pyro.poutine.messenger import Messenger
 
 from ._pyro_compat import disable_torch_function_subclass, tensor_version
+from .distributions import ShiftedSparseNormal
 from .layers.lrt import conv_moments, linear_moments, sample_moments
 from .layers.sparse import SparseStructure, sparse_linear
 
 __all__ = [
-    "DenseMoments",
     "LatentScaleMessenger",
     "LazyWeight",
     "LazyWeightMessenger",
     "LocalReparameterizationMessenger",
-    "SparseMoments",
     "SparseWeightSamplingMessenger",
     "local_reparameterization",
     "scale_kl",
@@ -109,59 +108,6 @@ _METADATA = {
 }
 
 
-class SparseMoments:
-    """A sparse weight's posterior as :class:`LazyWeight` reads it (no checks).
-
-    The light-weight stand-in for a :class:`~pyro_ssvi.SparseNormal` that the
-    fast path of :class:`~pyro_ssvi.elbo.TraceSparseMeanField_ELBO` builds each
-    step: active ``loc`` and ``scale`` (shape ``(k,)``), ``indices`` and the
-    full ``event_shape``.
-    """
-
-    __slots__ = ("loc", "scale", "indices", "event_shape")
-
-    def __init__(
-        self, loc: torch.Tensor, scale: torch.Tensor, indices: torch.Tensor, shape: Any
-    ) -> None:
-        self.loc, self.scale, self.indices = loc, scale, indices
-        self.event_shape = torch.Size(shape)
-
-    def scatter(self, active: torch.Tensor) -> torch.Tensor:
-        """Active values placed into zeros of the full shape."""
-        dense = active.new_zeros(self.event_shape.numel())
-        return dense.index_copy(0, self.indices, active).reshape(self.event_shape)
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.scatter(self.loc)
-
-    @property
-    def variance(self) -> torch.Tensor:
-        return self.scatter(self.scale**2)
-
-
-class DenseMoments:
-    """A dense weight's mean-field posterior as :class:`LazyWeight` reads it."""
-
-    __slots__ = ("loc", "scale", "event_shape")
-
-    def __init__(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
-        self.loc, self.scale, self.event_shape = loc, scale, loc.shape
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.loc
-
-    @property
-    def variance(self) -> torch.Tensor:
-        return self.scale**2
-
-    def rsample(self) -> torch.Tensor:
-        """``loc + eps * scale``, the draw ``Normal.rsample`` makes."""
-        eps = torch.empty(self.loc.shape, dtype=self.loc.dtype, device=self.loc.device)
-        return self.loc + eps.normal_() * self.scale
-
-
 class LazyWeight(torch.Tensor):
     """The value of a weight site under :func:`local_reparameterization`.
 
@@ -180,45 +126,53 @@ class LazyWeight(torch.Tensor):
 
     posterior: Any
     site: str
+    probe: torch.Tensor | None
     _handler: "LazyWeightMessenger"
     _sample: torch.Tensor | None
     _active_draw: torch.Tensor | None
 
     @staticmethod
     def __new__(
-        cls, posterior: Any, name: str, handler: "LazyWeightMessenger"
+        cls,
+        posterior: Any,
+        name: str,
+        handler: "LazyWeightMessenger",
+        probe: torch.Tensor | None = None,
     ) -> "LazyWeight":
         loc = posterior.mean if not hasattr(posterior, "loc") else posterior.loc
         base = torch.zeros((), dtype=loc.dtype, device=loc.device)
         obj = base.expand(posterior.event_shape).as_subclass(cls)
         obj.posterior, obj.site, obj._handler = posterior, name, handler
+        obj.probe = probe
         obj._sample, obj._active_draw = None, None
         return obj
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the posterior is a ``SparseNormal`` (has active indices)."""
+        return hasattr(self.posterior, "indices")
 
     def values(self) -> torch.Tensor:
         """The active coordinates of the weight sample (sparse posteriors).
 
-        ``loc + scale * eps`` with ``eps ~ N(0, I_k)``: the draw that
-        ``SparseNormal.rsample`` makes, drawn once and shared by
+        ``SparseNormal.rsample_active``, drawn once and shared by
         :meth:`sample`.
         """
         if self._active_draw is None:
-            post = self.posterior
             with disable_torch_function_subclass():
-                eps = torch.randn(
-                    post.loc.shape, dtype=post.loc.dtype, device=post.loc.device
-                )
-                self._active_draw = post.loc + post.scale * eps
+                self._active_draw = self.posterior.rsample_active()
         return self._active_draw
 
     def sample(self) -> torch.Tensor:
         """An exact weight sample (drawn on first use, then reused)."""
         if self._sample is None:
             with disable_torch_function_subclass():
-                if hasattr(self.posterior, "indices"):
+                if self.sparse:
                     value = self.posterior.scatter(self.values())
                 else:
                     value = self.posterior.rsample()
+                if self.probe is not None:
+                    value = value + self.probe
             self._sample = value
         return self._sample
 
@@ -248,6 +202,36 @@ def _materialise(obj: Any) -> Any:
     return obj
 
 
+class _LinearProbe(torch.autograd.Function):
+    """``out + x @ probe.T`` for a zero ``probe``: ``out`` itself in the forward
+    pass, and the dense weight gradient ``g^T x`` for ``probe`` in the backward
+    pass (whatever the layer's kernel)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, out: torch.Tensor, x: torch.Tensor, probe: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore
+        (x,) = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        return grad, None, g.T @ x.reshape(-1, x.shape[-1])
+
+
+def _with_probe(
+    out: torch.Tensor, x: torch.Tensor, probe: torch.Tensor | None
+) -> torch.Tensor:
+    return out if probe is None else _LinearProbe.apply(out, x, probe)
+
+
+def _probed_mean(weight: LazyWeight) -> torch.Tensor:
+    mean = weight.posterior.mean
+    return mean if weight.probe is None else mean + weight.probe
+
+
 def _layer_call(func: Any, args: Any, kwargs: Any) -> torch.Tensor | None:
     """``func(x, weight, bias, ...)`` for a lazy weight, or None to fall back."""
     x, weight = args[0], args[1] if len(args) > 1 else kwargs.get("weight")
@@ -274,6 +258,12 @@ def _layer_call(func: Any, args: Any, kwargs: Any) -> torch.Tensor | None:
         if func is not F.linear:  # (C_out,) over (N, C_out, *spatial)
             bias = bias.reshape(-1, *([1] * _CONVS[func]))
         return out + bias
+
+
+#: ``sparse="auto"`` times the sparse kernels only for weights of at least
+#: this many elements; smaller ones take the dense kernels, where timing
+#: differences are within a shared machine's noise.
+MIN_TIMED_NUMEL = 1 << 15
 
 
 class LazyWeightMessenger(Messenger):
@@ -338,23 +328,42 @@ class LazyWeightMessenger(Messenger):
         """Whether the handler acts on weights on ``device`` (else: ordinary)."""
         return self.devices is None or device.type in self.devices
 
+    def accepts(self, fn: Any) -> bool:
+        """Whether a guide site's distribution gets a :class:`LazyWeight`."""
+        loc = fn.mean if not hasattr(fn, "loc") else fn.loc
+        return (
+            fn.batch_shape == torch.Size()
+            and len(fn.event_shape) >= 2
+            and self.covers(loc.device)
+        )
+
+    def wrap(
+        self, posterior: Any, name: str, probe: torch.Tensor | None = None
+    ) -> LazyWeight:
+        """The :class:`LazyWeight` of a weight site (drawn now when sampling).
+
+        Under weight sampling the weight is drawn at once, in site order, so
+        that the random numbers are those of ordinary sampling. ``probe``, a
+        zero tensor of the weight's shape that requires grad, receives the
+        gradient with respect to every coordinate of the weight (the growth
+        score of :class:`~pyro_ssvi.SubspaceScheduler`).
+        """
+        lazy = LazyWeight(posterior, name, self, probe)
+        if not self.lrt:
+            lazy.values() if lazy.sparse else lazy.sample()
+        return lazy
+
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
-        fn = msg["fn"]
+        fn, probe = msg["fn"], None
+        if isinstance(fn, ShiftedSparseNormal):  # the growth pass's probe
+            fn, probe = fn.base, fn.shift
         if (
             msg["value"] is None
             and not msg["is_observed"]
             and msg["infer"].get("lrt")
-            and fn.batch_shape == torch.Size()
-            and len(fn.event_shape) >= 2
-            and self.covers(fn.mean.device if not hasattr(fn, "loc") else fn.loc.device)
+            and self.accepts(fn)
         ):
-            lazy = LazyWeight(fn, msg["name"], self)
-            if not self.lrt:  # draw now, in site order: the same random numbers
-                if hasattr(fn, "indices"):
-                    lazy.values()
-                else:
-                    lazy.sample()
-            msg["value"] = lazy
+            msg["value"] = self.wrap(fn, msg["name"], probe)
 
     # ------------------------------------------------------------ moments
     def linear_moments(
@@ -364,19 +373,19 @@ class LazyWeightMessenger(Messenger):
         post = weight.posterior
         if self._use_sparse(weight, x):
             structure = self.structure(post)
-            mean = sparse_linear(x, post.loc, structure)
+            mean = _with_probe(sparse_linear(x, post.loc, structure), x, weight.probe)
             var = sparse_linear(x * x, post.scale**2, structure)
             self.decisions[weight.site] = "sparse"
             return mean, var
         self.decisions[weight.site] = "dense"
-        return linear_moments(x, post.mean, post.variance)
+        return linear_moments(x, _probed_mean(weight), post.variance)
 
     def sampled_linear(self, weight: LazyWeight, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T`` for the weight sample, on the sparse or the dense path."""
         if self._use_sparse(weight, x):
             out = sparse_linear(x, weight.values(), self.structure(weight.posterior))
             self.decisions[weight.site] = "sparse"
-            return out
+            return _with_probe(out, x, weight.probe)
         self.decisions[weight.site] = "dense"
         return F.linear(x, weight.sample())
 
@@ -384,8 +393,8 @@ class LazyWeightMessenger(Messenger):
         self, weight: LazyWeight, x: torch.Tensor, conv_kwargs: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of a convolution (dense kernels)."""
-        post = weight.posterior
-        return conv_moments(x, post.mean, post.variance, **conv_kwargs)
+        variance = weight.posterior.variance
+        return conv_moments(x, _probed_mean(weight), variance, **conv_kwargs)
 
     # --------------------------------------------------------- sparse path
     def structure(self, post: Any) -> SparseStructure:
@@ -413,6 +422,8 @@ class LazyWeightMessenger(Messenger):
             return False
         if self.sparse is True:
             return True
+        if post.event_shape.numel() < MIN_TIMED_NUMEL:
+            return False  # too small for sparse kernels to pay: never timed
         key = (
             tuple(post.event_shape),
             post.indices.numel(),
@@ -489,8 +500,9 @@ def sparse_weight_sampling(
     draws only its ``k`` active values and multiplies by them with a sparse
     kernel (``sparse=True``), or scatters them into a dense weight
     (``False``), or whichever a one-time timing on the first batch finds
-    faster by at least 20% (``"auto"``). Other layers and any other use of a
-    weight get the dense weight sample.
+    faster by at least 20% (``"auto"``; weights under
+    :data:`MIN_TIMED_NUMEL` elements are never timed and stay dense). Other
+    layers and any other use of a weight get the dense weight sample.
 
     Args:
         fn: Optional callable to wrap.
@@ -531,8 +543,9 @@ def local_reparameterization(
             products (and their gradients) from the active coordinates with
             sparse kernels (``True``), with dense masked tensors (``False``),
             or whichever a one-time timing of both on the first batch finds
-            faster by at least 20% (``"auto"``). Convolutions always use dense
-            kernels.
+            faster by at least 20% (``"auto"``; weights under
+            :data:`MIN_TIMED_NUMEL` elements stay dense). Convolutions always
+            use dense kernels.
 
     Returns:
         The messenger, or the wrapped callable.

@@ -27,9 +27,10 @@ import torch
 from pyro import poutine
 from pyro.optim import PyroOptim
 from pyro.poutine.messenger import Messenger
-from torch.distributions import transform_to
+from torch.distributions import kl_divergence, transform_to
 
 from ._pyro_compat import pyro_optim_optimizers
+from ._step import DirectStep, Observer, Unsupported, direct_step
 from .criteria import (
     addition_scores,
     get_addition,
@@ -96,6 +97,79 @@ def find_sparse_guides(guide: Any) -> list[AutoSparseNormal]:
     return unique
 
 
+def likelihood_gradients(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    *args: Any,
+    kl_weight: float = 0.0,
+    direct: DirectStep | None = None,
+    **kwargs: Any,
+) -> dict[str, torch.Tensor]:
+    r"""Gradient of the negative log-likelihood with respect to every sparse weight.
+
+    One draw :math:`\theta \sim q` from the guide, with every sparse site
+    sampled as :math:`\theta + \delta`, :math:`\delta = 0`; then
+
+    .. math:: g = \frac{\partial}{\partial \delta}
+        \Big(-\sum_{\text{observed } i} \log p(y_i \mid \theta + \delta)
+        + w\, s\, \mathrm{KL}(\mu + \delta_A)\Big),
+
+    each observed site weighted by its scale (plates, subsampling,
+    ``poutine.scale``) and mask, as in the ELBO. The KL term enters only with
+    ``kl_weight`` :math:`w > 0`: it adds :math:`w\, s\, \partial
+    \mathrm{KL} / \partial \mu_j` at the active coordinates :math:`j`
+    (zero at the others), with :math:`s` the guide site's scale
+    (:func:`~pyro_ssvi.poutine.scale_kl`); this is the SSVI reference
+    implementation's growth score. Under ``torch.distributed`` the gradients
+    are averaged over ranks. Works with any ELBO (JIT ones too: this pass is
+    not compiled), any handler-wrapped guide, LRT or not; with ``direct`` (a
+    :class:`~pyro_ssvi._step.DirectStep`) the pass is that step's forward,
+    on the same kernels as the loss.
+
+    Returns:
+        ``{site name: dense gradient of the site's shape}``.
+    """
+    result = None
+    if direct is not None:
+        result = _direct_gradients(direct, args, kwargs, kl_weight)
+    if result is None:
+        result = _traced_gradients(model, guide, args, kwargs, kl_weight)
+    return {name: all_reduce_mean_(grad) for name, grad in result.items()}
+
+
+def _probe(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(shape, dtype=like.dtype, device=like.device, requires_grad=True)
+
+
+def _gradients(loss: Any, probes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    inputs = list(probes.values())
+    grads = (
+        torch.autograd.grad(loss, inputs, allow_unused=True)
+        if inputs and loss.requires_grad
+        else [None] * len(inputs)
+    )
+    return {
+        name: torch.zeros_like(probe) if grad is None else grad.detach()
+        for (name, probe), grad in zip(probes.items(), grads)
+    }
+
+
+def _direct_gradients(
+    direct: DirectStep, args: tuple, kwargs: dict, kl_weight: float
+) -> dict[str, torch.Tensor] | None:
+    guide = direct.guide
+    probes = {
+        name: _probe(guide.site_shape(name), guide.subspace_params(name).loc)
+        for name in guide.sparse_site_names()
+    }
+    with torch.enable_grad():
+        try:
+            result = direct(args, kwargs, probes=probes, growth_kl=kl_weight)
+        except Unsupported:
+            return None
+        return None if result is None else _gradients(result[0], probes)
+
+
 class _Probes(Messenger):
     """Samples every sparse guide site shifted by a zero probe that requires grad.
 
@@ -110,95 +184,43 @@ class _Probes(Messenger):
     def _pyro_sample(self, msg: Any) -> None:
         fn = msg["fn"]
         if isinstance(fn, SparseNormal) and msg["value"] is None:
-            probe = torch.zeros(
-                fn.event_shape,
-                dtype=fn.loc.dtype,
-                device=fn.loc.device,
-                requires_grad=True,
-            )
+            probe = _probe(fn.event_shape, fn.loc)
             self.probes[msg["name"]] = probe
             msg["fn"] = ShiftedSparseNormal(fn, probe)
 
 
-def likelihood_gradients(
+def _traced_gradients(
     model: Callable[..., Any],
     guide: Callable[..., Any],
-    *args: Any,
-    kl_weight: float = 0.0,
-    **kwargs: Any,
+    args: tuple,
+    kwargs: dict,
+    kl_weight: float,
 ) -> dict[str, torch.Tensor]:
-    r"""Gradient of the negative log-likelihood with respect to every sparse weight.
-
-    One draw :math:`\theta \sim q` from the guide, with every sparse site
-    sampled as :math:`\theta + \delta`, :math:`\delta = 0`; then
-
-    .. math:: g = \frac{\partial}{\partial \delta}
-        \Big(-\sum_{\text{observed } i} \log p(y_i \mid \theta + \delta)\Big),
-
-    each observed site weighted by its scale (plates, subsampling,
-    ``poutine.scale``) and mask, as in the ELBO. The KL term is left out
-    unless ``kl_weight`` > 0: then :math:`w\, s\, \partial \mathrm{KL} /
-    \partial \mu_j` is added at the active coordinates :math:`j` (zero at the
-    others), with :math:`s` the guide site's scale (``poutine.scale``,
-    :func:`~pyro_ssvi.poutine.scale_kl`), as the KL term enters the ELBO; this
-    is the SSVI reference implementation's growth score. Under
-    ``torch.distributed`` the gradients are averaged over ranks. Works with
-    any ELBO (JIT ones too: this pass is not compiled), any handler-wrapped
-    guide, LRT or not.
-
-    Returns:
-        ``{site name: dense gradient of the site's shape}``.
-    """
     probes = _Probes()
+    observer = Observer()
     with torch.enable_grad():
         with probes:
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-        model_trace.compute_log_prob(site_filter=lambda _, site: site["is_observed"])
-        nll = -sum(
-            (
-                site["log_prob_sum"]
-                for site in model_trace.nodes.values()
-                if site["type"] == "sample" and site["is_observed"]
-            ),
-            torch.zeros(()),
-        )
-        names = list(probes.probes)
-        inputs = [probes.probes[n] for n in names]
-        grads = (
-            torch.autograd.grad(nll, inputs, allow_unused=True)
-            if inputs and nll.requires_grad
-            else [None] * len(inputs)
-        )
-        kl_grads = _kl_gradients(guide_trace, model_trace, names) if kl_weight else {}
-    result = {}
-    for name, probe, grad in zip(names, inputs, grads):
-        grad = torch.zeros_like(probe) if grad is None else grad
-        if name in kl_grads:
-            grad = grad + kl_weight * kl_grads[name]
-        result[name] = all_reduce_mean_(grad.detach())
-    return result
-
-
-def _kl_gradients(
-    guide_trace: Any, model_trace: Any, names: list[str]
-) -> dict[str, Any]:
-    """``scale * dKL/dmu`` of each sparse site at its active coordinates, dense
-    (0 elsewhere); ``scale`` is the guide site's, as in the ELBO's KL term."""
-    from torch.distributions import kl_divergence
-
-    out = {}
-    for name in names:
-        post = guide_trace.nodes[name]["fn"].base
-        loc = post.loc.detach().requires_grad_()
-        q = SparseNormal(loc, post.scale.detach(), post.indices, post.event_shape)
-        kl = kl_divergence(q, model_trace.nodes[name]["fn"]).sum()
-        kl = kl * guide_trace.nodes[name]["scale"]
-        (grad,) = torch.autograd.grad(kl, loc)
-        out[name] = q.scatter(grad)
-    return out
+        with observer:
+            model_trace = poutine.trace(
+                poutine.replay(model, trace=guide_trace)
+            ).get_trace(*args, **kwargs)
+        loss = -sum(observer.log_likelihood, torch.zeros(()))
+        if kl_weight:
+            for name, probe in probes.probes.items():
+                site: Any = guide_trace.nodes[name]
+                post = site["fn"].base
+                shifted = SparseNormal(
+                    post.loc.detach() + post.gather(probe),
+                    post.scale.detach(),
+                    post.indices,
+                    post.event_shape,
+                    validate_args=False,
+                )
+                prior: Any = model_trace.nodes[name]["fn"]
+                kl = kl_divergence(shifted, prior).sum() * site["scale"]
+                loss = loss + kl_weight * kl
+        return _gradients(loss, probes.probes)
 
 
 def _torch_optimizers(optimizer: Any) -> Iterator[Any]:
@@ -376,6 +398,7 @@ class SubspaceScheduler:
         self.step_count = 0
         self.updates: list[SubspaceUpdate] = []
         self._warned: set[str] = set()
+        self._direct: tuple[Any, DirectStep | None] | None = None
 
     # ------------------------------------------------------------ schedule
     @property
@@ -416,6 +439,20 @@ class SubspaceScheduler:
             return None
         return self.update(*args, **kwargs)
 
+    def _direct_step(self) -> DirectStep | None:
+        """The growth pass's direct step (None: traced), chosen once per set-up."""
+        guide = self.guide
+        key = getattr(guide, "prototype_trace", None)
+        if key is None:
+            return None
+        if self._direct is None or self._direct[0] is not key:
+            try:
+                step: DirectStep | None = direct_step(self.model, guide)
+            except Unsupported:
+                step = None
+            self._direct = (key, step)
+        return self._direct[1]
+
     # --------------------------------------------------------- reselection
     def update(self, *args: Any, **kwargs: Any) -> SubspaceUpdate:
         """Reselect every sparse site's subspace now, with the current fraction.
@@ -430,7 +467,12 @@ class SubspaceScheduler:
             weight = float(weight() if callable(weight) else weight)
             try:
                 grads = likelihood_gradients(
-                    self.model, self.guide, *args, kl_weight=weight, **kwargs
+                    self.model,
+                    self.guide,
+                    *args,
+                    kl_weight=weight,
+                    direct=self._direct_step(),
+                    **kwargs,
                 )
             except TypeError as e:
                 if args or kwargs:

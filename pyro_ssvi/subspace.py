@@ -125,7 +125,7 @@ def reselect(
     new, order = torch.cat([kept, grow]).sort()
     # Where each grown coordinate sat in the old active set, if it was active.
     pos = torch.searchsorted(indices, grow).clamp_(max=max(k - 1, 0))
-    was_active = indices[pos] == grow if k else torch.zeros_like(grow, dtype=bool)
+    was_active = indices[pos] == grow if k else torch.zeros_like(grow, dtype=torch.bool)
     grow_source = torch.where(was_active, pos, torch.full_like(pos, -1))
     source = torch.cat([keep, grow_source])[order]
     return Reselection(new, source, num_swap, int((~was_active).sum()))

@@ -16,7 +16,7 @@ reselects the active sets when an update is due.
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -26,6 +26,8 @@ from pyro.infer.util import torch_item, zero_grads
 from pyro.optim import PyroOptim
 
 from ._optim import GroupedStep
+from ._pyro_compat import handler_stack, is_invalid_values_error
+from ._step import DirectStep, Unsupported, direct_step, elbo_kind, log_choice
 from .criteria import ADDITIONS
 from .distributed import all_reduce_mean_, is_distributed, wrap_ddp
 from .elbo import TraceSparseMeanField_ELBO
@@ -51,7 +53,9 @@ def _trainable(param_trace: Any) -> set[torch.Tensor]:
     leaves = set()
     for site in param_trace.nodes.values():
         value = site["value"]
-        leaves.add(value.unconstrained() if hasattr(value, "unconstrained") else value)
+        leaf = value.unconstrained() if hasattr(value, "unconstrained") else value
+        if leaf.requires_grad:  # not the guide's active indices
+            leaves.add(leaf)
     return leaves
 
 
@@ -183,6 +187,14 @@ class SparseSVI(SVI):
         self.distributed = distributed
         self._ddp: Any = None
         self.lazy_weights: LazyWeightMessenger | None = None
+        #: ``"direct"`` or ``"traced"``: the path the last step took (None
+        #: before the first); see :mod:`pyro_ssvi._step`.
+        self.path: str | None = None
+        #: Why the last step was traced (None when it was direct).
+        self.why_traced: str | None = None
+        self._direct_step: DirectStep | None = None
+        self._path_for: Any = None
+        self._logged: tuple[str | None, str | None] = (None, None)
         if local_reparameterization:
             sparse = "auto" if sparse_compute is None else sparse_compute
             self.lazy_weights = LocalReparameterizationMessenger(sparse=sparse)
@@ -249,7 +261,8 @@ class SparseSVI(SVI):
         self._optimizer_step(params)
         for p in params:  # as pyro's zero_grads, without allocating zeros
             p.grad = None
-        self.subspace.step(*args, **kwargs)
+        with self._weights_context():  # the growth pass sees the weights as the loss
+            self.subspace.step(*args, **kwargs)
         return loss
 
     def update_subspace(self, *args: Any, **kwargs: Any) -> SubspaceUpdate:
@@ -262,7 +275,17 @@ class SparseSVI(SVI):
 
     def evaluate_loss(self, *args: Any, **kwargs: Any) -> float:
         """The loss (with the current KL weight) without taking a step."""
-        with self._loss_context():
+        with self._loss_context(), torch.no_grad():
+            step = self._direct(args, kwargs)
+            if step is not None:
+                num, total = self.elbo.num_particles, 0.0
+                for _ in range(num):
+                    result = step(args, kwargs)
+                    if result is None:
+                        break
+                    total += torch_item(result[0]) / num
+                else:
+                    return total
             return super().evaluate_loss(*args, **kwargs)
 
     @contextmanager
@@ -272,9 +295,43 @@ class SparseSVI(SVI):
         with ExitStack() as stack:
             if weight != 1.0:
                 stack.enter_context(LatentScaleMessenger(weight))
-            if self.lazy_weights is not None:
-                stack.enter_context(self.lazy_weights)
+            stack.enter_context(self._weights_context())
             yield
+
+    def _weights_context(self) -> Any:
+        """This step's weight handler, unless the caller entered one (which wins)."""
+        if self.lazy_weights is None or any(
+            isinstance(h, LazyWeightMessenger) for h in handler_stack()
+        ):
+            return nullcontext()
+        return self.lazy_weights
+
+    def _direct(self, args: tuple, kwargs: dict) -> DirectStep | None:
+        """The direct step of this model, guide and loss, or None (traced).
+
+        Chosen at the first step (after setting the guide up, as its first
+        call would) and again when the guide is set up anew; the choice is
+        :attr:`path` and one log line.
+        """
+        guide, key = self.guide, None
+        if isinstance(guide, AutoSparseNormal):
+            if guide.prototype_trace is None and _takes_direct_step(self.elbo):
+                guide.setup(*args, **kwargs)
+            key = guide.prototype_trace
+        if self.path is None or key is not self._path_for:
+            try:
+                step: DirectStep | None = direct_step(self.model, guide, self.elbo)
+                reason = None
+            except Unsupported as e:
+                step, reason = None, str(e)
+            self._direct_step, self._path_for = step, key
+            self.path, self.why_traced = (
+                ("direct", None) if step else ("traced", reason)
+            )
+            if self._logged != (self.path, reason):
+                self._logged = (self.path, reason)
+                log_choice("SparseSVI", self.elbo, reason)
+        return self._direct_step
 
     def _loss_and_grads(
         self, args: tuple, kwargs: dict
@@ -282,16 +339,16 @@ class SparseSVI(SVI):
         if self.distributed is not False and is_distributed():
             return self._ddp_loss_and_grads(args, kwargs)
         with self._loss_context():
-            fast = self._fast_loss_and_grads(args, kwargs)
-            if fast is not None:
-                return fast
+            direct = self._direct_loss_and_grads(args, kwargs)
+            if direct is not None:
+                return direct
             with poutine.trace(param_only=True) as capture:
                 try:
                     loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
                 except ValueError as e:
                     # Pyro's validation rejects NaN/inf distribution parameters
                     # before a loss exists; report it like a non-finite loss.
-                    if "invalid values" not in str(e):
+                    if not is_invalid_values_error(e):
                         raise
                     self._raise_non_finite("not finite", _trainable(capture.trace), e)
         params = _trainable(capture.trace)
@@ -300,26 +357,38 @@ class SparseSVI(SVI):
             self._raise_non_finite(loss, params)
         return loss, params
 
-    def _fast_loss_and_grads(
+    def _direct_loss_and_grads(
         self, args: tuple, kwargs: dict
     ) -> tuple[float, set[torch.Tensor]] | None:
-        """The loss and gradients by the ELBO's fast path, or None to trace."""
-        if not isinstance(self.elbo, TraceSparseMeanField_ELBO):
+        """The loss and gradients by the direct step, or None to trace.
+
+        Particles are drawn one after the other, each backpropagated with
+        weight ``1 / num_particles``, as Pyro's ELBOs do.
+        """
+        step = self._direct(args, kwargs)
+        if step is None:
             return None
-        try:
-            fast = self.elbo.fast_loss(self.model, self.guide, *args, **kwargs)
-        except ValueError as e:  # Pyro's validation saw NaN/inf, as below
-            if "invalid values" not in str(e):
-                raise
-            self._raise_non_finite("not finite", set(), e)
-        if fast is None:
-            return None
-        loss_tensor, trained = fast
-        loss = torch_item(loss_tensor)
-        if not math.isfinite(loss):
-            self._raise_non_finite(loss, set(trained))
-        loss_tensor.backward()
-        return loss, set(trained)
+        num = self.elbo.num_particles
+        total, trained = 0.0, set[torch.Tensor]()
+        for _ in range(num):
+            try:
+                result = step(args, kwargs)
+            except ValueError as e:  # Pyro's validation saw NaN/inf, as below
+                if not is_invalid_values_error(e):
+                    raise
+                self._raise_non_finite("not finite", trained, e)
+            if result is None:  # a foreign handler around this call: trace it
+                self.path, self.why_traced = "traced", "a foreign handler is active"
+                return None
+            loss_tensor, params = result
+            trained.update(params)
+            loss = torch_item(loss_tensor)
+            if not math.isfinite(loss):
+                self._raise_non_finite(loss, trained)
+            (loss_tensor / num if num > 1 else loss_tensor).backward()
+            total += loss / num
+        self.path, self.why_traced = "direct", None
+        return total, trained
 
     # ---------------------------------------------------------- distributed
     def _ddp_module(self, args: tuple, kwargs: dict) -> Any:
@@ -355,7 +424,7 @@ class SparseSVI(SVI):
                 surrogate = ddp(*args, **kwargs)
                 failed = 0.0
             except ValueError as e:  # Pyro's validation saw NaN/inf
-                if "invalid values" not in str(e):
+                if not is_invalid_values_error(e):
                     raise
                 surrogate, failed = None, float("nan")
             # Every rank must agree before anyone raises (or they deadlock).
@@ -400,6 +469,14 @@ class SparseSVI(SVI):
         self.subspace.load_state_dict(state)
         if "paths" in state and self.lazy_weights is not None:
             self.lazy_weights.load_state_dict(state["paths"])
+
+
+def _takes_direct_step(loss: Any) -> bool:
+    try:
+        elbo_kind(loss)
+    except Unsupported:
+        return False
+    return True
 
 
 def _check_kl_weight(kl_weight: Any) -> Any:

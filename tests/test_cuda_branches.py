@@ -177,8 +177,8 @@ def test_auto_sparse_compute_is_timed_once_per_device(monkeypatch):
 
     monkeypatch.setattr(ssvi_poutine, "_time_paths", fake_time_paths)
     handler = LocalReparameterizationMessenger(sparse="auto")
-    weight, _ = _lazy_weight(handler)
-    x = torch.randn(8, 48)
+    weight, _ = _lazy_weight(handler, shape=(256, 192), k=4800)  # timed: large
+    x = torch.randn(8, 192)
     assert handler._use_sparse(weight, x) is True  # 0.5 < 0.8 * 1.0
     assert handler._use_sparse(weight, x.to(META)) is False  # 0.9 >= 0.8
     assert handler._use_sparse(weight, x) and timed == ["cpu", "meta"]

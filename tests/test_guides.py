@@ -169,8 +169,9 @@ def test_num_variational_params_counts_active_and_dense():
     _, guide = _guide(0.25)
     expected = 2 * (12 + 6 + 8 + 3)  # (loc, scale) x (active w1, w2, dense b1, b2)
     assert guide.num_variational_params() == expected
-    # guide.parameters() also holds the (untrained) active indices of w1, w2.
-    assert sum(p.numel() for p in guide.parameters()) == expected + 12 + 6
+    # guide.parameters() are the variational parameters: never the (untrained)
+    # active indices of w1, w2, which are stored beside them.
+    assert sum(p.numel() for p in guide.parameters()) == expected
 
 
 def test_unbuilt_guide_says_what_to_do():

@@ -265,8 +265,9 @@ def test_sparse_weight_sampling_is_ordinary_sampling(sparse):
 
 
 def test_timed_path_choices_are_checkpointed():
-    x, y = DATA
-    model = tiny_classifier()
+    # two layers of 38,000 weights: large enough to be timed (MIN_TIMED_NUMEL)
+    x, y = classification_data(n=32, in_features=200)
+    model = tiny_classifier(in_features=200, hidden=190, classes=200)
     guide = AutoSparseNormal(model, density=0.3)
     svi = SparseSVI(
         model, guide, pyro.optim.Adam({"lr": 0.01}), num_steps=10, sparse_compute="auto"

@@ -14,6 +14,7 @@ import pyro
 import torch
 import torch.distributed as dist
 
+from .._pyro_compat import is_invalid_values_error
 from ..checkpoint import (
     WriteError,
     atomic_write,
@@ -139,7 +140,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, kl_weight: float) -> 
         except ValueError as e:
             # Pyro's validation rejects NaN/inf distribution parameters before
             # a loss exists: a diverged run, like a non-finite loss.
-            if "invalid values" not in str(e):
+            if not is_invalid_values_error(e):
                 raise
             loss = None
     # Every rank learns whether any failed before anyone raises (or stalls).
