@@ -116,6 +116,7 @@ def bench_density(
         ("bayesian_torch", "ratio_to_bayesian_torch"),
         ("floor", "ratio_to_floor"),
         ("torch_ssvi", "ratio_to_torch_ssvi"),
+        ("ssvi", "ratio_to_ssvi"),
     ):
         ref = next((r for r in rows if r["variant"] == reference), None)
         for row in rows:
@@ -182,10 +183,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     head = (
         "| model | density | variant | step (ms) | vs dense Pyro | vs bayesian-torch "
-        "| vs floor | vs masked LRT | state MB (params+opt) | index MB | peak MB "
-        "| update cost @100 | paths |"
+        "| vs floor | vs ssvi | vs masked LRT | state MB (params+opt) | index MB "
+        "| peak MB | update cost @100 | paths |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
 
     def fmt(value: Any, spec: str, unit: str = "") -> str:
         return "n/a" if value is None else format(value, spec) + unit
@@ -193,12 +194,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         sb = r["state_bytes"]
         paths = ",".join(sorted(set(r.get("paths", {}).values()))) or "-"
+        paths += f" ({r['step']})" if "step" in r else ""
         lines.append(
             f"| {r['model']} | {r['density']:g} | {r['variant']} "
             f"| {r['median_step_ms']:.1f} "
             f"| {fmt(r.get('ratio_to_pyro_dense'), '.3f', 'x')} "
             f"| {fmt(r.get('ratio_to_bayesian_torch'), '.3f', 'x')} "
             f"| {fmt(r.get('ratio_to_floor'), '.2f', 'x')} "
+            f"| {fmt(r.get('ratio_to_ssvi'), '.2f', 'x')} "
             f"| {fmt(r.get('ratio_to_masked_lrt'), '.3f', 'x')} "
             f"| {(sb['params'] + sb['optimizer']) / 2**20:.2f} "
             f"| {sb['indices'] / 2**20:.2f} | {fmt(r.get('peak_mb'), '.0f')} "

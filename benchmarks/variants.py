@@ -13,6 +13,9 @@ parameters plus optimiser state, and index buffers), and optionally an
 * ``ssvi``: ``SparseSVI`` + ``AutoSparseNormal`` with default options (weight
   sampling; on the CPU ``sparse_compute="auto"``: sparse linear layers
   computed from their active coordinates where that is faster).
+* ``ssvi_trace_elbo``, ``ssvi_mean_field_elbo``: ``SparseSVI`` with
+  Pyro's ``Trace_ELBO()`` or ``TraceMeanField_ELBO()`` passed, as a Pyro
+  user writes it (both take the direct step, like the default loss).
 * ``ssvi_dense``: the same samples, every layer on dense kernels
   (``sparse_compute=False``).
 * ``ssvi_sparse``: ``sparse_compute="auto"`` on every device (on the CPU the
@@ -40,7 +43,7 @@ from typing import Any, Callable
 import pyro
 import torch
 import torch.nn.functional as F
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoNormal
 from torch import nn
 
@@ -54,6 +57,8 @@ VARIANTS = (
     "masked_lrt_torch",
     "bayesian_torch",
     "ssvi",
+    "ssvi_trace_elbo",
+    "ssvi_mean_field_elbo",
     "ssvi_dense",
     "ssvi_sparse",
     "ssvi_lrt",
@@ -75,6 +80,8 @@ def available(name: str) -> bool:
 
 
 NUM_DATA = 50_000
+#: The loss a SparseSVI variant passes (others: SparseSVI's default).
+LOSSES = {"ssvi_trace_elbo": Trace_ELBO, "ssvi_mean_field_elbo": TraceMeanField_ELBO}
 
 
 @dataclass
@@ -110,15 +117,16 @@ def _tensor_bytes(tensors: Any) -> int:
 
 
 def _pyro_state_bytes(guide: nn.Module, optim: Any) -> dict[str, int]:
-    """Trained parameters, optimiser moments, and the rest (active indices)."""
+    """Trained parameters, optimiser moments, and the rest (the active indices
+    that ``AutoSparseNormal`` stores beside its parameters, and buffers)."""
     trained = [p for p in guide.parameters() if p.requires_grad]
     params = _tensor_bytes(trained)
     moments = 0
     for opt in pyro_optim_optimizers(optim).values():
         for state in opt.state.values():
             moments += _tensor_bytes(v for v in state.values() if v.dim() > 0)
-    untrained = [p for p in guide.parameters() if not p.requires_grad]
-    indices = _tensor_bytes(untrained) + _tensor_bytes(guide.buffers())
+    stored = guide.indices.parameters() if hasattr(guide, "indices") else []
+    indices = _tensor_bytes(stored) + _tensor_bytes(guide.buffers())
     return {"params": params, "optimizer": moments, "indices": indices}
 
 
@@ -171,13 +179,15 @@ def _pyro_variant(
             init_loc_fn=model.init_loc_fn(),
         )
         lrt = name.startswith("ssvi_lrt")
-        sparse: Any = {"ssvi": None, "ssvi_dense": False, "ssvi_lrt": False}.get(
-            name, "auto"
-        )
+        sparse: Any = {"ssvi_dense": False, "ssvi_lrt": False}.get(name, "auto")
+        if name in ("ssvi", "ssvi_trace_elbo", "ssvi_mean_field_elbo"):
+            sparse = None  # the default
+        loss = LOSSES[name]() if name in LOSSES else None
         svi = SparseSVI(
             model,
             guide,
             optim,
+            loss,
             num_steps=10**9,
             update_every=10**9,
             local_reparameterization=lrt,
@@ -194,7 +204,10 @@ def _pyro_variant(
 
     def info() -> dict[str, Any]:
         lrt = getattr(svi, "lazy_weights", None)
-        return {"paths": dict(lrt.decisions)} if lrt is not None else {}
+        out = {"paths": dict(lrt.decisions)} if lrt is not None else {}
+        if getattr(svi, "path", None) is not None:
+            out["step"] = svi.path  # "direct" or "traced"
+        return out
 
     return Variant(
         name,

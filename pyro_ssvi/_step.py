@@ -292,12 +292,18 @@ def _prior(binding: _Binding) -> Any:
     return prior if hasattr(prior, "sample") else prior(binding.module)
 
 
-def _values(draw: _Draw) -> tuple[torch.Tensor, Any]:
-    """The dense value and (sparse sites) the active values of a draw."""
+def _active(draw: _Draw) -> torch.Tensor | None:
+    """A sparse site's drawn active values (None for a dense site)."""
     value = draw.value
     if isinstance(value, LazyWeight):
-        return value.sample(), value.values() if value.sparse else None
-    return value, draw.active
+        return value.values() if value.sparse else None
+    return draw.active
+
+
+def _dense(draw: _Draw) -> torch.Tensor:
+    """The drawn weight, full shape."""
+    value = draw.value
+    return value.sample() if isinstance(value, LazyWeight) else value
 
 
 def _sum(terms: list[torch.Tensor]) -> torch.Tensor:
@@ -305,27 +311,25 @@ def _sum(terms: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _log_p(prior: Any, draw: _Draw) -> torch.Tensor:
-    """:math:`\\log p(\\theta)` of the draw, in ``O(k)`` for a sparse site
+    r""":math:`\log p(\theta)` of the draw, in ``O(k)`` for a sparse site
     under a constant Normal prior."""
-    value, active = _values(draw)
-    q = draw.q
-    base = prior
+    active, base = _active(draw), prior
     while isinstance(base, torch.distributions.Independent):
         base = base.base_dist
     if active is not None and isinstance(base, torch.distributions.Normal):
-        shape = q.event_shape
+        shape = draw.q.event_shape
         if tuple(prior.batch_shape) + tuple(prior.event_shape) == tuple(shape):
             constant = constant_normal_prior(base.loc, base.scale, shape)
             if constant is not None and constant[0].dim() == 1:
                 return sparse_prior_log_prob(active, shape.numel(), *constant)
-    return prior.log_prob(value).sum()
+    return prior.log_prob(_dense(draw)).sum()
 
 
 def _log_q(draw: _Draw) -> torch.Tensor:
-    value, active = _values(draw)
+    active = _active(draw)
     if active is not None:
         return draw.q.log_prob_active(active)
-    return draw.q.log_prob(value).sum()
+    return draw.q.log_prob(_dense(draw)).sum()
 
 
 def direct_step(model: Any, guide: Any, loss: Any = None) -> DirectStep:

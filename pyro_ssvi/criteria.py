@@ -113,14 +113,16 @@ def _g(r: Tensor) -> Tensor:
     :math:`1 - r\Phi(-r)/\phi(r) = \sum_{n\ge1}(-1)^{n+1}(2n-1)!!\,r^{-2n}` above.
     """
     phi = _INV_SQRT_2PI * torch.exp(-0.5 * r * r)
-    small = r <= _R_ASYM
-    r_lo = torch.where(small, r, torch.zeros_like(r))
-    direct = 1.0 - r_lo * _SQRT_HALF_PI * torch.special.erfcx(r_lo * _SQRT_HALF)
-    inv_r2 = 1.0 / torch.where(small, torch.full_like(r, _R_ASYM), r).square()
-    series = torch.zeros_like(r)
-    for n in reversed(range(_NUM_ASYM_TERMS)):  # Horner: 1 - 3/r^2 + 15/r^4 - ...
-        series = 1.0 - (2 * n + 3) * inv_r2 * series
-    return phi * torch.where(small, direct, inv_r2 * series)
+    large = ~(r <= _R_ASYM)  # r > 20, inf or NaN: the series (computed there only)
+    r_lo = r.masked_fill(large, 0.0) if bool(large.any()) else r
+    out = 1.0 - r_lo * _SQRT_HALF_PI * torch.special.erfcx(r_lo * _SQRT_HALF)
+    if r_lo is not r:
+        inv_r2 = 1.0 / r[large].square()
+        series = torch.zeros_like(inv_r2)
+        for n in reversed(range(_NUM_ASYM_TERMS)):  # Horner: 1 - 3/r^2 + 15/r^4...
+            series = 1.0 - (2 * n + 3) * inv_r2 * series
+        out[large] = inv_r2 * series
+    return phi * out
 
 
 def _folded(loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -529,9 +531,11 @@ def _top_k(scores: Tensor, k: int) -> Tensor:
         if candidates is not None:  # every top-k score is >= the threshold
             return candidates[_top_k(scores[candidates], k)]
     threshold = torch.topk(scores, k, sorted=False).values.min()
-    above = torch.nonzero(scores > threshold).squeeze(1)
-    tied = torch.nonzero(scores == threshold).squeeze(1)[: k - above.numel()]
-    return torch.cat([above, tied]).sort().values
+    keep = scores > threshold
+    tied = k - int(keep.sum())  # the lowest positions among the tied scores
+    if tied:
+        keep[torch.nonzero(scores == threshold).squeeze(1)[:tied]] = True
+    return torch.nonzero(keep).squeeze(1)
 
 
 # The pre-filter of _top_k runs for n >= 2^20 and k <= n / 16.
@@ -601,9 +605,16 @@ def get_addition(rule: str | AdditionRule) -> AdditionRule:
                 "or pass a callable (site_name, posterior, grad) -> scores"
             )
         return ADDITIONS[rule]
-    if callable(rule):
+    if not callable(rule):
+        raise TypeError(f"addition must be a name or a callable, got {type(rule)!r}")
+    if len(inspect.signature(rule).parameters) >= 3:
         return rule
-    raise TypeError(f"addition must be a name or a callable, got {type(rule)!r}")
+    two = rule
+
+    def three(name: str, posterior: object, grad: Tensor | None) -> Tensor:
+        return two(name, posterior)
+
+    return three
 
 
 def needs_grad(rule: AdditionRule) -> bool:
@@ -614,7 +625,7 @@ def needs_grad(rule: AdditionRule) -> bool:
 def addition_scores(
     rule: AdditionRule, name: str, posterior: object, grad: Tensor | None
 ) -> Tensor:
-    """Scores all coordinates for addition with a validated rule.
+    """Scores all coordinates for addition with a rule from :func:`get_addition`.
 
     Returns:
         A 1-D tensor of length ``n`` (NaN counts as ``-inf`` in selection).
@@ -622,9 +633,8 @@ def addition_scores(
     Raises:
         ValueError: If the rule returns the wrong shape.
     """
-    takes_grad = len(inspect.signature(rule).parameters) >= 3
     with torch.no_grad():
-        scores = rule(name, posterior, grad) if takes_grad else rule(name, posterior)
+        scores = rule(name, posterior, grad)
     n = posterior.event_shape.numel()  # type: ignore[attr-defined]
     if not isinstance(scores, Tensor) or scores.shape != (n,):
         shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores)

@@ -441,6 +441,12 @@ class AutoSparseNormal(AutoGuide):
             self._leaves[key] = (attrgetter(prefix)(module) if prefix else module, leaf)
         return self._leaves[key]
 
+    def _stored(self, tree: str, name: str) -> torch.Tensor:
+        """A site's stored (unconstrained) tensor in ``tree``, as the module
+        holds it (no synchronisation with Pyro's param store)."""
+        module, leaf = self._leaf(tree, name)
+        return getattr(module, leaf + "_unconstrained")
+
     def _param(self, tree: str, name: str) -> torch.Tensor:
         """A site's (constrained) parameter, read as Pyro reads it."""
         module, leaf = self._leaf(tree, name)
@@ -570,10 +576,7 @@ class AutoSparseNormal(AutoGuide):
         transform = self._scale_transform
         out = []
         for name in self._sites:
-            loc_module, leaf = self._leaf("locs", name)
-            scale_module, _ = self._leaf("scales", name)
-            loc = getattr(loc_module, leaf + "_unconstrained")
-            scale_u = getattr(scale_module, leaf + "_unconstrained")
+            loc, scale_u = self._stored("locs", name), self._stored("scales", name)
             posterior = self._posterior(name, loc, transform(scale_u), detach)
             out.append((posterior, (loc, scale_u)))
         return out
@@ -710,6 +713,10 @@ class AutoSparseNormal(AutoGuide):
         """
         with module_context(self):
             return {n: self._indices(n).clone() for n in self.sparse_site_names()}
+
+    def _is_full(self, name: str) -> bool:
+        """Whether every coordinate of a sparse site is active (``k == n``)."""
+        return self._stored("locs", name).numel() == self._sites[name].shape.numel()
 
     def num_active(self) -> dict[str, int]:
         """Number ``k`` of active coordinates of every sparse site."""
@@ -956,15 +963,11 @@ class AutoSparseNormal(AutoGuide):
         of Pyro's param store.
         """
 
-        def stored(name: str) -> torch.Tensor:  # as torch sees it: no store sync
-            module, leaf = self._leaf("indices", name)
-            return getattr(module, leaf + "_unconstrained")
-
         sparse = [name for name, info in self._sites.items() if info.sparse]
-        before = {name: stored(name).data for name in sparse}
+        before = {name: self._stored("indices", name).data for name in sparse}
         result = super()._apply(fn, recurse)
         for name, data in before.items():
-            param = stored(name)
+            param = self._stored("indices", name)
             if param.dtype != torch.float64:
                 param.data = data.to(device=param.device)
         _after_load(self, None)

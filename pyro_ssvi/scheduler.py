@@ -159,7 +159,7 @@ def _direct_gradients(
 ) -> dict[str, torch.Tensor] | None:
     guide = direct.guide
     probes = {
-        name: _probe(guide.site_shape(name), guide.subspace_params(name).loc)
+        name: _probe(guide.site_shape(name), guide._stored("locs", name))
         for name in guide.sparse_site_names()
     }
     with torch.enable_grad():
@@ -371,8 +371,8 @@ class SubspaceScheduler:
                 "elsewhere, or use pyro.infer.SVI for other guides."
             )
         self.update_every = _check_int("update_every", update_every, 1)
-        self.removal = get_criterion(removal)
-        self.addition = get_addition(addition)
+        self.removal = removal  # type: ignore[assignment]
+        self.addition = addition  # type: ignore[assignment]
         if isinstance(drop_fraction, bool) or not 0.0 <= drop_fraction < 1.0:
             raise ValueError(
                 f"SparseSVI: drop_fraction must be in [0, 1), got {drop_fraction!r}."
@@ -399,6 +399,26 @@ class SubspaceScheduler:
         self.updates: list[SubspaceUpdate] = []
         self._warned: set[str] = set()
         self._direct: tuple[Any, DirectStep | None] | None = None
+
+    @property
+    def removal(self) -> Callable[..., torch.Tensor]:
+        """The removal criterion, ``(loc, scale) -> scores`` (set a name or a
+        callable: it is resolved once, when set)."""
+        return self._removal
+
+    @removal.setter
+    def removal(self, criterion: str | Callable[..., torch.Tensor]) -> None:
+        self._removal = get_criterion(criterion)
+
+    @property
+    def addition(self) -> Callable[..., torch.Tensor]:
+        """The addition rule, ``(site, posterior, grad) -> scores`` (set a name
+        or a callable: it is resolved once, when set)."""
+        return self._addition
+
+    @addition.setter
+    def addition(self, rule: str | Callable[..., torch.Tensor]) -> None:
+        self._addition = get_addition(rule)
 
     # ------------------------------------------------------------ schedule
     @property
@@ -462,7 +482,7 @@ class SubspaceScheduler:
         recorded in :attr:`updates`.
         """
         grads: dict[str, torch.Tensor] = {}
-        if needs_grad(self.addition):
+        if needs_grad(self.addition) and not self._all_full():
             weight = self.growth_kl_weight
             weight = float(weight() if callable(weight) else weight)
             try:
@@ -488,7 +508,8 @@ class SubspaceScheduler:
         for i, guide in enumerate(self.sparse_guides):
             for name in guide.sparse_site_names():
                 key = f"{i}.{name}" if several else name
-                if needs_grad(self.addition) and name not in grads:
+                full = guide._is_full(name)
+                if needs_grad(self.addition) and name not in grads and not full:
                     self._warn_unseen(name)
                     dropped[key] = swapped[key] = 0
                     continue
@@ -500,6 +521,14 @@ class SubspaceScheduler:
         if is_distributed():
             check_indices_agree(self.sparse_guides, self.step_count)
         return record
+
+    def _all_full(self) -> bool:
+        """Whether every sparse site has all its coordinates active (density 1):
+        then no coordinate can enter, and an update changes nothing."""
+        return all(
+            guide._sites and all(map(guide._is_full, guide.sparse_site_names()))
+            for guide in self.sparse_guides
+        )
 
     def _warn_unseen(self, name: str) -> None:
         if name not in self._warned:
@@ -531,8 +560,8 @@ class SubspaceScheduler:
                 "rate or use a smaller init_scale."
             )
         num_swap = num_to_swap(loc_u.numel(), fraction)
-        if num_swap == 0:
-            return 0, 0
+        if num_swap == 0 or guide._is_full(name):  # all removed come straight back
+            return num_swap, 0
         scale = transform_to(guide.scale_constraint)(scale_u)
         post = SparseNormal(loc_u, scale, stored.long(), guide.site_shape(name))
         result = reselect(
