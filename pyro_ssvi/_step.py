@@ -20,7 +20,7 @@ the ELBO in use:
   term below, as Pyro falls back;
 * :class:`~pyro.infer.Trace_ELBO` (``"mc"``): :math:`\log q(\theta) - \log
   p(\theta)` of the same draw, with :math:`\log p(0)` at a sparse site's
-  inactive coordinates (:func:`~pyro_ssvi.distributions.sparse_prior_log_prob`,
+  inactive coordinates (:func:`~pyro_ssvi.distributions.monte_carlo_kl`,
   ``O(k)`` for a constant Normal prior).
 
 :class:`DirectStep` computes exactly that from the objects the traced path
@@ -46,7 +46,12 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 from ._pyro_compat import handler_stack, module_context, pyro_samples
-from .distributions import SparseNormal, constant_normal_prior, sparse_prior_log_prob
+from .distributions import (
+    SparseNormal,
+    monte_carlo_kl,
+    normal_log_prob,
+    sparse_normal_kl,
+)
 from .guides import AutoSparseNormal
 from .poutine import LatentScaleMessenger, LazyWeight, LazyWeightMessenger
 
@@ -277,13 +282,26 @@ class DirectStep:
 
     def _kl(self, binding: _Binding, draw: _Draw) -> torch.Tensor:
         """The site's KL term: analytic, or the Monte Carlo one of the draw."""
-        prior = _prior(binding)
+        prior, q = _prior(binding), draw.q
+        normal = _normal_prior(prior, q.event_shape)
+        moments = _dense_normal(q)
         if self.kind == "analytic":
+            if normal is not None and moments is not None:  # a dense site
+                return sparse_normal_kl(*moments, None, q.event_shape, *normal)
             try:
-                return kl_divergence(draw.q, prior).sum()
+                return kl_divergence(q, prior).sum()
             except NotImplementedError:
                 pass  # as TraceMeanField_ELBO: the Monte Carlo term
-        return _log_q(draw) - _log_p(prior, draw)
+        active = _active(draw)
+        if active is not None:
+            moments = (q.loc, q.scale)
+        elif moments is not None:  # a dense site: every coordinate active
+            active = _dense(draw).reshape(-1)
+        if normal is not None and moments is not None and active is not None:
+            term = monte_carlo_kl(active, *moments, q.event_shape, *normal)
+            if term is not None:
+                return term
+        return _log_q(draw, active, moments) - prior.log_prob(_dense(draw)).sum()
 
 
 def _prior(binding: _Binding) -> Any:
@@ -310,25 +328,37 @@ def _sum(terms: list[torch.Tensor]) -> torch.Tensor:
     return sum(terms[1:], terms[0]) if terms else torch.zeros(())
 
 
-def _log_p(prior: Any, draw: _Draw) -> torch.Tensor:
-    r""":math:`\log p(\theta)` of the draw, in ``O(k)`` for a sparse site
-    under a constant Normal prior."""
-    active, base = _active(draw), prior
+def _dense_normal(q: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A dense real site's ``(loc, scale)``, flattened (None for other sites)."""
+    base = q
     while isinstance(base, torch.distributions.Independent):
         base = base.base_dist
-    if active is not None and isinstance(base, torch.distributions.Normal):
-        shape = draw.q.event_shape
-        if tuple(prior.batch_shape) + tuple(prior.event_shape) == tuple(shape):
-            constant = constant_normal_prior(base.loc, base.scale, shape)
-            if constant is not None and constant[0].dim() == 1:
-                return sparse_prior_log_prob(active, shape.numel(), *constant)
-    return prior.log_prob(_dense(draw)).sum()
+    if type(base) not in (torch.distributions.Normal, pyro.distributions.Normal):
+        return None
+    if base.loc.shape != q.event_shape:
+        return None
+    return base.loc.reshape(-1), base.scale.reshape(-1)
 
 
-def _log_q(draw: _Draw) -> torch.Tensor:
-    active = _active(draw)
-    if active is not None:
+def _normal_prior(
+    prior: Any, shape: torch.Size
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(loc, scale)`` of a factorised Normal prior of the site's shape."""
+    base = prior
+    while isinstance(base, torch.distributions.Independent):
+        base = base.base_dist
+    if not isinstance(base, torch.distributions.Normal):
+        return None
+    if tuple(prior.batch_shape) + tuple(prior.event_shape) != tuple(shape):
+        return None
+    return base.loc, base.scale
+
+
+def _log_q(draw: _Draw, active: Any, moments: Any) -> torch.Tensor:
+    if isinstance(draw.q, SparseNormal):
         return draw.q.log_prob_active(active)
+    if moments is not None:
+        return normal_log_prob(_dense(draw).reshape(-1), *moments)
     return draw.q.log_prob(_dense(draw)).sum()
 
 

@@ -15,8 +15,8 @@ methods and the registered KL divergences) and the direct step of
 * the variational log-density: :meth:`SparseNormal.log_prob_active`;
 * the analytic KL term: :func:`sparse_normal_kl` (what
   :class:`~pyro.infer.TraceMeanField_ELBO` uses);
-* the prior's log-density of a sparse draw: :func:`sparse_prior_log_prob`
-  (what :class:`~pyro.infer.Trace_ELBO` uses, in ``O(k)``).
+* the Monte Carlo KL term of a draw: :func:`monte_carlo_kl` (what
+  :class:`~pyro.infer.Trace_ELBO` estimates, in ``O(k)``).
 
 Example::
 
@@ -29,18 +29,20 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from pyro.distributions import Independent, Normal, TorchDistribution
+from torch.autograd.function import once_differentiable
 from torch.distributions import constraints, register_kl
 
 __all__ = [
     "ShiftedSparseNormal",
     "SparseNormal",
     "constant_normal_prior",
+    "monte_carlo_kl",
+    "normal_log_prob",
     "sparse_normal_kl",
-    "sparse_prior_log_prob",
 ]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -177,11 +179,7 @@ class SparseNormal(TorchDistribution):
         Returns:
             Shape ``(...)``.
         """
-        z = (active - self.loc) / self.scale
-        return (
-            -(0.5 * z * z + self.scale.log()).sum(-1)
-            - self.loc.shape[-1] * _HALF_LOG_2PI
-        )
+        return normal_log_prob(active, self.loc, self.scale)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
@@ -203,6 +201,15 @@ class SparseNormal(TorchDistribution):
     def entropy(self) -> torch.Tensor:
         """Differential entropy of the active coordinates (shape ``batch_shape``)."""
         return (0.5 + _HALF_LOG_2PI + self.scale.log()).sum(-1)
+
+
+def normal_log_prob(
+    value: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    r""":math:`\sum_j \log \mathcal{N}(x_j; \mu_j, \sigma_j^2)` over the last
+    dimension: the variational log-density of independent Normals."""
+    z = (value - loc) / scale
+    return -(0.5 * z * z + scale.log()).sum(-1) - value.shape[-1] * _HALF_LOG_2PI
 
 
 def _check_shapes(
@@ -257,14 +264,104 @@ def _normal_log_prob_at_zero(loc: torch.Tensor, scale: torch.Tensor) -> torch.Te
     return -0.5 * (loc / scale) ** 2 - scale.log() - _HALF_LOG_2PI
 
 
-def _square_sum(x: torch.Tensor) -> torch.Tensor:
-    return torch.dot(x, x) if x.dim() == 1 else (x * x).sum(-1)
+class _ConstantPriorKL(torch.autograd.Function):
+    """:func:`sparse_normal_kl` under a constant prior, 1-D ``loc``: the value
+    and its gradient in closed form (a few passes over the ``k`` values)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        loc: torch.Tensor,
+        scale: torch.Tensor,
+        m: torch.Tensor,
+        s: torch.Tensor,
+        n: int,
+    ) -> torch.Tensor:
+        k, centred, inv_s2 = loc.shape[0], loc - m, (s * s).reciprocal()
+        squares = torch.dot(scale, scale) + torch.dot(centred, centred)
+        ctx.save_for_backward(centred, scale, m, s, squares)
+        ctx.n = n
+        return (
+            0.5 * squares * inv_s2
+            - scale.log().sum()
+            + k * (s.log() - 0.5)
+            + (n - k) * (0.5 * m * m * inv_s2 + s.log() + _HALF_LOG_2PI)
+        )
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        centred, scale, m, s, squares = ctx.saved_tensors
+        k, free, inv_s2 = (
+            centred.shape[0],
+            ctx.n - centred.shape[0],
+            (s * s).reciprocal(),
+        )
+        need = ctx.needs_input_grad
+        g_loc = centred * (grad * inv_s2) if need[0] else None
+        g_scale = (scale * inv_s2 - scale.reciprocal()) * grad if need[1] else None
+        g_m = grad * inv_s2 * (free * m - centred.sum()) if need[2] else None
+        g_s = None
+        if need[3]:
+            g_s = grad * ((k + free) / s - (squares + free * m * m) * inv_s2 / s)
+        return g_loc, g_scale, g_m, g_s, None
+
+
+class _ConstantPriorMonteCarloKL(torch.autograd.Function):
+    """:func:`monte_carlo_kl` under a constant prior, 1-D values: the value and
+    its gradient in closed form."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        active: torch.Tensor,
+        loc: torch.Tensor,
+        scale: torch.Tensor,
+        m: torch.Tensor,
+        s: torch.Tensor,
+        n: int,
+    ) -> torch.Tensor:
+        k, z, centred = active.shape[0], (active - loc) / scale, active - m
+        squares = torch.dot(centred, centred) + (n - k) * m * m
+        ctx.save_for_backward(z, centred, scale, m, s, squares)
+        ctx.n = n
+        return (
+            -0.5 * torch.dot(z, z)
+            - scale.log().sum()
+            - k * _HALF_LOG_2PI
+            + 0.5 * squares / (s * s)
+            + n * (s.log() + _HALF_LOG_2PI)
+        )
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        z, centred, scale, m, s, squares = ctx.saved_tensors
+        n, k, inv_s2 = ctx.n, z.shape[0], (s * s).reciprocal()
+        need = ctx.needs_input_grad
+        z_over_scale = z / scale
+        g_active = (centred * inv_s2 - z_over_scale) * grad if need[0] else None
+        g_loc = z_over_scale * grad if need[1] else None
+        g_scale = (z * z - 1) / scale * grad if need[2] else None
+        g_m = grad * inv_s2 * ((n - k) * m - centred.sum()) if need[3] else None
+        g_s = grad * (n / s - squares * inv_s2 / s) if need[4] else None
+        return g_active, g_loc, g_scale, g_m, g_s, None
+
+
+def _scalar_prior(
+    prior_loc: torch.Tensor, prior_scale: torch.Tensor, shape: torch.Size
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(m, s)`` as 0-d tensors for a constant prior without batch dims."""
+    constant = constant_normal_prior(prior_loc, prior_scale, shape)
+    if constant is None or constant[0].dim() != 1:
+        return None
+    return constant[0][0], constant[1][0]
 
 
 def sparse_normal_kl(
     loc: torch.Tensor,
     scale: torch.Tensor,
-    indices: torch.Tensor,
+    indices: torch.Tensor | None,
     shape: torch.Size,
     prior_loc: torch.Tensor,
     prior_scale: torch.Tensor,
@@ -290,11 +387,14 @@ def sparse_normal_kl(
             - (n - k) \log \mathcal{N}(0; m, s^2).
 
     Prior parameters that require grad (hierarchical or learnable priors)
-    receive their gradient, the second sum included.
+    receive their gradient, the second sum included. With ``indices=None``
+    every coordinate is active (a dense mean-field site, flattened): the
+    closed-form KL of independent Normals.
 
     Args:
         loc, scale: Active means and standard deviations, shape ``(..., k)``.
-        indices: Flat indices of the active coordinates, shape ``(k,)``.
+        indices: Flat indices of the active coordinates, shape ``(k,)``, or
+            None for all ``n`` in order.
         shape: The full event shape (``n`` elements).
         prior_loc, prior_scale: The prior's parameters, broadcastable to
             ``batch + shape``.
@@ -302,58 +402,67 @@ def sparse_normal_kl(
     Returns:
         Shape ``batch``.
     """
-    k, n = indices.shape[0], shape.numel()
-    constant = constant_normal_prior(prior_loc, prior_scale, shape)
-    if constant is not None:
-        m, s = (t[..., 0] for t in constant)
-        squares = _square_sum(scale) + _square_sum(loc - constant[0])
-        return (
-            squares / (2 * s * s)
-            - scale.log().sum(-1)
-            + k * (s.log() - 0.5)
-            - (n - k) * _normal_log_prob_at_zero(m, s)
-        )
+    n = shape.numel()
+    scalar = _scalar_prior(prior_loc, prior_scale, shape) if loc.dim() == 1 else None
+    if scalar is not None:
+        return _ConstantPriorKL.apply(loc, scale, *scalar, n)
     prior_loc, prior_scale = torch.broadcast_tensors(prior_loc, prior_scale)
     lead = prior_loc.shape[: prior_loc.dim() - len(shape)]
     flat_loc = prior_loc.expand(lead + shape).reshape(lead + (n,))
     flat_scale = prior_scale.expand(lead + shape).reshape(lead + (n,))
-    m, s = flat_loc.index_select(-1, indices), flat_scale.index_select(-1, indices)
+    if indices is None:
+        m, s = flat_loc, flat_scale
+    else:
+        m, s = flat_loc.index_select(-1, indices), flat_scale.index_select(-1, indices)
     var_ratio = (scale / s) ** 2
     active = 0.5 * (var_ratio + ((loc - m) / s) ** 2 - 1 - var_ratio.log())
+    if indices is None:
+        return active.sum(-1)
     log_p0 = _normal_log_prob_at_zero(flat_loc, flat_scale)
     inactive = log_p0.sum(-1) - log_p0.index_select(-1, indices).sum(-1)
     return active.sum(-1) - inactive
 
 
-def sparse_prior_log_prob(
-    active: torch.Tensor, n: int, prior_loc: torch.Tensor, prior_scale: torch.Tensor
-) -> torch.Tensor:
-    r"""The log-density of a sparse draw under a constant Normal prior, in ``O(k)``.
+def monte_carlo_kl(
+    active: torch.Tensor,
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    shape: torch.Size,
+    prior_loc: torch.Tensor,
+    prior_scale: torch.Tensor,
+) -> torch.Tensor | None:
+    r"""The Monte Carlo KL term of one draw, :math:`\log q(\theta) - \log p(\theta)`,
+    under a constant Normal prior :math:`\mathcal{N}(m, s^2)`, in ``O(k)``.
 
-    For :math:`\theta` with values ``active`` on :math:`k` coordinates and
-    exact zeros on the other :math:`n - k`, under
-    :math:`\mathcal{N}(m, s^2)` on every coordinate:
+    For :math:`\theta` with values ``active`` on the :math:`k` active
+    coordinates and exact zeros on the other :math:`n - k`:
 
     .. math::
 
-        \log p(\theta) = -\frac{\sum_A (\theta_j - m)^2 + (n - k)\, m^2}{2 s^2}
-            - n \big(\log s + \tfrac12 \log 2\pi\big),
+        \log q(\theta) - \log p(\theta) =
+            -\sum_A \Big[\frac{z_j^2}{2} + \log \sigma_j\Big]
+            - \frac{k}{2}\log 2\pi
+            + \frac{\sum_A (\theta_j - m)^2 + (n - k)\, m^2}{2 s^2}
+            + n \big(\log s + \tfrac12 \log 2\pi\big),
 
-    what :class:`~pyro.infer.Trace_ELBO` computes densely from the prior's
-    ``log_prob``.
+    :math:`z_j = (\theta_j - \mu_j) / \sigma_j`: what
+    :class:`~pyro.infer.Trace_ELBO` computes from the guide's and the prior's
+    ``log_prob`` (the latter densely), with the same gradients.
 
     Args:
-        active: Values of the active coordinates, shape ``(..., k)``.
-        n: Number of coordinates of the whole tensor.
-        prior_loc, prior_scale: ``m`` and ``s``, shape ``(..., 1)`` (as
-            :func:`constant_normal_prior` returns them).
+        active: The drawn active values, shape ``(k,)``.
+        loc, scale: The posterior's active means and scales, shape ``(k,)``.
+        shape: The full event shape (``n`` elements; ``k = n`` for a dense site).
+        prior_loc, prior_scale: The prior's parameters.
 
     Returns:
-        Shape ``(...)``.
+        A 0-d tensor, or None when the prior is not one Normal over the site
+        (then compute ``log q - log p`` from the distributions).
     """
-    m, s = prior_loc[..., 0], prior_scale[..., 0]
-    squares = _square_sum(active - prior_loc) + (n - active.shape[-1]) * m * m
-    return -squares / (2 * s * s) - n * (s.log() + _HALF_LOG_2PI)
+    scalar = _scalar_prior(prior_loc, prior_scale, shape)
+    if scalar is None or active.dim() != 1:
+        return None
+    return _ConstantPriorMonteCarloKL.apply(active, loc, scale, *scalar, shape.numel())
 
 
 # ------------------------------------------------------ registered divergences

@@ -556,7 +556,7 @@ class AutoSparseNormal(AutoGuide):
             loc, scale = loc.detach(), scale.detach()
         if indices is not None:
             return SparseNormal(loc, scale, indices, info.shape, validate_args=False)
-        base = dist.Normal(loc, scale).to_event(info.event_dim)
+        base = dist.Normal(loc, scale, validate_args=False).to_event(info.event_dim)
         support = self._support(name)
         if _base_support(support) is constraints.real:
             return base

@@ -60,8 +60,8 @@ def _prior(shape: torch.Size) -> Callable[[PyroModule], dist.Distribution]:
     # so the prior follows the module across devices (.to(device)).
     def prior(module: PyroModule) -> dist.Distribution:
         scale = module._ssvi_prior_scale
-        return (
-            dist.Normal(torch.zeros_like(scale), scale)
+        return (  # the scale was checked when the model was built
+            dist.Normal(torch.zeros_like(scale), scale, validate_args=False)
             .expand(shape)
             .to_event(len(shape))
         )

@@ -180,3 +180,77 @@ def test_kl_with_priors_broadcast_along_some_dims(pattern):
     log_p0 = dist.Normal(dense_loc, dense_scale).log_prob(torch.zeros(SHAPE, **f64))
     expected = per_coord.sum() - log_p0[_off_mask(q)].sum()
     assert torch.allclose(kl_divergence(q, prior), expected, rtol=1e-12)
+
+
+def _learnable_case(k=6, n=20, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    f64 = dict(dtype=torch.float64)
+    loc = torch.randn(k, generator=g, **f64).requires_grad_()
+    scale = (torch.rand(k, generator=g, **f64) + 0.2).requires_grad_()
+    m = torch.tensor(0.3, **f64, requires_grad=True)
+    s = torch.tensor(0.8, **f64, requires_grad=True)
+    idx = torch.randperm(n, generator=g)[:k].sort().values
+    return loc, scale, m, s, idx
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_constant_prior_kl_and_its_closed_form_gradient(dense):
+    """The constant-prior KL (value and hand-written gradient, learnable prior
+    included) against the general formula and finite differences."""
+    from pyro_ssvi.distributions import sparse_normal_kl
+
+    shape = torch.Size(SHAPE)
+    loc, scale, m, s, idx = _learnable_case(k=20 if dense else 6)
+    idx = None if dense else idx
+
+    def constant(loc, scale, m, s):
+        return sparse_normal_kl(
+            loc, scale, idx, shape, m.expand(shape), s.expand(shape)
+        )
+
+    def general(loc, scale, m, s):  # a per-coordinate prior of the same values
+        ones = torch.ones(shape, dtype=torch.float64)
+        return sparse_normal_kl(loc, scale, idx, shape, m * ones, s * ones)
+
+    args = (loc, scale, m, s)
+    assert torch.allclose(constant(*args), general(*args), rtol=1e-12)
+    assert torch.autograd.gradcheck(constant, args)
+    for a, b in zip(
+        torch.autograd.grad(constant(*args), args),
+        torch.autograd.grad(general(*args), args),
+    ):
+        assert torch.allclose(a, b, rtol=1e-10)
+
+
+def test_monte_carlo_kl_is_log_q_minus_log_p_of_the_draw():
+    """log q(theta) - log p(theta), the prior scoring the zeros too, with the
+    gradients autograd gives the plain formula (learnable prior included)."""
+    from pyro_ssvi.distributions import monte_carlo_kl
+
+    shape = torch.Size(SHAPE)
+    loc, scale, m, s, idx = _learnable_case()
+    active = (loc + scale * torch.randn(6, dtype=torch.float64)).detach()
+    active.requires_grad_()
+
+    def fused(active, loc, scale, m, s):
+        return monte_carlo_kl(
+            active, loc, scale, shape, m.expand(shape), s.expand(shape)
+        )
+
+    def plain(active, loc, scale, m, s):
+        q = SparseNormal(loc, scale, idx, shape)
+        dense = q.scatter(active)
+        return q.log_prob(dense) - dist.Normal(m, s).log_prob(dense).sum()
+
+    args = (active, loc, scale, m, s)
+    assert torch.allclose(fused(*args), plain(*args), rtol=1e-12)
+    assert torch.autograd.gradcheck(fused, args)
+    for a, b in zip(
+        torch.autograd.grad(fused(*args), args), torch.autograd.grad(plain(*args), args)
+    ):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    per_coordinate = torch.ones(shape, dtype=torch.float64)
+    assert (
+        monte_carlo_kl(active, loc, scale, shape, per_coordinate, per_coordinate)
+        is None
+    )
