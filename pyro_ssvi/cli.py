@@ -75,7 +75,11 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
     "split_seed": (int, "regression: seed of the random train/test split"),
     "test_fraction": (float, "regression: fraction of the data held out for testing"),
     "guide": (str, "guide (ssvi: sparse; autonormal: Pyro's dense-VI baseline)"),
-    "density": (float, "fraction of each weight tensor that is active, in (0, 1]"),
+    "density": (
+        float,
+        "fraction of each weight tensor that is active, in (0, 1]; at least one "
+        "weight per output unit (a warning says when that floor applies)",
+    ),
     "removal": (str, "removal criterion"),
     "addition": (str, "addition rule"),
     "update_every": (int, "steps between subspace updates"),
