@@ -17,7 +17,7 @@ from pyro.infer.autoguide import AutoGuideList, AutoNormal, init_to_value
 from pyro.nn import PyroModule, PyroSample
 
 from pyro_ssvi import AutoSparseNormal, SparseNormal
-from pyro_ssvi.guides import DEFAULT_MIN_SPARSE_NUMEL, active_floor
+from pyro_ssvi.guides import DEFAULT_MIN_SPARSE_NUMEL
 
 X, Y = classification_data()
 
@@ -45,6 +45,8 @@ def test_default_rule_weights_sparse_biases_dense():
 
 @pytest.mark.parametrize("density", [1e-6, 0.01, 0.1, 0.3, 0.5, 1.0])
 def test_active_count_is_rounded_density_with_a_floor_per_output_unit(density):
+    from pyro_ssvi.guides import active_floor
+
     # Weights (8, 6) and (3, 8): floors of 8 and 3 active, one per output unit.
     floors = {"net.0.weight": 8, "net.2.weight": 3}
     model = tiny_classifier()

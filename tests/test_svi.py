@@ -22,7 +22,6 @@ from pyro.infer.autoguide import AutoNormal
 from pyro_ssvi import CRITERIA, AutoSparseNormal, SparseSVI
 from pyro_ssvi._pyro_compat import pyro_optim_optimizers
 from pyro_ssvi.criteria import removal_scores
-from pyro_ssvi.guides import active_floor
 from pyro_ssvi.poutine import scale_kl
 
 X, Y = classification_data()
@@ -96,6 +95,8 @@ def test_cosine_drop_fraction_and_drop_counts():
 def test_invariants_hold_after_every_update(
     hidden, density, update_every, removal, addition, seed
 ):
+    from pyro_ssvi.guides import active_floor
+
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     model = tiny_classifier(hidden=hidden)
