@@ -294,7 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-samples", type=int, default=None, help="posterior samples")
     ev.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     ev.add_argument("--test-limit", type=int, default=None, help="first N examples")
-    ev.add_argument("--output", type=_path, default=None, help="also write JSON here")
+    ev.add_argument(
+        "--output",
+        type=_path,
+        default=None,
+        help="also write JSON here (owned while the command runs: a second "
+        "evaluate into the same file is refused; lock file .NAME.lock beside it)",
+    )
     _add_common_flags(ev)
     cmp_ = sub.add_parser(
         "compare",
