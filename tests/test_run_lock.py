@@ -133,7 +133,7 @@ def test_second_command_into_a_running_run_is_refused_and_touches_nothing(
 
 def test_a_lock_left_by_sigkill_is_taken_over_by_the_next_command(tmp_path):
     out = tmp_path / "run"
-    argv = ["train", "--epochs", "3", "--output-dir", str(out), *LONG_EPOCHS]
+    argv = ["train", "--epochs", "2", "--output-dir", str(out), *LONG_EPOCHS]
     argv[argv.index("4096")] = "1024"  # 64 steps an epoch
     proc = _spawn(argv)
     _wait_for(out / "checkpoint.pt", proc)

@@ -189,15 +189,13 @@ def holds(lock: Path) -> bool:
 
 @contextmanager
 def own_directory(
-    directory: str | os.PathLike, flag: str = "--output-dir", *, create: bool = True
+    directory: str | os.PathLike, flag: str = "--output-dir"
 ) -> Iterator[Path]:
     """Own a run or comparison directory for the block (created if need be).
 
     Args:
-        directory: The directory; created with its parents unless ``create``
-            is False (then it must exist).
+        directory: The directory; created with its parents if missing.
         flag: How the user named it, for messages.
-        create: Create a missing directory.
 
     Raises:
         RunDirInUse: If another process owns it.
@@ -208,11 +206,10 @@ def own_directory(
         raise RunDirError(
             f"{flag} {out} exists and is not a directory; choose another one"
         )
-    if create:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RunDirError(f"cannot create {flag} {out}: {e.strerror}") from e
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create {flag} {out}: {e.strerror}") from e
     with hold_lock(
         out / LOCK_FILE,
         f"{flag} {out}",
