@@ -24,6 +24,7 @@ import json
 import os
 import re
 import signal
+import sys
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -78,7 +79,7 @@ class WriteError(OSError):
         errno.ENOTDIR: " (a part of its path is not a directory)",
         errno.EISDIR: " (it is a directory; give a file name)",
         errno.EACCES: "; choose a location you may write to",
-        errno.EROFS: " (a read-only file system); choose another location",
+        errno.EROFS: "; choose another location",  # strerror names it already
     }
 
     def __str__(self) -> str:
@@ -223,15 +224,36 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     lists/tuples/dicts of those, so that it loads with ``weights_only=True``.
     It is serialised in memory first, so that a failing disk raises a
     :class:`WriteError` with the cause (torch's own writer reports only an
-    offset).
+    offset). The bytes depend on the values alone, not on which Python
+    objects hold them (see :func:`_canonical`): a resumed run writes a
+    checkpoint of the same size as an uninterrupted one.
 
     Returns:
         The destination path.
     """
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    torch.save(_canonical(payload), buffer)
     return atomic_write(path, lambda fh: fh.write(buffer.getbuffer()))
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` with fresh containers and interned strings, tensors as they are.
+
+    Pickle writes an object met before as a back-reference to its first copy,
+    so the size of a file depends on which values are one object: the
+    configuration of a fresh run holds the code's constant strings (its two
+    ``"cosine"`` are one object), a resumed run's come from JSON (two
+    objects). After this, equal strings are always one object and containers
+    never are.
+    """
+    if isinstance(value, str):
+        return sys.intern(value) if type(value) is str else value
+    if isinstance(value, dict) and type(value) is dict:
+        return {_canonical(k): _canonical(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_canonical(v) for v in value)
+    return value
 
 
 def load_checkpoint(

@@ -75,7 +75,11 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
     "split_seed": (int, "regression: seed of the random train/test split"),
     "test_fraction": (float, "regression: fraction of the data held out for testing"),
     "guide": (str, "guide (ssvi: sparse; autonormal: Pyro's dense-VI baseline)"),
-    "density": (float, "fraction of each weight tensor that is active, in (0, 1]"),
+    "density": (
+        float,
+        "fraction of each weight tensor that is active, in (0, 1]; at least one "
+        "weight per output unit (a warning says when that floor applies)",
+    ),
     "removal": (str, "removal criterion"),
     "addition": (str, "addition rule"),
     "update_every": (int, "steps between subspace updates"),
@@ -290,7 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-samples", type=int, default=None, help="posterior samples")
     ev.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     ev.add_argument("--test-limit", type=int, default=None, help="first N examples")
-    ev.add_argument("--output", type=_path, default=None, help="also write JSON here")
+    ev.add_argument(
+        "--output",
+        type=_path,
+        default=None,
+        help="also write JSON here (owned while the command runs: a second "
+        "evaluate into the same file is refused; lock file .NAME.lock beside it)",
+    )
     _add_common_flags(ev)
     cmp_ = sub.add_parser(
         "compare",
@@ -423,7 +433,7 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainConfig, resume_config, train
+    from .training import TrainConfig, resume_config
 
     given = _given(args, implicit=not args.resume)
     out = args.output_dir or _default_dir(
@@ -431,7 +441,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     if args.resume and args.overwrite:
         raise CLIError("--resume and --overwrite exclude each other; pick one")
-    config = resume_config(out, given) if args.resume else TrainConfig(**given)
+    if not args.resume:
+        config = TrainConfig(**given)  # bad settings: refused before any file
+    elif not out.is_dir():
+        resume_config(out, given)  # raises: there is no run to resume
+    with _owned(out):
+        if args.resume:  # read while owning it: no run is writing it now
+            config = resume_config(out, given)
+        return _train_owned(args, config, out)
+
+
+@contextmanager
+def _owned(out: Path) -> Iterator[None]:
+    """Own ``out`` before the first line is printed (rank 0 under torchrun).
+
+    The library owns it too (:func:`~pyro_ssvi.training.train`); taking it
+    here first makes a refusal the command's only output.
+    """
+    from .training import own_directory
+
+    if not _is_reporter():
+        yield
+        return
+    with own_directory(out):
+        yield
+
+
+def _train_owned(args: argparse.Namespace, config: Any, out: Path) -> int:
+    from .training import train
+
     what = (
         f"{config.model} on {config.dataset}, {config.guide} guide at density "
         f"{config.density:g}, {config.epochs} epochs, seed {config.seed}"
@@ -458,11 +496,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import check_writable, write_json
+    from .checkpoint import check_writable
+    from .training import own_output_file
+
+    if args.output is None:
+        return _evaluate(args)
+    check_writable(args.output)  # before the evaluation, not after it
+    with own_output_file(args.output):  # the lock .NAME.lock beside it
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import write_json
     from .training import evaluate_run
 
-    if args.output is not None:
-        check_writable(args.output)  # before the evaluation, not after it
     samples = "" if args.num_samples is None else f" with {args.num_samples} samples"
     _header("evaluate", f"{args.path}{samples}", device=args.device)
     metrics = evaluate_run(
@@ -483,23 +530,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from .compare import compare, variant_configs
 
     given = _given(args)
+    variant_configs(given, args.densities, dense=not args.no_dense)  # check first
     out = args.output_dir or _default_dir("compare")
     dense = "" if args.no_dense else "dense VI and "
     densities = ", ".join(f"{d:g}" for d in args.densities)
     what = f"{dense}SSVI at density {densities}"
-    _header("compare", what, f"directory {out}", device=given.get("device", "auto"))
-    table = compare(
-        given,
-        args.densities,
-        out,
-        dense=not args.no_dense,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
+    with _owned(out):
+        _header("compare", what, f"directory {out}", device=given.get("device", "auto"))
+        table = compare(
+            given,
+            args.densities,
+            out,
+            dense=not args.no_dense,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
     if _is_reporter():
         print(table)
         print(f"written: {out / 'comparison.md'}, {out / 'comparison.json'}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +28,7 @@ __all__ = [
     "TRADEOFF_METRICS",
     "compare",
     "markdown_table",
+    "variant_configs",
 ]
 
 #: Columns of the comparison table: (metrics key, header, format).
@@ -111,6 +113,25 @@ def _variants(
     return out
 
 
+def variant_configs(
+    settings: dict[str, Any], densities: Sequence[float], *, dense: bool = True
+) -> list[Any]:
+    """The :class:`~pyro_ssvi.training.TrainConfig` of each variant, checked.
+
+    Dense VI first (if ``dense``), then SSVI at each density, as
+    :func:`compare` runs them.
+
+    Raises:
+        ValueError: For bad settings or no variant at all.
+    """
+    from .training import TrainConfig
+
+    variants = _variants(densities, dense)
+    if not variants:
+        raise ValueError("compare: nothing to run (no densities and --no-dense)")
+    return [TrainConfig(**{**settings, **extra}) for _, _, extra in variants]
+
+
 def compare(
     settings: dict[str, Any],
     densities: Sequence[float],
@@ -136,19 +157,30 @@ def compare(
     Returns:
         The Markdown table (also written to ``comparison.md``).
 
+    The comparison owns ``output_dir`` while it runs (the lock
+    ``.pyro-ssvi.lock`` there), and each variant's run its own directory: a
+    second comparison or run into them is refused, changing nothing.
+
     Raises:
         ValueError: For bad settings or no variant at all.
+        RunDirInUse: If another process owns ``output_dir`` (or a variant's
+            directory).
+        RunDirError: If ``output_dir`` holds runs of the variants and neither
+            ``resume`` nor ``overwrite`` is set (the message says which are
+            finished).
     """
-    from .training import TrainConfig, train
+    from .training import train
+    from .training._lock import own_directory, own_on_rank_0
 
     variants = _variants(densities, dense)
-    if not variants:
-        raise ValueError("compare: nothing to run (no densities and --no-dense)")
+    configs = variant_configs(settings, densities, dense=dense)
     out = Path(output_dir)
-    configs = [TrainConfig(**{**settings, **extra}) for _, _, extra in variants]
     # Under torchrun, join the process group once for all runs (re-joining a
     # group torchrun set up after leaving it hangs).
-    with process_group(configs[0].device):
+    with process_group(configs[0].device), ExitStack() as owned:
+        own_on_rank_0(owned, own_directory(out))
+        if not (resume or overwrite):
+            _refuse_earlier_runs(out, [name for name, _, _ in variants])
         rows = []
         for (name, label, _), config in zip(variants, configs):
             run_dir = out / name
@@ -170,6 +202,29 @@ def compare(
         if is_main_process():
             _write_comparison(out, table, rows)
     return table
+
+
+def _refuse_earlier_runs(out: Path, names: list[str]) -> None:
+    """Refuse to start over a comparison that has runs, naming the right flag."""
+    from .training import RunDirError
+
+    finished = [n for n in names if (out / n / "metrics.json").is_file()]
+    stopped = [
+        n for n in names if n not in finished and (out / n / "checkpoint.pt").is_file()
+    ]
+    if not (finished or stopped):
+        return
+    held = []
+    if finished:
+        held.append(f"finished: {', '.join(finished)}")
+    if stopped:
+        held.append(f"stopped with a checkpoint: {', '.join(stopped)}")
+    raise RunDirError(
+        f"--output-dir {out} already holds runs of this comparison "
+        f"({'; '.join(held)}); pass --resume to keep the finished runs and "
+        "continue the others, --overwrite to train every variant anew, or "
+        "choose another directory"
+    )
 
 
 def _write_comparison(out: Path, table: str, rows: list[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ AutoNormal's mean-field Normal::
 
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import ExitStack
 from operator import attrgetter
@@ -52,6 +53,7 @@ __all__ = [
     "DEFAULT_WEIGHT_INIT_SCALE",
     "INIT_ACTIVE",
     "SubspaceParams",
+    "active_floor",
 ]
 
 #: A one-dimensional site is sparse by default only above this many elements.
@@ -130,9 +132,15 @@ class AutoSparseNormal(AutoGuide):
 
     For every *sparse* site the guide keeps exactly
 
-    .. math:: k = \max(1, \operatorname{round}(\text{density} \cdot n))
+    .. math:: k = \max(k_{\min}, \operatorname{round}(\text{density} \cdot n))
 
-    active coordinates out of the site's ``n`` elements: parameters
+    active coordinates out of the site's ``n`` elements, where the floor
+    :math:`k_{\min}` (:func:`active_floor`) is one coordinate per output unit
+    of a weight, ``min(n, shape[0])`` for a site of two or more dimensions (a
+    ``Linear`` weight ``(out, in)``, a conv kernel ``(out, in, kh, kw)``), and
+    1 for a vector or scalar site: below it a unit would, on average, see no
+    input at all. When the floor raises ``k``, a ``UserWarning`` names the
+    site and its ``k``. Parameters
     ``locs.<site>`` and ``scales.<site>`` of length ``k`` and the sorted flat
     indices ``indices.<site>``, all three in Pyro's param store (the indices
     as exact integers in a float64 tensor that is never trained), so that
@@ -178,7 +186,7 @@ class AutoSparseNormal(AutoGuide):
     Args:
         model: A Pyro model.
         density: Fraction of each sparse site's coordinates that is active,
-            in ``(0, 1]``.
+            in ``(0, 1]`` (at least the floor above, per site).
         init_loc_fn: Pyro-style initialiser for the means (see
             :mod:`pyro.infer.autoguide.initialization`); the default
             :func:`~pyro_ssvi.init_to_kaiming` gives fan-in scaled weights.
@@ -307,13 +315,18 @@ class AutoSparseNormal(AutoGuide):
             self._add_site(name, site)
             # The dense initial value is in the parameters now; keep its shape.
             site["value"] = site["value"].new_zeros(()).expand(site["value"].shape)
-        if sites and self.target_density < 1 and not self.sparse_site_names():
+        if self.target_density < 1 and not self.sparse_site_names():
+            which = (
+                f"latent sites are {sorted(sites)}"
+                if sites
+                else "the model has no latent site at all"
+            )
             warnings.warn(
                 "AutoSparseNormal: no latent site is sparse, so the guide is a dense "
                 "mean-field Normal like AutoNormal. Sparse sites need real support, "
                 "a factorised prior, no plate, and (by default) at least two "
-                f"dimensions or more than {self.min_sparse_numel} elements; latent "
-                f"sites are {sorted(sites)}. Pass sparse_sites=[...] to choose.",
+                f"dimensions or more than {self.min_sparse_numel} elements; "
+                f"{which}. Pass sparse_sites=[...] to choose.",
                 UserWarning,
                 stacklevel=4,
             )
@@ -362,7 +375,7 @@ class AutoSparseNormal(AutoGuide):
                 DEFAULT_WEIGHT_INIT_SCALE if _is_weight(site) else DEFAULT_INIT_SCALE
             )
         if sparse:
-            k = max(1, int(round(self.target_density * value.numel())))
+            k = self._num_active(name, value.shape)
             idx = self._initial_active_set(name, value, k)
             loc = value.reshape(-1).index_select(0, idx).contiguous()
             info = Site(True, value.shape, 1, site["fn"].support)
@@ -376,6 +389,21 @@ class AutoSparseNormal(AutoGuide):
         loc = loc.contiguous()
         info = Site(False, value.shape, event_dim, site["fn"].support)
         self._new_params(name, info, loc, _initial_scales(loc, scale), None)
+
+    def _num_active(self, name: str, shape: torch.Size) -> int:
+        """``k`` of a sparse site: ``round(density * n)``, at least its floor."""
+        k = int(round(self.target_density * shape.numel()))
+        floor = active_floor(shape)
+        if k < floor:
+            warnings.warn(
+                f"AutoSparseNormal: density {self.target_density:g} would keep "
+                f"{k} of the {shape.numel()} coordinates of site {name!r}; it "
+                f"keeps k={floor}, the floor (one per output unit of a weight, 1 "
+                "for a vector: see pyro_ssvi.guides.active_floor)",
+                UserWarning,
+                stacklevel=6,
+            )
+        return max(k, floor)
 
     def _initial_active_set(
         self, name: str, value: torch.Tensor, k: int
@@ -727,11 +755,16 @@ class AutoSparseNormal(AutoGuide):
 
     @property
     def density(self) -> float:
-        """Achieved density over all sparse sites: active / total (1.0 if none)."""
+        """The fraction of the sparse sites' coordinates that is active.
+
+        ``sum(k) / sum(n)`` over the sparse sites only (dense sites do not
+        count); ``nan`` when there is no sparse site (no coordinate to count,
+        e.g. a model without weights: the guide warned at setup).
+        """
         names = self.sparse_site_names()
         total = sum(self._sites[n].shape.numel() for n in names)
         if not total:
-            return 1.0
+            return math.nan
         return sum(self.num_active().values()) / total
 
     def named_parameters(  # type: ignore[override]
@@ -1005,6 +1038,21 @@ def _initial_scales(
         zero = draw == 0
         draw[zero] = (torch.randn_like(draw[zero]) * std + mean).abs()
     return draw
+
+
+def active_floor(shape: torch.Size) -> int:
+    """The fewest active coordinates a sparse site of ``shape`` keeps.
+
+    One per output unit, ``min(n, shape[0])``, for a site of two or more
+    dimensions (torch's ``(out, in, ...)`` layout); 1 for a vector or a
+    scalar. ``AutoSparseNormal`` keeps ``max(floor, round(density * n))``.
+
+    Example::
+
+        active_floor(torch.Size([400, 784]))   # 400
+        active_floor(torch.Size([5000]))       # 1
+    """
+    return min(shape.numel(), shape[0]) if len(shape) >= 2 else 1
 
 
 def _eligibility(site: dict[str, Any]) -> tuple[bool, str]:

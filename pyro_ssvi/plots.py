@@ -462,9 +462,14 @@ def plot_ood_entropy(
     if len(labels) != 2 or not all(isinstance(s, str) for s in labels):
         raise ValueError(f"labels must be two strings, got {labels!r}.")
     score = auroc(ent_in, ent_out)
+    # float64 edges: entropies that differ by a few float32 steps (a network
+    # of almost no weights predicts nearly the same for every input) would
+    # give float32 bins of zero width, and numpy's density a 0/0.
+    ent_in, ent_out = ent_in.double(), ent_out.double()
     low = min(ent_in.min().item(), ent_out.min().item())
     high = max(ent_in.max().item(), ent_out.max().item())
-    edges = torch.linspace(low, high if high > low else low + 1.0, 31).numpy()
+    top = high if high > low else low + 1.0
+    edges = torch.linspace(low, top, 31, dtype=torch.float64)
     fig, (ax,) = _figure(5.0, 3.5)
     for values, name, color in (
         (ent_in, labels[0], "tab:blue"),
@@ -472,7 +477,7 @@ def plot_ood_entropy(
     ):
         ax.hist(
             values.numpy(),
-            bins=edges,
+            bins=edges.numpy(),
             density=True,
             histtype="step",
             linewidth=1.8,

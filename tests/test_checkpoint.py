@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import signal
@@ -111,6 +112,41 @@ def test_write_errors_name_the_file_and_the_cause(tmp_path):
         check_writable(target)
     assert check_writable(tmp_path / "new.json") == tmp_path / "new.json"
     assert list(tmp_path.iterdir()) == []  # the probe leaves nothing behind
+
+
+def test_read_only_file_system_is_named_once():
+    # What _write_error builds from the OSError of a write on a read-only mount.
+    error = WriteError(errno.EROFS, os.strerror(errno.EROFS), "/ro/run/config.json")
+    assert str(error) == (
+        "cannot write /ro/run/config.json: read-only file system; choose another "
+        "location"
+    )
+
+
+def test_checkpoint_bytes_depend_on_the_values_not_on_object_identity(tmp_path):
+    """Equal strings that are one object in one state and two in another (a
+    fresh run's configuration against one read back from JSON) pickle to the
+    same bytes, and so do shared and unshared containers."""
+    shared_list = [1, 2]
+    fresh = {
+        "config": {"drop_schedule": "cosine", "lr_schedule": "cosine"},
+        "history": [{"epoch": 1}, {"epoch": 2}],
+        "pair": (shared_list, shared_list),
+        "w": torch.arange(3.0),
+    }
+    loaded = json.loads(json.dumps({k: v for k, v in fresh.items() if k != "w"}))
+    loaded["pair"] = ([1, 2], [1, 2])
+    loaded["w"] = torch.arange(3.0)
+    a = fresh["config"]
+    b = loaded["config"]
+    assert a["drop_schedule"] is a["lr_schedule"]
+    assert b["drop_schedule"] is not b["lr_schedule"]
+    paths = [
+        save_checkpoint(tmp_path / f"{i}.pt", s) for i, s in enumerate((fresh, loaded))
+    ]
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    state = load_checkpoint(paths[1])
+    assert state["config"] == fresh["config"] and state["pair"] == ([1, 2], [1, 2])
 
 
 def test_full_disk_gives_the_cause_and_keeps_the_old_checkpoint(tmp_path):

@@ -325,7 +325,7 @@ def test_init_scale_defaults_are_autonormals_for_ordinary_sites():
 
     assert DEFAULT_INIT_SCALE == 0.1 and DEFAULT_WEIGHT_INIT_SCALE == 0.01
     model = tiny_classifier(num_data=len(X))
-    guide = AutoSparseNormal(model).setup(X, Y)
+    guide = AutoSparseNormal(model, density=0.3).setup(X, Y)
     assert torch.allclose(
         guide.site_posterior("net.0.bias").base_dist.scale,
         torch.tensor(DEFAULT_INIT_SCALE),
@@ -365,7 +365,8 @@ def test_sparse_sites_predicate_is_asked_only_about_eligible_sites():
         asked.append(name)
         return True
 
-    guide = AutoSparseNormal(Mixed(), sparse_sites=predicate).setup(torch.zeros(2, 3))
+    guide = AutoSparseNormal(Mixed(), density=0.5, sparse_sites=predicate)
+    guide.setup(torch.zeros(2, 3))
     assert asked == ["w"]  # not the positive scale s, not the plate-local z
     assert guide.sparse_site_names() == ["w"]
 

@@ -48,7 +48,11 @@ def test_same_loss_and_gradients_as_pyro(case):
         guide = AutoSparseNormal(model, density=0.5)
     else:
         model, args = tiny_classifier(), (X, Y)
-        guide = AutoSparseNormal(model) if case == "sparse_classifier" else None
+        guide = (
+            AutoSparseNormal(model, density=0.3)
+            if case == "sparse_classifier"
+            else None
+        )
         guide = guide or AutoNormal(model)
     guide(*args)
     ref_loss, ref_grads = _loss_and_grads(TraceMeanField_ELBO(), model, guide, *args)
@@ -60,7 +64,7 @@ def test_same_loss_and_gradients_as_pyro(case):
 
 def test_latent_sites_are_not_scored_when_kl_is_analytic():
     model = tiny_classifier()
-    guide = AutoSparseNormal(model)
+    guide = AutoSparseNormal(model, density=0.3)
     guide(X, Y)
     model_trace, guide_trace = TraceSparseMeanField_ELBO()._get_trace(
         model, guide, (X, Y), {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -42,14 +43,57 @@ def test_default_rule_weights_sparse_biases_dense():
         assert (name in guide.sparse_site_names()) == name.endswith("weight")
 
 
-@pytest.mark.parametrize("density", [0.01, 0.1, 0.3, 0.5, 1.0])
-def test_active_count_is_rounded_density(density):
-    _, guide = _guide(density)
+@pytest.mark.parametrize("density", [1e-6, 0.01, 0.1, 0.3, 0.5, 1.0])
+def test_active_count_is_rounded_density_with_a_floor_per_output_unit(density):
+    from pyro_ssvi.guides import active_floor
+
+    # Weights (8, 6) and (3, 8): floors of 8 and 3 active, one per output unit.
+    floors = {"net.0.weight": 8, "net.2.weight": 3}
+    model = tiny_classifier()
+    guide = AutoSparseNormal(model, density=density)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        guide.setup(X, Y)
+    raised = {}
     for name, k in guide.num_active().items():
         numel = guide.site_shape(name).numel()
-        assert k == max(1, round(density * numel))
+        assert k == max(floors[name], round(density * numel))
+        assert active_floor(guide.site_shape(name)) == floors[name]
+        if round(density * numel) < floors[name]:
+            raised[name] = (
+                f"AutoSparseNormal: density {density:g} would keep "
+                f"{round(density * numel)} of the {numel} coordinates of site "
+                f"{name!r}; it keeps k={floors[name]}, the floor"
+            )
+    # One warning per site at its floor, naming the site and the k it keeps.
+    texts = [str(w.message) for w in caught]
+    assert len(texts) == len(raised) and all(w.category is UserWarning for w in caught)
+    for name, start in raised.items():
+        assert any(t.startswith(start) for t in texts), (start, texts)
     total = sum(guide.site_shape(n).numel() for n in guide.sparse_site_names())
     assert guide.density == sum(guide.num_active().values()) / total
+
+
+def test_floor_of_vector_sites_and_absurd_densities_warn_without_numpy_noise():
+    class Wide(PyroModule):
+        def __init__(self):
+            super().__init__()
+            n = DEFAULT_MIN_SPARSE_NUMEL + 1
+            self.v = PyroSample(dist.Normal(0.0, 1.0).expand([n]).to_event(1))
+
+        def forward(self):
+            return self.v
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        guide = AutoSparseNormal(Wide(), density=1e-6).setup()
+    assert [str(w.message) for w in caught] == [
+        "AutoSparseNormal: density 1e-06 would keep 0 of the 4097 coordinates of "
+        "site 'v'; it keeps k=1, the floor (one per output unit of a weight, 1 for "
+        "a vector: see pyro_ssvi.guides.active_floor)"
+    ]
+    assert guide.num_active() == {"v": 1} and guide.density == 1 / 4097
+    assert guide()["v"].count_nonzero() == 1
 
 
 def test_large_vector_site_is_sparse_by_default():
@@ -69,11 +113,14 @@ def test_large_vector_site_is_sparse_by_default():
 
 def test_sparse_sites_by_name_and_predicate():
     model = tiny_classifier()
-    guide = AutoSparseNormal(model, sparse_sites=["net.2.weight"]).setup(X, Y)
+    guide = AutoSparseNormal(model, density=0.3, sparse_sites=["net.2.weight"])
+    guide.setup(X, Y)
     assert guide.sparse_site_names() == ["net.2.weight"]
     pyro.clear_param_store()
     guide = AutoSparseNormal(
-        tiny_classifier(), sparse_sites=lambda name, site: name.startswith("net.0")
+        tiny_classifier(),
+        density=0.3,
+        sparse_sites=lambda name, site: name.startswith("net.0"),
     ).setup(X, Y)
     assert guide.sparse_site_names() == ["net.0.weight", "net.0.bias"]
 
@@ -192,7 +239,9 @@ def test_inside_auto_guide_list_with_block():
     model = tiny_classifier()
     is_weight = lambda msg: msg["name"].endswith("weight")  # noqa: E731
     guide = AutoGuideList(model)
-    guide.append(AutoSparseNormal(poutine.block(model, expose_fn=is_weight)))
+    guide.append(
+        AutoSparseNormal(poutine.block(model, expose_fn=is_weight), density=0.3)
+    )
     guide.append(AutoNormal(poutine.block(model, hide_fn=is_weight)))
     elbo = TraceMeanField_ELBO()
     assert math.isfinite(elbo.loss(model, guide, X, Y))
@@ -298,7 +347,9 @@ def test_state_dict_load_into_built_guide_and_mismatches():
 
 
 # ---------------------------------------------------------------- bad input
-@pytest.mark.parametrize("density", [0.0, -0.1, 1.5, float("nan")])
+@pytest.mark.parametrize(
+    "density", [0.0, -0.1, -1e-9, 1.5, 1 + 1e-9, float("nan"), float("inf")]
+)
 def test_density_out_of_range(density):
     with pytest.raises(ValueError, match=r"density must be in \(0, 1\]"):
         AutoSparseNormal(tiny_classifier(), density=density)
@@ -329,19 +380,28 @@ def test_no_eligible_site_warns_and_works_as_autonormal():
 
     with pytest.warns(UserWarning, match="no latent site is sparse"):
         guide = AutoSparseNormal(Small()).setup()
-    assert guide.sparse_site_names() == [] and guide.density == 1.0
+    # density is the active fraction of the sparse sites' coordinates: none here.
+    assert guide.sparse_site_names() == [] and math.isnan(guide.density)
     assert guide()["b"].shape == (3,)
     # At density 1 a dense guide is what was asked for: no warning.
     AutoSparseNormal(Small(), density=1.0).setup()
 
 
-def test_model_without_latent_sites_works_as_autonormal():
+def test_model_without_latent_sites_warns_and_works_as_autonormal():
     class Observed(PyroModule):
         def forward(self, y):
             pyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
 
-    for cls in (AutoNormal, AutoSparseNormal):
-        assert cls(Observed())(torch.tensor(0.5)) == {}
+    assert AutoNormal(Observed())(torch.tensor(0.5)) == {}
+    # The same warning as for a model whose latent sites are all dense.
+    with pytest.warns(UserWarning, match="no latent site is sparse") as caught:
+        guide = AutoSparseNormal(Observed())
+        assert guide(torch.tensor(0.5)) == {}
+    assert "the model has no latent site at all" in str(caught[0].message)
+    assert len(caught) == 1 and math.isnan(guide.density)
+    assert guide.num_active() == {} and guide.num_variational_params() == 0
+    # At density 1 a dense guide is what was asked for: no warning.
+    assert AutoSparseNormal(Observed(), density=1.0)(torch.tensor(0.5)) == {}
 
 
 def test_non_factorised_prior_on_requested_site_is_refused():
@@ -374,7 +434,8 @@ def test_to_cuda_moves_indices_and_samples_on_device():
 
 def test_dense_sites_override_the_default_rule():
     model = tiny_classifier()
-    guide = AutoSparseNormal(model, dense_sites=["net.0.weight"]).setup(X, Y)
+    guide = AutoSparseNormal(model, density=0.3, dense_sites=["net.0.weight"])
+    guide.setup(X, Y)
     assert guide.sparse_site_names() == ["net.2.weight"]
     with pytest.raises(ValueError, match="dense_sites names"):
         AutoSparseNormal(tiny_classifier(), dense_sites=["nope"]).setup(X, Y)

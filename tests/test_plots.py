@@ -161,6 +161,24 @@ def test_ood_entropy_constant_values(tmp_path):
     assert "AUROC 0.5000" in fig.axes[0].get_title()
 
 
+def test_ood_entropy_of_nearly_equal_values_has_bins_and_no_numpy_warning(tmp_path):
+    """A network of almost no active weights (``--density 1e-6``) predicts
+    nearly the same for every input: entropies a few float32 steps apart.
+    In float32 the 30 bins had zero width, and numpy's normalisation divided
+    by it (a RuntimeWarning, an error here: filterwarnings = error)."""
+    step = torch.finfo(torch.float32).eps * 2.3026  # one float32 step at log(10)
+    ent_in = 2.3026 + step * torch.arange(4.0)
+    ent_out = 2.3026 + step * torch.tensor([1.0, 3.0, 3.0, 5.0])
+    fig = plots.plot_ood_entropy(ent_in, ent_out, tmp_path / "ood.png")
+    _check_png(tmp_path / "ood.png", fig)
+    edges = np.linspace(ent_in.min().item(), ent_out.max().item(), 31)
+    assert np.all(np.diff(edges) > 0)
+    for patch, values in zip(fig.axes[0].patches, (ent_in, ent_out)):
+        heights = patch.get_xy()[1:-1:2, 1]
+        expected = np.histogram(values.double().numpy(), edges, density=True)[0]
+        assert np.isfinite(heights).all() and heights == pytest.approx(expected)
+
+
 # ------------------------------------------------------------------ sparsity
 def test_layer_density_bars_are_the_densities(tmp_path):
     sites = ["net.features.layer3.0.conv1.weight", "fc.weight"]

@@ -274,7 +274,7 @@ def test_outside_the_standard_case_the_traced_path_runs(kind, why):
     y = y.float()
     if kind == "sample_in_forward":
         model = SampleInForward()
-        guide = AutoSparseNormal(model).setup(x, y)
+        guide = AutoSparseNormal(model, density=0.3).setup(x, y)
     else:
         model = LinearRegression(6, bias=True)
         guide = AutoGuideList(model)

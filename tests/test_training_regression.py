@@ -306,6 +306,7 @@ def test_the_task_follows_from_the_data_set():
     # The linear model: --hidden with no widths; widths of an image MLP too.
     run = build_run(TrainConfig(dataset="diabetes", hidden=()))
     assert [n for n, _ in run.model.net.named_children()] == ["0"]
-    run = build_run(TrainConfig(hidden=(16, 8), train_limit=64, test_limit=64))
+    config = TrainConfig(hidden=(16, 8), density=0.2, train_limit=64, test_limit=64)
+    run = build_run(config)
     shapes = [p.shape for p in run.guide.median().values() if p.dim() == 2]
     assert shapes == [(16, 784), (8, 16), (10, 8)]

@@ -12,6 +12,9 @@ flags. A run writes one directory::
     subspace_updates.json  per-update record of swapped coordinates
     plots/*.png            training curves, reliability, OOD entropy, density
                            (regression: calibration, predictions; PLOTS_BY_TASK)
+    .pyro-ssvi.lock        the lock of the process that owns the directory
+                           while it runs (empty; see RunDirInUse), and beside
+                           it, while one runs, its record (.pyro-ssvi.lock.owner)
 
 Example::
 
@@ -44,6 +47,7 @@ from ._evaluate import (
     load_run,
     num_variational_params,
 )
+from ._lock import LOCK_FILE, RunDirInUse, own_directory, own_output_file
 from ._loop import train, train_step
 from ._run import FixedSubspace, Run, build_run, resolve_device
 from ._rundir import prepare_run_dir, resume_config, saved_config
@@ -51,6 +55,7 @@ from ._rundir import prepare_run_dir, resume_config, saved_config
 __all__ = [
     "ConfigError",
     "FixedSubspace",
+    "LOCK_FILE",
     "MODELS",
     "PLOTS",
     "PLOTS_BY_TASK",
@@ -58,6 +63,7 @@ __all__ = [
     "RUN_FILES",
     "Run",
     "RunDirError",
+    "RunDirInUse",
     "RunInterrupted",
     "RunStopped",
     "TrainConfig",
@@ -68,6 +74,8 @@ __all__ = [
     "evaluate_run",
     "load_run",
     "num_variational_params",
+    "own_directory",
+    "own_output_file",
     "prepare_run_dir",
     "resolve_device",
     "resume_config",

@@ -24,7 +24,6 @@ from ..checkpoint import (
 )
 from ..distributed import (
     all_reduce_mean_,
-    broadcast_object,
     is_distributed,
     is_main_process,
     process_group,
@@ -33,26 +32,27 @@ from ..distributed import (
 )
 from ..poutine import LatentScaleMessenger
 from ._config import (
-    RunDirError,
     RunInterrupted,
     RunStopped,
     TrainConfig,
     TrainingDiverged,
 )
 from ._evaluate import final_evaluation, quick_eval
+from ._lock import own_on_rank_0
 from ._run import (
     Run,
     build_run,
     checkpoint_state,
     density_of,
     progress_bar,
+    python_and_numpy_rng_kept,
     restore,
 )
 from ._rundir import (
     RESUME_ADVICE,
     check_checkpoint_matches,
     load_run_state,
-    prepare_run_dir,
+    owned_run_dir,
 )
 
 
@@ -243,20 +243,6 @@ def _environment(run: Run) -> dict[str, Any]:
     }
 
 
-def _prepare(out: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
-    """Rank 0 prepares the run directory; every rank gets its verdict."""
-    error = None
-    if is_main_process():
-        try:
-            prepare_run_dir(out, overwrite=overwrite, resume=resume)
-        except RunDirError as e:
-            error = str(e)
-    error = broadcast_object(error)
-    if error is not None:
-        raise RunDirError(error)
-    return Path(out)
-
-
 def train(
     config: TrainConfig,
     output_dir: str | os.PathLike,
@@ -285,6 +271,7 @@ def train(
         stopped early by ``stop_after_epoch``.
 
     Raises:
+        RunDirInUse: If another process owns ``output_dir``.
         RunDirError, CheckpointError, ValueError: For unusable inputs.
         TrainingDiverged: If the loss becomes NaN or infinite.
         RunStopped: If a file cannot be written (e.g. a full disk).
@@ -294,25 +281,38 @@ def train(
     one and how to continue. Stale temporary files of killed writes are
     removed when the run starts.
 
+    The run owns ``output_dir`` from start to end: it holds the exclusive
+    lock ``.pyro-ssvi.lock`` there (see
+    :class:`~pyro_ssvi.training.RunDirInUse`), so a second run into the same
+    directory is refused, changing nothing, while this one runs; a lock left
+    by a killed process is free again at once.
+
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this: each
     trains on its share of every global batch with ``DistributedDataParallel``
     (``gloo`` on CPUs, ``nccl`` on GPUs), evaluation is sharded and gathered,
     and only rank 0 writes files. Parameters are module-local during the run.
     """
-    with process_group(config.device), pyro.settings.context(module_local_params=True):
-        return _train(config, output_dir, overwrite, resume, progress, stop_after_epoch)
+    start = time.perf_counter()
+    with (
+        process_group(config.device),
+        pyro.settings.context(module_local_params=True),
+        ExitStack() as owned,
+    ):
+        # Rank 0 owns the directory (see _lock) until the run ends.
+        run_dir = owned_run_dir(output_dir, overwrite=overwrite, resume=resume)
+        own_on_rank_0(owned, run_dir)
+        out = Path(output_dir)
+        return _train(config, out, start, resume, progress, stop_after_epoch)
 
 
 def _train(
     config: TrainConfig,
-    output_dir: str | os.PathLike,
-    overwrite: bool,
+    out: Path,
+    start: float,
     resume: bool,
     progress: bool,
     stop_after_epoch: int | None,
 ) -> dict[str, Any]:
-    start = time.perf_counter()
-    out = _prepare(output_dir, overwrite, resume)
     progress = progress and is_main_process()
     state = _resume_state(out, config) if resume else None
     run = build_run(config)
@@ -373,9 +373,10 @@ def _epochs_and_evaluation(
                 "epoch_time_s": 0.0,
             }
             # Evaluation must not shift the training noise (e.g. when evaluating a
-            # shard per rank, or evaluating more often): fork the RNG around it.
+            # shard per rank, or evaluating more often), nor the RNG states that
+            # the checkpoint saves: fork the RNGs around it.
             cuda = [torch.cuda.current_device()] if run.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=cuda):
+            with torch.random.fork_rng(devices=cuda), python_and_numpy_rng_kept():
                 row.update(quick_eval(run))
             row["epoch_time_s"] = time.perf_counter() - epoch_start
             row["num_updates"] = run.subspace.num_updates

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyro
@@ -409,6 +410,24 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextmanager
+def python_and_numpy_rng_kept() -> Iterator[None]:
+    """Python's and numpy's global RNG states, restored after the block.
+
+    A module imported for the first time may draw from them (``rich``, which
+    scikit-learn's metrics import, draws a style id from Python's), so when
+    a process first evaluates would otherwise change the RNG state that the
+    next checkpoint saves: a resumed run's checkpoint would differ from an
+    uninterrupted run's (in size too) with every tensor equal.
+    """
+    python, numpy = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
+
+
 def checkpoint_state(run: Run) -> dict[str, Any]:
     """Everything a resumed run needs (layout version 2 of the checkpoint).
 
@@ -539,7 +558,13 @@ def progress_bar(enabled: bool, **kwargs: Any) -> Any:
 
 
 def density_of(run: Run) -> float:
-    """The run's density: the guide's achieved density (dense VI: 1)."""
+    """The run's density: the guide's achieved density (dense VI: 1).
+
+    A guide without sparse sites is dense too: 1 (its ``density`` is NaN).
+    """
     from ..guides import AutoSparseNormal
 
-    return float(run.guide.density) if isinstance(run.guide, AutoSparseNormal) else 1.0
+    guide = run.guide
+    if not isinstance(guide, AutoSparseNormal) or not guide.sparse_site_names():
+        return 1.0
+    return float(guide.density)

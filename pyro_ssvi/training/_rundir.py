@@ -3,8 +3,10 @@
 A run directory is never left unusable: a run that stopped before its first
 checkpoint (a divergence in epoch 1, Ctrl-C, a kill) has nothing to lose, so
 the same command starts it again, and ``--resume`` does too. Temporary files
-that a killed write left are removed on the next start. ``config.json`` is the
-run's configuration; a checkpoint of another configuration is refused.
+that a killed write left are removed on the next start, by the process that
+owns the directory (see :mod:`._lock`): never under a running command.
+``config.json`` is the run's configuration; a checkpoint of another
+configuration is refused.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..checkpoint import (
     GIVE_A_RUN,
@@ -24,6 +27,7 @@ from ..checkpoint import (
     remove_stale_temp_files,
 )
 from ._config import PLOTS, RUN_FILES, ConfigError, RunDirError, TrainConfig
+from ._lock import LOCK_FILE, LOCK_FILES, holds, own_directory
 
 #: Configuration fields that may differ when resuming or re-evaluating.
 RUNTIME_FIELDS = frozenset({"device", "num_workers", "eval_batch_size", "download"})
@@ -47,12 +51,15 @@ RESUME_ADVICE = (
 
 
 def _only_run_files(out: Path) -> bool:
-    """Whether ``out`` holds nothing but run files and a plots folder of plots."""
+    """Whether ``out`` holds nothing but run files and a plots folder of plots.
+
+    The lock files (:data:`~._lock.LOCK_FILES`) are a run's too.
+    """
     for entry in out.iterdir():
         if entry.name == "plots" and entry.is_dir():
             if any(p.name not in PLOTS for p in entry.iterdir()):
                 return False
-        elif entry.name not in RUN_FILES:
+        elif entry.name not in RUN_FILES and entry.name not in LOCK_FILES:
             return False
     return True
 
@@ -86,27 +93,60 @@ def _refuse_to_replace(out: Path, overwrite: bool) -> None:
         )
 
 
+def _check_place(out: Path, resume: bool) -> None:
+    """Refuse, before creating anything, a path that is no directory or no run."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(
+            f"--output-dir {out} exists and is not a directory; choose another one"
+        )
+    if resume and not out.is_dir():
+        raise RunDirError(_nothing_to_resume(out))
+
+
+@contextmanager
+def owned_run_dir(
+    out: str | os.PathLike, *, overwrite: bool, resume: bool
+) -> Iterator[Path]:
+    """Own ``out`` for the block (see :mod:`._lock`), prepared for the run.
+
+    Raises:
+        RunDirInUse: If another process owns it; nothing is changed.
+        RunDirError: As :func:`prepare_run_dir`.
+    """
+    out = Path(out)
+    _check_place(out, resume)
+    with own_directory(out):
+        yield prepare_run_dir(out, overwrite=overwrite, resume=resume)
+
+
 def prepare_run_dir(out: str | os.PathLike, *, overwrite: bool, resume: bool) -> Path:
     """Check that ``out`` can hold this run, clearing an old run if allowed.
 
     A directory whose run stopped before its first checkpoint is reused by a
     new run and by ``resume`` alike (there is nothing to continue); stale
-    temporary files of killed writes are removed in every case.
+    temporary files of killed writes are removed in every case. All this
+    happens while this process owns ``out``: called outside
+    :func:`owned_run_dir` (which :func:`~pyro_ssvi.training.train` uses), it
+    owns ``out`` for the call.
 
     Raises:
+        RunDirInUse: If another process owns ``out``; nothing is changed.
         RunDirError: If ``out`` holds a run with a checkpoint (or other files)
             and neither ``overwrite`` nor ``resume`` is set, if ``resume``
             finds no run at all, or if the directory cannot be created or
             written.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunDirError(
-            f"--output-dir {out} exists and is not a directory; choose another one"
-        )
-    if out.is_dir():
-        remove_stale_temp_files(out, RUN_FILES)
-        remove_stale_temp_files(out / "plots", PLOTS)
+    _check_place(out, resume)
+    if not holds(out / LOCK_FILE):
+        with own_directory(out):
+            return _prepare_owned(out, overwrite, resume)
+    return _prepare_owned(out, overwrite, resume)
+
+
+def _prepare_owned(out: Path, overwrite: bool, resume: bool) -> Path:
+    remove_stale_temp_files(out, RUN_FILES)
+    remove_stale_temp_files(out / "plots", PLOTS)
     if resume:
         if not (out / "checkpoint.pt").is_file():
             if not (out / "config.json").is_file():
@@ -114,10 +154,9 @@ def prepare_run_dir(out: str | os.PathLike, *, overwrite: bool, resume: bool) ->
             _clear(out)  # stopped before its first checkpoint: start again
     else:
         _refuse_to_replace(out, overwrite)
-        if out.is_dir():
-            _clear(out)
+        _clear(out)
     try:
-        (out / "plots").mkdir(parents=True, exist_ok=True)
+        (out / "plots").mkdir(exist_ok=True)
         check_writable(out / "config.json")
     except WriteError as e:
         raise RunDirError(f"--output-dir {out} is not writable: {e}") from e
