@@ -43,13 +43,15 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import kl_divergence
+from torch.distributions import constraints, kl_divergence
 
-from ._pyro_compat import handler_stack, module_context, pyro_samples
+from ._pyro_compat import handler_stack, module_context, pyro_samples, tensor_version
 from .distributions import (
     SparseNormal,
+    constant_prior_kl,
     monte_carlo_kl,
     normal_log_prob,
+    scalar_normal_prior,
     sparse_normal_kl,
 )
 from .guides import AutoSparseNormal
@@ -136,6 +138,16 @@ class _Binding(NamedTuple):
     attr: str
     prior: Any  # a distribution, or a callable of the module
     lrt: bool  # a weight site that a LazyWeightMessenger may take
+    form: str  # the posterior: "sparse", "normal" (dense, real) or "other"
+
+
+class _PriorPlan(NamedTuple):
+    """How a site's KL term is computed, for one prior object."""
+
+    prior: Any
+    versions: tuple[int, int]  # of its Normal's loc and scale (in-place edits)
+    normal: tuple[torch.Tensor, torch.Tensor] | None  # a factorised Normal's
+    scalars: tuple[Any, Any] | None  # (m, s) of one Normal over the site
 
 
 class _Draw(NamedTuple):
@@ -177,6 +189,7 @@ class DirectStep:
             raise Unsupported("the guide is not an AutoSparseNormal used as is")
         self.model, self.guide, self.kind = model, guide, kind
         self.bindings = [self._bind(name) for name in guide.site_names()]
+        self._plans: list[_PriorPlan | None] = [None] * len(self.bindings)
 
     def _bind(self, name: str) -> _Binding:
         node = self.guide.prototype_trace.nodes[name]
@@ -195,7 +208,11 @@ class DirectStep:
         if attr not in samples or not isinstance(module, pyro.nn.PyroModule):
             raise Unsupported(f"site {name!r} is not a PyroSample attribute")
         lrt = bool(self.guide._infer(name).get("lrt"))
-        return _Binding(name, module, attr, samples[attr], lrt)
+        info = self.guide._sites[name]
+        form = "sparse" if info.sparse else "other"
+        if not info.sparse and _is_real(info.support):
+            form = "normal"
+        return _Binding(name, module, attr, samples[attr], lrt, form)
 
     # ------------------------------------------------------------ per step
     def __call__(
@@ -242,7 +259,7 @@ class DirectStep:
                         nll + kl_weight * growth_kl * self._growth_kl(draws, probes),
                         observer.params,
                     )
-                kl = _sum([self._kl(b, d) for b, d in zip(self.bindings, draws)])
+                kl = _sum([self._kl(i, draw) for i, draw in enumerate(draws)])
         finally:
             for binding in shadowed:
                 binding.module.__dict__.pop(binding.attr, None)
@@ -280,28 +297,46 @@ class DirectStep:
             terms.append(kl_divergence(shifted, _prior(binding)).sum())
         return _sum(terms) if terms else 0.0
 
-    def _kl(self, binding: _Binding, draw: _Draw) -> torch.Tensor:
-        """The site's KL term: analytic, or the Monte Carlo one of the draw."""
-        prior, q = _prior(binding), draw.q
-        normal = _normal_prior(prior, q.event_shape)
-        moments = _dense_normal(q)
+    def _plan(self, i: int) -> _PriorPlan:
+        """Site ``i``'s prior and how its KL is computed (made again when the
+        prior object or its parameters change)."""
+        binding, plan = self.bindings[i], self._plans[i]
+        prior = _prior(binding)
+        if (
+            plan is not None
+            and plan.prior is prior
+            and plan.versions == _versions(plan.normal)
+        ):
+            return plan
+        shape = self.guide._sites[binding.name].shape
+        normal = _normal_prior(prior, shape)
+        scalars = None if normal is None else scalar_normal_prior(*normal, shape)
+        self._plans[i] = plan = _PriorPlan(prior, _versions(normal), normal, scalars)
+        return plan
+
+    def _kl(self, i: int, draw: _Draw) -> torch.Tensor:
+        """Site ``i``'s KL term: analytic, or the Monte Carlo one of the draw."""
+        plan, form, q = self._plan(i), self.bindings[i].form, draw.q
+        shape, moments = q.event_shape, _moments(q, form)
         if self.kind == "analytic":
-            if normal is not None and moments is not None:  # a dense site
-                return sparse_normal_kl(*moments, None, q.event_shape, *normal)
+            indices = q.indices if form == "sparse" else None
+            if moments is not None and plan.scalars is not None:
+                return constant_prior_kl(*moments, *plan.scalars, shape.numel())
+            if moments is not None and plan.normal is not None:
+                return sparse_normal_kl(*moments, indices, shape, *plan.normal)
             try:
-                return kl_divergence(q, prior).sum()
+                return kl_divergence(q, plan.prior).sum()
             except NotImplementedError:
                 pass  # as TraceMeanField_ELBO: the Monte Carlo term
-        active = _active(draw)
-        if active is not None:
-            moments = (q.loc, q.scale)
-        elif moments is not None:  # a dense site: every coordinate active
-            active = _dense(draw).reshape(-1)
-        if normal is not None and moments is not None and active is not None:
-            term = monte_carlo_kl(active, *moments, q.event_shape, *normal)
-            if term is not None:
-                return term
-        return _log_q(draw, active, moments) - prior.log_prob(_dense(draw)).sum()
+        if moments is None:
+            return (
+                q.log_prob(_dense(draw)).sum() - plan.prior.log_prob(_dense(draw)).sum()
+            )
+        active: Any = _active(draw) if form == "sparse" else _dense(draw).reshape(-1)
+        if plan.scalars is not None:
+            return monte_carlo_kl(active, *moments, *plan.scalars, shape.numel())
+        log_q = normal_log_prob(active, *moments)
+        return log_q - plan.prior.log_prob(_dense(draw)).sum()
 
 
 def _prior(binding: _Binding) -> Any:
@@ -328,16 +363,27 @@ def _sum(terms: list[torch.Tensor]) -> torch.Tensor:
     return sum(terms[1:], terms[0]) if terms else torch.zeros(())
 
 
-def _dense_normal(q: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """A dense real site's ``(loc, scale)``, flattened (None for other sites)."""
-    base = q
-    while isinstance(base, torch.distributions.Independent):
-        base = base.base_dist
-    if type(base) not in (torch.distributions.Normal, pyro.distributions.Normal):
-        return None
-    if base.loc.shape != q.event_shape:
-        return None
-    return base.loc.reshape(-1), base.scale.reshape(-1)
+def _moments(q: Any, form: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The posterior's ``(loc, scale)``: active (sparse) or flattened (dense,
+    real); None for other sites."""
+    if form == "sparse":
+        return q.loc, q.scale
+    if form == "normal":
+        base = getattr(q, "base_dist", q)
+        return base.loc.reshape(-1), base.scale.reshape(-1)
+    return None
+
+
+def _versions(normal: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[int, int]:
+    if normal is None:
+        return -1, -1
+    return tensor_version(normal[0]), tensor_version(normal[1])
+
+
+def _is_real(support: Any) -> bool:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real
 
 
 def _normal_prior(
@@ -351,15 +397,9 @@ def _normal_prior(
         return None
     if tuple(prior.batch_shape) + tuple(prior.event_shape) != tuple(shape):
         return None
+    if prior.event_shape not in (shape, torch.Size()):
+        return None  # the registered KL's condition too
     return base.loc, base.scale
-
-
-def _log_q(draw: _Draw, active: Any, moments: Any) -> torch.Tensor:
-    if isinstance(draw.q, SparseNormal):
-        return draw.q.log_prob_active(active)
-    if moments is not None:
-        return normal_log_prob(_dense(draw).reshape(-1), *moments)
-    return draw.q.log_prob(_dense(draw)).sum()
 
 
 def direct_step(model: Any, guide: Any, loss: Any = None) -> DirectStep:

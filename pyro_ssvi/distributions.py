@@ -39,9 +39,10 @@ from torch.distributions import constraints, register_kl
 __all__ = [
     "ShiftedSparseNormal",
     "SparseNormal",
-    "constant_normal_prior",
+    "constant_prior_kl",
     "monte_carlo_kl",
     "normal_log_prob",
+    "scalar_normal_prior",
     "sparse_normal_kl",
 ]
 
@@ -232,36 +233,19 @@ def _check_shapes(
 
 
 # ----------------------------------------------------------------- prior maths
-def _is_constant(t: torch.Tensor, event_shape: torch.Size) -> bool:
-    """Whether a prior parameter is one value over the event (zero strides)."""
-    n = len(event_shape)
-    if t.dim() < n:
-        t = t.expand(event_shape)
-    sizes, strides = t.shape[t.dim() - n :], t.stride()[t.dim() - n :]
-    return all(st == 0 or sz == 1 for sz, st in zip(sizes, strides))
-
-
-def _first(t: torch.Tensor, event_shape: torch.Size) -> torch.Tensor:
-    """The value of a parameter constant over the event, shape ``(..., 1)``."""
-    n = len(event_shape)
-    if t.dim() < n:
-        t = t.expand(event_shape)
-    return t[(Ellipsis,) + (0,) * n].unsqueeze(-1)
-
-
-def constant_normal_prior(
-    prior_loc: torch.Tensor, prior_scale: torch.Tensor, shape: torch.Size
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    r"""``(m, s)``, each of shape ``batch + (1,)``, if the prior is one Normal
-    :math:`\mathcal{N}(m, s^2)` over the whole event (``Normal(m, s).expand``,
-    whose strides are zero), else None."""
-    if not (_is_constant(prior_loc, shape) and _is_constant(prior_scale, shape)):
-        return None
-    return _first(prior_loc, shape), _first(prior_scale, shape)
-
-
 def _normal_log_prob_at_zero(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return -0.5 * (loc / scale) ** 2 - scale.log() - _HALF_LOG_2PI
+
+
+Scalar = Any  # a Python float, or a 0-d tensor where it needs a gradient
+
+
+def _log(x: Scalar) -> Scalar:
+    return math.log(x) if isinstance(x, float) else x.log()
+
+
+def _centred(x: torch.Tensor, m: Scalar) -> torch.Tensor:
+    return x if isinstance(m, float) and m == 0.0 else x - m
 
 
 class _ConstantPriorKL(torch.autograd.Function):
@@ -270,40 +254,31 @@ class _ConstantPriorKL(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
-        loc: torch.Tensor,
-        scale: torch.Tensor,
-        m: torch.Tensor,
-        s: torch.Tensor,
-        n: int,
+        ctx: Any, loc: torch.Tensor, scale: torch.Tensor, m: Scalar, s: Scalar, n: int
     ) -> torch.Tensor:
-        k, centred, inv_s2 = loc.shape[0], loc - m, (s * s).reciprocal()
+        k, centred = loc.shape[0], _centred(loc, m)
         squares = torch.dot(scale, scale) + torch.dot(centred, centred)
-        ctx.save_for_backward(centred, scale, m, s, squares)
-        ctx.n = n
+        ctx.save_for_backward(centred, scale, squares)
+        ctx.prior, ctx.n = (m, s), n
         return (
-            0.5 * squares * inv_s2
+            0.5 * squares / (s * s)
             - scale.log().sum()
-            + k * (s.log() - 0.5)
-            + (n - k) * (0.5 * m * m * inv_s2 + s.log() + _HALF_LOG_2PI)
+            + (k * (_log(s) - 0.5) + (n - k) * (0.5 * m * m / (s * s) + _log(s)))
+            + (n - k) * _HALF_LOG_2PI
         )
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        centred, scale, m, s, squares = ctx.saved_tensors
-        k, free, inv_s2 = (
-            centred.shape[0],
-            ctx.n - centred.shape[0],
-            (s * s).reciprocal(),
-        )
-        need = ctx.needs_input_grad
+        centred, scale, squares = ctx.saved_tensors
+        (m, s), n, need = ctx.prior, ctx.n, ctx.needs_input_grad
+        free, inv_s2 = n - centred.shape[0], 1.0 / (s * s)
         g_loc = centred * (grad * inv_s2) if need[0] else None
         g_scale = (scale * inv_s2 - scale.reciprocal()) * grad if need[1] else None
         g_m = grad * inv_s2 * (free * m - centred.sum()) if need[2] else None
-        g_s = None
-        if need[3]:
-            g_s = grad * ((k + free) / s - (squares + free * m * m) * inv_s2 / s)
+        g_s = (
+            grad * (n / s - (squares + free * m * m) * inv_s2 / s) if need[3] else None
+        )
         return g_loc, g_scale, g_m, g_s, None
 
 
@@ -317,28 +292,27 @@ class _ConstantPriorMonteCarloKL(torch.autograd.Function):
         active: torch.Tensor,
         loc: torch.Tensor,
         scale: torch.Tensor,
-        m: torch.Tensor,
-        s: torch.Tensor,
+        m: Scalar,
+        s: Scalar,
         n: int,
     ) -> torch.Tensor:
-        k, z, centred = active.shape[0], (active - loc) / scale, active - m
+        k, z, centred = active.shape[0], (active - loc) / scale, _centred(active, m)
         squares = torch.dot(centred, centred) + (n - k) * m * m
-        ctx.save_for_backward(z, centred, scale, m, s, squares)
-        ctx.n = n
+        ctx.save_for_backward(z, centred, scale, squares)
+        ctx.prior, ctx.n = (m, s), n
         return (
             -0.5 * torch.dot(z, z)
             - scale.log().sum()
-            - k * _HALF_LOG_2PI
             + 0.5 * squares / (s * s)
-            + n * (s.log() + _HALF_LOG_2PI)
+            + (n * _log(s) + (n - k) * _HALF_LOG_2PI)
         )
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        z, centred, scale, m, s, squares = ctx.saved_tensors
-        n, k, inv_s2 = ctx.n, z.shape[0], (s * s).reciprocal()
-        need = ctx.needs_input_grad
+        z, centred, scale, squares = ctx.saved_tensors
+        (m, s), n, need = ctx.prior, ctx.n, ctx.needs_input_grad
+        k, inv_s2 = z.shape[0], 1.0 / (s * s)
         z_over_scale = z / scale
         g_active = (centred * inv_s2 - z_over_scale) * grad if need[0] else None
         g_loc = z_over_scale * grad if need[1] else None
@@ -348,14 +322,33 @@ class _ConstantPriorMonteCarloKL(torch.autograd.Function):
         return g_active, g_loc, g_scale, g_m, g_s, None
 
 
-def _scalar_prior(
+def scalar_normal_prior(
     prior_loc: torch.Tensor, prior_scale: torch.Tensor, shape: torch.Size
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(m, s)`` as 0-d tensors for a constant prior without batch dims."""
-    constant = constant_normal_prior(prior_loc, prior_scale, shape)
-    if constant is None or constant[0].dim() != 1:
-        return None
-    return constant[0][0], constant[1][0]
+) -> tuple[Scalar, Scalar] | None:
+    r"""``(m, s)`` if the prior is one Normal :math:`\mathcal{N}(m, s^2)` over
+    the whole event (``Normal(m, s).expand(shape)``, whose strides are zero;
+    no batch dimensions), else None.
+
+    Floats where that costs nothing (on the CPU, without gradient), else 0-d
+    views that carry the gradient of a learnable prior.
+    """
+    for t in (prior_loc, prior_scale):
+        if t.dim() > len(shape) or any(
+            st and sz > 1 for sz, st in zip(t.shape, t.stride())
+        ):
+            return None
+    m, s = prior_loc.as_strided((), ()), prior_scale.as_strided((), ())
+    if m.requires_grad or s.requires_grad or s.device.type != "cpu":
+        return m, s
+    return m.item(), s.item()
+
+
+def constant_prior_kl(
+    loc: torch.Tensor, scale: torch.Tensor, m: Scalar, s: Scalar, n: int
+) -> torch.Tensor:
+    """:func:`sparse_normal_kl` under one Normal prior ``N(m, s^2)`` (its
+    second formula), for ``k`` active values of shape ``(k,)`` out of ``n``."""
+    return _ConstantPriorKL.apply(loc, scale, m, s, n)
 
 
 def sparse_normal_kl(
@@ -403,9 +396,11 @@ def sparse_normal_kl(
         Shape ``batch``.
     """
     n = shape.numel()
-    scalar = _scalar_prior(prior_loc, prior_scale, shape) if loc.dim() == 1 else None
+    scalar = (
+        scalar_normal_prior(prior_loc, prior_scale, shape) if loc.dim() == 1 else None
+    )
     if scalar is not None:
-        return _ConstantPriorKL.apply(loc, scale, *scalar, n)
+        return constant_prior_kl(loc, scale, *scalar, n)
     prior_loc, prior_scale = torch.broadcast_tensors(prior_loc, prior_scale)
     lead = prior_loc.shape[: prior_loc.dim() - len(shape)]
     flat_loc = prior_loc.expand(lead + shape).reshape(lead + (n,))
@@ -427,12 +422,12 @@ def monte_carlo_kl(
     active: torch.Tensor,
     loc: torch.Tensor,
     scale: torch.Tensor,
-    shape: torch.Size,
-    prior_loc: torch.Tensor,
-    prior_scale: torch.Tensor,
-) -> torch.Tensor | None:
+    m: Scalar,
+    s: Scalar,
+    n: int,
+) -> torch.Tensor:
     r"""The Monte Carlo KL term of one draw, :math:`\log q(\theta) - \log p(\theta)`,
-    under a constant Normal prior :math:`\mathcal{N}(m, s^2)`, in ``O(k)``.
+    under one Normal prior :math:`\mathcal{N}(m, s^2)` over the site, in ``O(k)``.
 
     For :math:`\theta` with values ``active`` on the :math:`k` active
     coordinates and exact zeros on the other :math:`n - k`:
@@ -452,17 +447,13 @@ def monte_carlo_kl(
     Args:
         active: The drawn active values, shape ``(k,)``.
         loc, scale: The posterior's active means and scales, shape ``(k,)``.
-        shape: The full event shape (``n`` elements; ``k = n`` for a dense site).
-        prior_loc, prior_scale: The prior's parameters.
+        m, s: The prior's mean and scale (from :func:`scalar_normal_prior`).
+        n: Number of coordinates of the site (``k = n`` for a dense site).
 
     Returns:
-        A 0-d tensor, or None when the prior is not one Normal over the site
-        (then compute ``log q - log p`` from the distributions).
+        A 0-d tensor.
     """
-    scalar = _scalar_prior(prior_loc, prior_scale, shape)
-    if scalar is None or active.dim() != 1:
-        return None
-    return _ConstantPriorMonteCarloKL.apply(active, loc, scale, *scalar, shape.numel())
+    return _ConstantPriorMonteCarloKL.apply(active, loc, scale, m, s, n)
 
 
 # ------------------------------------------------------ registered divergences

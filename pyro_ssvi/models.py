@@ -24,6 +24,8 @@ from torch import nn
 from torch.distributions import constraints
 from torch.nn import functional as F
 
+from ._pyro_compat import tensor_version
+
 __all__ = [
     "BayesianClassifier",
     "BayesianRegressor",
@@ -57,14 +59,23 @@ _NORM_LAYERS = (
 
 def _prior(shape: torch.Size) -> Callable[[PyroModule], dist.Distribution]:
     # A callable prior reads its scale from the module's buffer at call time,
-    # so the prior follows the module across devices (.to(device)).
+    # so the prior follows the module across devices (.to(device)) and edits
+    # of the buffer; it is built again only when the buffer changed.
+    built: list[Any] = [None, -1, None]  # (buffer, its version, the prior)
+
     def prior(module: PyroModule) -> dist.Distribution:
         scale = module._ssvi_prior_scale
-        return (  # the scale was checked when the model was built
-            dist.Normal(torch.zeros_like(scale), scale, validate_args=False)
-            .expand(shape)
-            .to_event(len(shape))
-        )
+        if built[0] is not scale or built[1] != tensor_version(scale):
+            built[:] = (
+                scale,
+                tensor_version(scale),
+                (  # scale checked when built
+                    dist.Normal(torch.zeros_like(scale), scale, validate_args=False)
+                    .expand(shape)
+                    .to_event(len(shape))
+                ),
+            )
+        return built[2]
 
     return prior
 

@@ -263,7 +263,7 @@ def _layer_call(func: Any, args: Any, kwargs: Any) -> torch.Tensor | None:
 #: ``sparse="auto"`` times the sparse kernels only for weights of at least
 #: this many elements; smaller ones take the dense kernels, where timing
 #: differences are within a shared machine's noise.
-MIN_TIMED_NUMEL = 1 << 15
+MIN_TIMED_NUMEL = 1 << 11
 
 
 class LazyWeightMessenger(Messenger):

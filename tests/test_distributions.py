@@ -215,6 +215,10 @@ def test_constant_prior_kl_and_its_closed_form_gradient(dense):
     args = (loc, scale, m, s)
     assert torch.allclose(constant(*args), general(*args), rtol=1e-12)
     assert torch.autograd.gradcheck(constant, args)
+    fixed = (m.detach(), s.detach())  # a fixed prior: its constants as floats
+    assert torch.autograd.gradcheck(
+        lambda loc, scale: constant(loc, scale, *fixed), args[:2]
+    )
     for a, b in zip(
         torch.autograd.grad(constant(*args), args),
         torch.autograd.grad(general(*args), args),
@@ -225,7 +229,7 @@ def test_constant_prior_kl_and_its_closed_form_gradient(dense):
 def test_monte_carlo_kl_is_log_q_minus_log_p_of_the_draw():
     """log q(theta) - log p(theta), the prior scoring the zeros too, with the
     gradients autograd gives the plain formula (learnable prior included)."""
-    from pyro_ssvi.distributions import monte_carlo_kl
+    from pyro_ssvi.distributions import monte_carlo_kl, scalar_normal_prior
 
     shape = torch.Size(SHAPE)
     loc, scale, m, s, idx = _learnable_case()
@@ -233,9 +237,8 @@ def test_monte_carlo_kl_is_log_q_minus_log_p_of_the_draw():
     active.requires_grad_()
 
     def fused(active, loc, scale, m, s):
-        return monte_carlo_kl(
-            active, loc, scale, shape, m.expand(shape), s.expand(shape)
-        )
+        scalars = scalar_normal_prior(m.expand(shape), s.expand(shape), shape)
+        return monte_carlo_kl(active, loc, scale, *scalars, shape.numel())
 
     def plain(active, loc, scale, m, s):
         q = SparseNormal(loc, scale, idx, shape)
@@ -245,12 +248,15 @@ def test_monte_carlo_kl_is_log_q_minus_log_p_of_the_draw():
     args = (active, loc, scale, m, s)
     assert torch.allclose(fused(*args), plain(*args), rtol=1e-12)
     assert torch.autograd.gradcheck(fused, args)
+    fixed = (m.detach(), s.detach())  # a fixed prior: its constants as floats
+    assert isinstance(
+        scalar_normal_prior(*(t.expand(shape) for t in fixed), shape)[0], float
+    )
+    assert torch.autograd.gradcheck(lambda *a: fused(*a, *fixed), args[:3])
+    assert torch.allclose(fused(*args[:3], *fixed), plain(*args[:3], *fixed))
     for a, b in zip(
         torch.autograd.grad(fused(*args), args), torch.autograd.grad(plain(*args), args)
     ):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
     per_coordinate = torch.ones(shape, dtype=torch.float64)
-    assert (
-        monte_carlo_kl(active, loc, scale, shape, per_coordinate, per_coordinate)
-        is None
-    )
+    assert scalar_normal_prior(per_coordinate, per_coordinate, shape) is None

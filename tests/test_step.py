@@ -382,3 +382,34 @@ def test_lrt_option_and_a_users_lrt_block_take_the_same_steps():
         assert torch.equal(option.active_indices()[name], block.active_indices()[name])
     for a, b in zip(option.parameters(), block.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class FixedPrior(PyroModule):
+    """A prior object built once, with a scale tensor a user may edit in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.prior_scale = torch.tensor(1.0)
+        self.w = PyroSample(
+            dist.Normal(0.0, self.prior_scale).expand([2, 6]).to_event(2)
+        )
+
+    def forward(self, x, y=None):
+        mean = (x @ self.w.T)[:, 0]
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("obs", dist.Normal(mean, 1.0), obs=y)
+
+
+@pytest.mark.parametrize("elbo", [Trace_ELBO(), TraceMeanField_ELBO()])
+def test_a_fixed_prior_object_edited_in_place_is_read_again(elbo):
+    x, _ = classification_data(n=24, in_features=6)
+    model = FixedPrior()
+    guide = AutoSparseNormal(model, density=0.5).setup(x, x[:, 0])
+    step = direct_step(model, guide, elbo)
+    for scale in (1.0, 3.0):
+        model.prior_scale.fill_(scale)  # the same prior object, edited
+        pyro.set_rng_seed(1)
+        direct = step((x, x[:, 0]), {})[0]
+        pyro.set_rng_seed(1)
+        traced = elbo.differentiable_loss(model, guide, x, x[:, 0])
+        assert torch.allclose(direct, traced, rtol=1e-5)
