@@ -63,6 +63,7 @@ __all__ = [
     "direct_step",
     "elbo_kind",
     "observed_log_prob",
+    "particles_loss",
 ]
 
 logger = logging.getLogger("pyro_ssvi")
@@ -220,17 +221,19 @@ class DirectStep:
         args: tuple,
         kwargs: dict,
         probes: dict[str, torch.Tensor] | None = None,
+        growth: bool = False,
         growth_kl: float = 0.0,
     ) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
         """One particle: ``(loss, trained tensors)``, or None if a foreign
         handler is active (nothing was drawn; trace this call).
 
-        With ``probes`` (``{sparse site: zero tensor of its shape that
-        requires grad}``) it is the growth pass: the parameters are held
-        fixed, and the loss is the negative log-likelihood of the weights
-        plus the probes, plus ``growth_kl`` times each sparse site's KL at
-        means shifted by the probe's active entries (so that the probe's
-        gradient is the reference implementation's growth score, see
+        ``probes`` (``{sparse site: zero tensor of its shape that requires
+        grad}``) are added to the drawn weights, so that their gradient is
+        the loss's gradient with respect to every coordinate of the weight.
+        With ``growth`` it is the growth pass: the parameters are held fixed,
+        and the loss is the negative log-likelihood, plus ``growth_kl`` times
+        each sparse site's KL at means shifted by the probe's active entries
+        (the reference implementation's growth score, see
         :func:`~pyro_ssvi.scheduler.likelihood_gradients`).
 
         Raises:
@@ -240,7 +243,7 @@ class DirectStep:
         if context is None:
             return None
         kl_weight, lazy = context
-        posteriors = self.guide._posteriors(detach=probes is not None)
+        posteriors = self.guide._posteriors(detach=growth)
         draws = [
             self._draw(b, q, lazy, probes)
             for b, (q, _) in zip(self.bindings, posteriors)
@@ -254,7 +257,7 @@ class DirectStep:
             with observer, module_context(self.model):
                 self.model(*args, **kwargs)
                 nll = -_sum(observer.log_likelihood)
-                if probes is not None:
+                if growth and probes is not None:
                     return (
                         nll + kl_weight * growth_kl * self._growth_kl(draws, probes),
                         observer.params,
@@ -400,6 +403,32 @@ def _normal_prior(
     if prior.event_shape not in (shape, torch.Size()):
         return None  # the registered KL's condition too
     return base.loc, base.scale
+
+
+def particles_loss(
+    step: DirectStep | None,
+    elbo: Any,
+    model: Any,
+    guide: Any,
+    args: tuple,
+    kwargs: dict,
+    probes: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The negative ELBO averaged over ``elbo.num_particles`` particles.
+
+    By the direct step where one is given (and no foreign handler is active),
+    else by the ELBO's own (traced) ``differentiable_loss``.
+    """
+    if step is not None:
+        losses = []
+        for _ in range(elbo.num_particles):
+            result = step(args, kwargs, probes)
+            if result is None:
+                break
+            losses.append(result[0])
+        else:
+            return _sum(losses) / len(losses)
+    return elbo.differentiable_loss(model, guide, *args, **kwargs)
 
 
 def direct_step(model: Any, guide: Any, loss: Any = None) -> DirectStep:

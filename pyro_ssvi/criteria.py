@@ -538,8 +538,8 @@ def _top_k(scores: Tensor, k: int) -> Tensor:
     return torch.nonzero(keep).squeeze(1)
 
 
-# The pre-filter of _top_k runs for n >= 2^20 and k <= n / 16.
-_PREFILTER_MIN = 1 << 20
+# The pre-filter of _top_k runs for n >= 2^16 and k <= n / 16.
+_PREFILTER_MIN = 1 << 16
 _PREFILTER_RATIO = 16
 
 
@@ -547,14 +547,15 @@ def _candidates(scores: Tensor, k: int) -> Tensor | None:
     """Sorted positions with score >= t, for a t that leaves about 2k of them.
 
     Returns None when fewer than ``k`` scores reach ``t`` (the sample was
-    unlucky): then the caller selects from all scores.
+    unlucky), or more than half of them (ties): then the caller selects from
+    all scores.
     """
     n = scores.numel()
     sample = scores[:: max(1, n // 65536)]
     rank = int(sample.numel() * (1 - 2 * k / n))
     t = torch.kthvalue(sample, max(1, rank)).values
     candidates = torch.nonzero(scores >= t).squeeze(1)
-    return candidates if candidates.numel() >= k else None
+    return candidates if k <= candidates.numel() <= n // 2 else None
 
 
 # ------------------------------------------------------------ addition rules

@@ -6,7 +6,8 @@ Launch any script, or the CLI, with ``torchrun``::
 
 Inside, :func:`init_from_env` joins the process group that ``torchrun``
 describes (``nccl`` on GPUs, ``gloo`` on CPUs); :class:`~pyro_ssvi.SparseSVI`
-then wraps Pyro's ``ELBOModule`` in ``DistributedDataParallel`` and keeps the
+then wraps its loss (:class:`DataParallelLoss`) in ``DistributedDataParallel``
+and keeps the
 sparse subspaces identical on every rank (see :func:`check_indices_agree`).
 The helpers here reduce to no-ops in a single process::
 
@@ -34,11 +35,16 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from ._pyro_compat import is_invalid_values_error
+from ._step import particles_loss
+
 __all__ = [
+    "DataParallelLoss",
     "DistInfo",
     "all_reduce_mean_",
     "broadcast_object",
     "check_indices_agree",
+    "data_parallel_loss",
     "gather_rows",
     "init_from_env",
     "is_distributed",
@@ -149,6 +155,47 @@ def wrap_ddp(module: torch.nn.Module) -> DistributedDataParallel:
         device_ids=[device] if device.type == "cuda" else None,
         **_NO_FORWARD_BUFFER_SYNC,
     )
+
+
+class DataParallelLoss(torch.nn.Module):
+    """A model and guide as one module whose forward is their loss, for
+    ``DistributedDataParallel`` (which sees their parameters).
+
+    The loss is :func:`pyro_ssvi._step.particles_loss` of :attr:`step` (the
+    direct step, or None to trace) with :attr:`probes` (growth probes, or
+    None), both set by the caller before each call.
+    """
+
+    def __init__(self, model: Any, guide: Any, elbo: Any) -> None:
+        super().__init__()
+        self.model, self.guide, self.elbo = model, guide, elbo
+        self.step: Any = None
+        self.probes: dict[str, torch.Tensor] | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return particles_loss(
+            self.step, self.elbo, self.model, self.guide, args, kwargs, self.probes
+        )
+
+
+def data_parallel_loss(
+    module: DistributedDataParallel, args: tuple, kwargs: dict
+) -> tuple[torch.Tensor | None, float]:
+    """This rank's loss tensor and the loss averaged over ranks.
+
+    The average is NaN when the loss is not finite on some rank, or when
+    Pyro's validation rejected NaN/inf parameters (the tensor is then None):
+    every rank learns it at once, so that all raise together, not hang.
+    """
+    try:
+        loss: torch.Tensor | None = module(*args, **kwargs)
+        value = float(loss.item()) if loss is not None else float("nan")
+    except ValueError as e:
+        if not is_invalid_values_error(e):
+            raise
+        loss, value = None, float("nan")
+    device = next(module.parameters()).device
+    return loss, float(all_reduce_mean_(torch.tensor(value, device=device)))
 
 
 def shutdown(wait: bool = True) -> None:

@@ -164,7 +164,7 @@ def _direct_gradients(
     }
     with torch.enable_grad():
         try:
-            result = direct(args, kwargs, probes=probes, growth_kl=kl_weight)
+            result = direct(args, kwargs, probes, growth=True, growth_kl=kl_weight)
         except Unsupported:
             return None
         return None if result is None else _gradients(result[0], probes)
@@ -454,10 +454,25 @@ class SubspaceScheduler:
         Returns:
             The :class:`SubspaceUpdate` if one ran, else None.
         """
+        return self._step(args, kwargs)
+
+    def _step(
+        self, args: tuple, kwargs: dict, grads: dict[str, torch.Tensor] | None = None
+    ) -> SubspaceUpdate | None:
         self.step_count += 1
         if not self.update_due():
             return None
-        return self.update(*args, **kwargs)
+        return self._update(args, kwargs, grads)
+
+    def wants_gradients(self) -> bool:
+        """Whether the next :meth:`step` runs an update that reads the growth
+        gradient (which the training step may then provide, see
+        :class:`~pyro_ssvi.SparseSVI`)."""
+        return (
+            needs_grad(self.addition)
+            and self.update_due(self.step_count + 1)
+            and not self._all_full()
+        )
 
     def _direct_step(self) -> DirectStep | None:
         """The growth pass's direct step (None: traced), chosen once per set-up."""
@@ -481,26 +496,14 @@ class SubspaceScheduler:
         forward and backward pass on them gives the gradient). The update is
         recorded in :attr:`updates`.
         """
-        grads: dict[str, torch.Tensor] = {}
-        if needs_grad(self.addition) and not self._all_full():
-            weight = self.growth_kl_weight
-            weight = float(weight() if callable(weight) else weight)
-            try:
-                grads = likelihood_gradients(
-                    self.model,
-                    self.guide,
-                    *args,
-                    kl_weight=weight,
-                    direct=self._direct_step(),
-                    **kwargs,
-                )
-            except TypeError as e:
-                if args or kwargs:
-                    raise
-                raise ValueError(
-                    "SubspaceScheduler.update: addition='grad' needs a minibatch; "
-                    "call it with the model's arguments, e.g. update(x, y)."
-                ) from e
+        return self._update(args, kwargs)
+
+    def _update(
+        self, args: tuple, kwargs: dict, grads: dict[str, torch.Tensor] | None = None
+    ) -> SubspaceUpdate:
+        """:meth:`update`, with the growth gradients if already computed."""
+        if grads is None:
+            grads = self._growth_gradients(args, kwargs)
         fraction = self.drop_fraction_at()
         dropped: dict[str, int] = {}
         swapped: dict[str, int] = {}
@@ -521,6 +524,28 @@ class SubspaceScheduler:
         if is_distributed():
             check_indices_agree(self.sparse_guides, self.step_count)
         return record
+
+    def _growth_gradients(self, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+        """The addition rule's gradients, by a growth pass on the minibatch."""
+        if not needs_grad(self.addition) or self._all_full():
+            return {}
+        weight = self.growth_kl_weight
+        try:
+            return likelihood_gradients(
+                self.model,
+                self.guide,
+                *args,
+                kl_weight=float(weight() if callable(weight) else weight),
+                direct=self._direct_step(),
+                **kwargs,
+            )
+        except TypeError as e:
+            if args or kwargs:
+                raise
+            raise ValueError(
+                "SubspaceScheduler.update: addition='grad' needs a minibatch; "
+                "call it with the model's arguments, e.g. update(x, y)."
+            ) from e
 
     def _all_full(self) -> bool:
         """Whether every sparse site has all its coordinates active (density 1):
@@ -563,7 +588,8 @@ class SubspaceScheduler:
         if num_swap == 0 or guide._is_full(name):  # all removed come straight back
             return num_swap, 0
         scale = transform_to(guide.scale_constraint)(scale_u)
-        post = SparseNormal(loc_u, scale, stored.long(), guide.site_shape(name))
+        shape = guide.site_shape(name)
+        post = SparseNormal(loc_u, scale, guide._indices(name), shape, False)
         result = reselect(
             post.indices,
             removal_scores(self.removal, loc_u, scale),

@@ -29,7 +29,13 @@ from ._optim import GroupedStep
 from ._pyro_compat import handler_stack, is_invalid_values_error
 from ._step import DirectStep, Unsupported, direct_step, elbo_kind, log_choice
 from .criteria import ADDITIONS
-from .distributed import all_reduce_mean_, is_distributed, wrap_ddp
+from .distributed import (
+    DataParallelLoss,
+    all_reduce_mean_,
+    data_parallel_loss,
+    is_distributed,
+    wrap_ddp,
+)
 from .elbo import TraceSparseMeanField_ELBO
 from .guides import AutoSparseNormal
 from .poutine import (
@@ -193,6 +199,7 @@ class SparseSVI(SVI):
         #: Why the last step was traced (None when it was direct).
         self.why_traced: str | None = None
         self._direct_step: DirectStep | None = None
+        self._growth: dict[str, torch.Tensor] | None = None
         self._path_for: Any = None
         self._logged: tuple[str | None, str | None] = (None, None)
         if local_reparameterization:
@@ -258,11 +265,12 @@ class SparseSVI(SVI):
             The loss (a float) before the step.
         """
         loss, params = self._loss_and_grads(args, kwargs)
+        grads, self._growth = self._growth, None  # from this step's backward pass
         self._optimizer_step(params)
         for p in params:  # as pyro's zero_grads, without allocating zeros
             p.grad = None
-        with self._weights_context():  # the growth pass sees the weights as the loss
-            self.subspace.step(*args, **kwargs)
+        with self._weights_context():  # a growth pass sees the weights as the loss
+            self.subspace._step(args, kwargs, grads)
         return loss
 
     def update_subspace(self, *args: Any, **kwargs: Any) -> SubspaceUpdate:
@@ -368,11 +376,12 @@ class SparseSVI(SVI):
         step = self._direct(args, kwargs)
         if step is None:
             return None
+        probes = self._probes(step)
         num = self.elbo.num_particles
         total, trained = 0.0, set[torch.Tensor]()
         for _ in range(num):
             try:
-                result = step(args, kwargs)
+                result = step(args, kwargs, probes)
             except ValueError as e:  # Pyro's validation saw NaN/inf, as below
                 if not is_invalid_values_error(e):
                     raise
@@ -388,11 +397,50 @@ class SparseSVI(SVI):
             (loss_tensor / num if num > 1 else loss_tensor).backward()
             total += loss / num
         self.path, self.why_traced = "direct", None
+        if probes is not None:
+            self._growth = self._growth_gradients(step.guide, probes)
         return total, trained
+
+    def _probes(self, step: DirectStep) -> dict[str, torch.Tensor] | None:
+        """Zero probes on the sparse weights when the update after this step
+        reads the growth gradient: it is then this step's gradient with
+        respect to every coordinate, as in the reference implementation (the
+        backward pass just before the update), and no extra pass is run."""
+        if not self.subspace.wants_gradients() or self.subspace.sparse_guides != [
+            step.guide
+        ]:
+            return None
+        guide = step.guide
+        return {
+            name: torch.zeros(
+                guide.site_shape(name),
+                dtype=guide._stored("locs", name).dtype,
+                device=guide._stored("locs", name).device,
+                requires_grad=True,
+            )
+            for name in guide.sparse_site_names()
+        }
+
+    def _growth_gradients(
+        self, guide: AutoSparseNormal, probes: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The probes' gradients: ``dNLL/dtheta``; with ``growth_includes_kl``
+        the active coordinates read the mean's gradient, ``dNLL/dtheta +
+        w dKL/dmu`` (the training loss's own KL weight ``w``)."""
+        weight = self.subspace.growth_kl_weight
+        out = {}
+        for name, probe in probes.items():
+            grad = torch.zeros_like(probe) if probe.grad is None else probe.grad
+            loc = guide._stored("locs", name)
+            if (callable(weight) or weight) and loc.grad is not None:
+                flat = grad.reshape(-1).index_copy(0, guide._indices(name), loc.grad)
+                grad = flat.reshape(grad.shape)
+            out[name] = grad
+        return out
 
     # ---------------------------------------------------------- distributed
     def _ddp_module(self, args: tuple, kwargs: dict) -> Any:
-        """Pyro's ELBOModule in DistributedDataParallel (built on first use).
+        """The loss in DistributedDataParallel (built on first use).
 
         Broadcasting rank 0's parameters and buffers at construction gives
         every rank the same initial values and active sets.
@@ -403,15 +451,12 @@ class SparseSVI(SVI):
                     guide.setup(*args, **kwargs)
                 if not isinstance(self.guide, AutoSparseNormal):
                     self.guide(*args, **kwargs)  # other parts' lazy parameters
-            for guide in self.subspace.sparse_guides:
-                for name in guide.sparse_site_names():
-                    guide.subspace_params(name).indices.requires_grad_(False)
             if not isinstance(self.elbo, ELBO):
                 raise TypeError(
                     "SparseSVI: distributed training needs an ELBO instance as loss "
                     f"(it is wrapped in DistributedDataParallel), got {self.elbo!r}."
                 )
-            self._ddp = wrap_ddp(self.elbo(self.model, self.guide))
+            self._ddp = wrap_ddp(DataParallelLoss(self.model, self.guide, self.elbo))
         return self._ddp
 
     def _ddp_loss_and_grads(
@@ -420,22 +465,18 @@ class SparseSVI(SVI):
         ddp = self._ddp_module(args, kwargs)
         params = {p for p in ddp.parameters() if p.requires_grad}
         with self._loss_context():
-            try:
-                surrogate = ddp(*args, **kwargs)
-                failed = 0.0
-            except ValueError as e:  # Pyro's validation saw NaN/inf
-                if not is_invalid_values_error(e):
-                    raise
-                surrogate, failed = None, float("nan")
-            # Every rank must agree before anyone raises (or they deadlock).
-            value = failed if surrogate is None else surrogate.item()
-            device = next(iter(params)).device
-            loss = all_reduce_mean_(torch.tensor(value, device=device))
-            if not math.isfinite(float(loss)):
+            step = self._direct(args, kwargs)
+            probes = None if step is None else self._probes(step)
+            ddp.module.step, ddp.module.probes = step, probes
+            surrogate, loss = data_parallel_loss(ddp, args, kwargs)
+            if surrogate is None or not math.isfinite(loss):
                 self._raise_non_finite("not finite on at least one rank", params)
             assert surrogate is not None
             surrogate.backward()  # DDP averages the gradients over ranks
-        return float(loss), params
+        if step is not None and probes is not None:
+            grads = self._growth_gradients(step.guide, probes)
+            self._growth = {n: all_reduce_mean_(g) for n, g in grads.items()}
+        return loss, params
 
     def _raise_non_finite(
         self, loss: Any, params: set[torch.Tensor], cause: BaseException | None = None

@@ -548,7 +548,7 @@ def test_top_k_equals_a_stable_descending_sort(n, levels, nan_fraction, seed, da
     ],
 )
 def test_top_k_large_inputs_take_exact_shortcuts(pattern, k):
-    """The pre-filter and complement paths (n >= 2^20) pick what a sort picks."""
+    """The pre-filter and complement paths (large n) pick what a sort picks."""
     n = (1 << 21) + 7
     gen = torch.Generator().manual_seed(1)
     if pattern == "ties":

@@ -413,3 +413,47 @@ def test_a_fixed_prior_object_edited_in_place_is_read_again(elbo):
         pyro.set_rng_seed(1)
         traced = elbo.differentiable_loss(model, guide, x, x[:, 0])
         assert torch.allclose(direct, traced, rtol=1e-5)
+
+
+@pytest.mark.parametrize("growth_includes_kl", [False, True])
+@pytest.mark.parametrize("lrt", [False, True])
+def test_the_update_reads_the_growth_gradient_of_the_step_before_it(
+    growth_includes_kl, lrt
+):
+    """As in the reference implementation, the growth score of an update is
+    the gradient from the backward pass just before it: SparseSVI takes it
+    from the training step (no extra pass), equal to the growth pass's on the
+    same draw (same seed, same parameters)."""
+    model, guide, x, y = _pair("mlp")
+    svi = SparseSVI(
+        model,
+        guide,
+        pyro.optim.Adam({"lr": 0.01}),
+        update_every=3,
+        kl_weight=0.5,
+        growth_includes_kl=growth_includes_kl,
+        local_reparameterization=lrt,
+        sparse_compute=True,
+    )
+    for _ in range(2):
+        svi.step(x, y)
+    seen = []
+    step = svi.subspace._step
+    svi.subspace._step = lambda a, k, grads=None: seen.append(grads) or step(
+        a, k, grads
+    )
+    with svi._weights_context():
+        pyro.set_rng_seed(7)
+        expected = likelihood_gradients(
+            model,
+            guide,
+            x,
+            y,
+            kl_weight=0.5 if growth_includes_kl else 0.0,
+            direct=direct_step(model, guide),
+        )
+    pyro.set_rng_seed(7)
+    svi.step(x, y)
+    assert svi.num_updates == 1 and seen[0].keys() == expected.keys()
+    for name, grad in seen[0].items():
+        assert torch.allclose(grad, expected[name], rtol=1e-4, atol=1e-5)
