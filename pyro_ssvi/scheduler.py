@@ -449,7 +449,9 @@ class SubspaceScheduler:
 
         Call it after each optimiser step, with that step's minibatch (the
         model's ``*args, **kwargs``; the ``"grad"`` addition rule runs one
-        extra forward and backward pass on it when an update is due).
+        extra forward and backward pass on it when an update is due;
+        :class:`~pyro_ssvi.SparseSVI` passes the training step's own gradient
+        instead).
 
         Returns:
             The :class:`SubspaceUpdate` if one ran, else None.
