@@ -75,9 +75,9 @@ from pyro_ssvi._pyro_compat import pyro_optim_optimizers
 from pyro_ssvi.data import load_dataset
 from pyro_ssvi.models import BayesianClassifier, lenet, mlp, resnet18_cifar
 from pyro_ssvi.poutine import scale_kl
-from pyro_ssvi.scheduler import likelihood_gradients
+from pyro_ssvi.reselection import likelihood_gradients
 from pyro_ssvi.schedules import drop_fraction_at, update_due
-from pyro_ssvi.subspace import num_to_swap
+from pyro_ssvi.selection import num_to_swap
 
 # The reference CIFAR run: 200 epochs of 391 steps (batch 128), updates every
 # 100 steps until 75% of training, alpha 0.3, density 0.1.

@@ -25,7 +25,7 @@ from .distributions import SparseNormal
 from .elbo import TraceSparseMeanField_ELBO
 from .guides import AutoSparseNormal
 from .initialization import init_to_kaiming
-from .scheduler import SubspaceScheduler, SubspaceUpdate
+from .reselection import SubspaceScheduler, SubspaceUpdate
 from .schedules import SCHEDULES
 from .svi import ADDITIONS, SparseSVI
 

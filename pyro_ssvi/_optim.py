@@ -1,4 +1,4 @@
-"""One multi-tensor optimiser step for a ``PyroOptim``'s many per-parameter optimisers.
+"""Optimisers: one multi-tensor step for a ``PyroOptim``, and moving their state.
 
 Pyro's ``PyroOptim`` keeps one torch optimiser per parameter tensor and steps
 them one by one: for a network with a dozen guide tensors that is a dozen
@@ -13,13 +13,19 @@ hyperparameters performs the update on those very state dictionaries.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
+from pyro.optim import PyroOptim
 
-from ._pyro_compat import pyro_optim_grad_clip, pyro_optim_objects
+from ._pyro_compat import (
+    pyro_optim_grad_clip,
+    pyro_optim_objects,
+    pyro_optim_optimizers,
+)
+from .selection import move
 
-__all__ = ["GroupedStep"]
+__all__ = ["GroupedStep", "check_optimizer", "move_optimizer_state", "torch_optimizers"]
 
 #: Optimisers whose update depends only on their hyperparameters and the
 #: per-parameter state (not, e.g., ClippedAdam, which decays its own lr).
@@ -99,3 +105,41 @@ class GroupedStep:
         state = {p: opt.state[p] for p, opt in members}
         shared.state = state  # type: ignore[assignment]
         shared.step()
+
+
+def torch_optimizers(optimizer: Any) -> Iterator[Any]:
+    """The torch optimisers (or ``PyroOptim``) behind ``optimizer``."""
+    if optimizer is None:
+        return
+    if isinstance(optimizer, (list, tuple)):
+        for item in optimizer:
+            yield from torch_optimizers(item)
+        return
+    yield getattr(optimizer, "optimizer", optimizer)  # torch LR schedulers
+
+
+def move_optimizer_state(
+    optimizer: Any, param: torch.Tensor, source: torch.Tensor
+) -> None:
+    """Moments of ``param`` follow its coordinates; new coordinates start at 0."""
+    for opt in torch_optimizers(optimizer):
+        if isinstance(opt, PyroOptim):
+            opt = pyro_optim_optimizers(opt).get(param)
+            if opt is None:
+                continue
+        state = getattr(opt, "state", {}).get(param)
+        for value in (state or {}).values():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                value.copy_(move(value, source, 0.0))
+    if param.grad is not None:
+        param.grad.zero_()
+
+
+def check_optimizer(optimizer: Any) -> None:
+    for opt in torch_optimizers(optimizer):
+        if not (isinstance(opt, PyroOptim) or hasattr(opt, "state")):
+            raise TypeError(
+                "SubspaceScheduler: optimizer must be a torch.optim.Optimizer, a "
+                "torch LR scheduler, a pyro.optim.PyroOptim, a list of these or "
+                f"None, got {type(opt).__name__}."
+            )

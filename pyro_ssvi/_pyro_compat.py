@@ -26,6 +26,7 @@ import torch
 from pyro.distributions import constraints
 
 # pyro 1.9.2: public module, undocumented helpers of the autoguides.
+from pyro.infer.autoguide.guides import prototype_hide_fn as _prototype_hide_fn
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.autoguide.utils import deep_setattr, helpful_support_errors
 
@@ -40,6 +41,8 @@ from pyro.poutine.util import prune_subsample_sites
 
 __all__ = [
     "InitMessenger",
+    "adopt_prototype",
+    "create_plates",
     "SoftplusPositive",
     "check_mean_field_requirement",
     "deep_setattr",
@@ -51,12 +54,14 @@ __all__ = [
     "module_context",
     "param_store_name",
     "periodic_repeat",
+    "prototype_hide_fn",
     "prune_subsample_sites",
     "pyro_optim_grad_clip",
     "pyro_optim_objects",
     "pyro_optim_optimizers",
     "pyro_samples",
     "tensor_version",
+    "unconstrained_name",
 ]
 
 check_mean_field_requirement = _check_mean_field_requirement
@@ -150,3 +155,42 @@ def disable_torch_function_subclass() -> AbstractContextManager:
 def tensor_version(tensor: torch.Tensor) -> int:
     """torch 2.14: a tensor's in-place modification counter (``_version``)."""
     return int(tensor._version)
+
+
+def unconstrained_name(attribute: str) -> str:
+    """pyro 1.9.2: the attribute under which a ``PyroModule`` keeps a
+    ``PyroParam``'s unconstrained tensor (``<name>_unconstrained``)."""
+    return attribute + "_unconstrained"
+
+
+def prototype_hide_fn(guide: Any) -> Any:
+    """pyro 1.9.2: the filter ``AutoGuide._setup_prototype`` hides model sites
+    with (observed sites and ``infer={"is_auxiliary": True}``)."""
+    return getattr(guide, "_prototype_hide_fn", _prototype_hide_fn)
+
+
+def adopt_prototype(guide: Any, trace: Any) -> None:
+    """Make ``trace`` an ``AutoGuide``'s prototype, as its ``_setup_prototype``
+    would (pyro 1.9.2): checked against an ``AutoGuideList`` master, its
+    vectorised plates recorded in ``_prototype_frames``.
+
+    Raises:
+        NotImplementedError: For a sequential ``pyro.plate``, as Pyro does.
+    """
+    guide.prototype_trace = trace
+    if guide.master is not None:
+        guide.master()._check_prototype(trace)
+    guide._prototype_frames = {}
+    for _, site in trace.iter_stochastic_nodes():
+        for frame in site["cond_indep_stack"]:
+            if not frame.vectorized:
+                raise NotImplementedError(
+                    "AutoGuide does not support sequential pyro.plate"
+                )
+            guide._prototype_frames[frame.name] = frame
+
+
+def create_plates(guide: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """pyro 1.9.2: an ``AutoGuide``'s plates by name (``_create_plates``),
+    entered around a site's sample statement as the autoguides do."""
+    return guide._create_plates(*args, **kwargs)

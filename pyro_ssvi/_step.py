@@ -46,6 +46,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints, kl_divergence
 
 from ._pyro_compat import handler_stack, module_context, pyro_samples, tensor_version
+from ._sites import base_support
 from .distributions import (
     SparseNormal,
     constant_prior_kl,
@@ -211,7 +212,7 @@ class DirectStep:
         lrt = bool(self.guide._infer(name).get("lrt"))
         info = self.guide._sites[name]
         form = "sparse" if info.sparse else "other"
-        if not info.sparse and _is_real(info.support):
+        if not info.sparse and base_support(info.support) is constraints.real:
             form = "normal"
         return _Binding(name, module, attr, samples[attr], lrt, form)
 
@@ -234,7 +235,7 @@ class DirectStep:
         and the loss is the negative log-likelihood, plus ``growth_kl`` times
         each sparse site's KL at means shifted by the probe's active entries
         (the reference implementation's growth score, see
-        :func:`~pyro_ssvi.scheduler.likelihood_gradients`).
+        :func:`~pyro_ssvi.reselection.likelihood_gradients`).
 
         Raises:
             Unsupported: If the model samples a latent site itself.
@@ -381,12 +382,6 @@ def _versions(normal: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[int, in
     if normal is None:
         return -1, -1
     return tensor_version(normal[0]), tensor_version(normal[1])
-
-
-def _is_real(support: Any) -> bool:
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support is constraints.real
 
 
 def _normal_prior(

@@ -53,9 +53,9 @@ CHECKPOINT_FORMAT = "pyro_ssvi.checkpoint"
 #: Version of the checkpoint layout that :func:`save_checkpoint` writes;
 #: bumped on incompatible changes.
 CHECKPOINT_VERSION = 2
-#: Layout versions that :func:`load_checkpoint` reads (1: written before the
-#: training loop moved to torch optimisers; ``pyro_ssvi.training`` resumes it).
-READABLE_VERSIONS = (1, 2)
+#: Layout versions that :func:`load_checkpoint` reads (1, never released, is
+#: no longer read).
+READABLE_VERSIONS = (2,)
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives
 GIVE_A_RUN = "pass a run directory or the checkpoint.pt that pyro-ssvi train wrote"

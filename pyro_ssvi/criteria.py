@@ -9,7 +9,8 @@ float64 score of the same shape; a higher score means a more important
 coordinate. Most criteria are moments of the folded normal :math:`|\theta|`.
 
 Criteria are registered by name in :data:`CRITERIA`; :func:`removal_scores`
-validates a criterion's output and :func:`top_k` picks the kept positions with
+validates a criterion's output and :func:`pyro_ssvi.selection.top_k` picks the
+kept positions with
 deterministic tie-breaking. ``scale == 0`` (a point mass, as for inactive
 entries in the reference code) gives the limiting score when :math:`\mu \ne 0`
 and NaN when :math:`\mu = \sigma = 0`; :func:`removal_scores` maps NaN to
@@ -18,7 +19,8 @@ and NaN when :math:`\mu = \sigma = 0`; :func:`removal_scores` maps NaN to
 Example::
 
     from functools import partial
-    from pyro_ssvi.criteria import removal_scores, snr_exp_abs, top_k
+    from pyro_ssvi.criteria import removal_scores, snr_exp_abs
+    from pyro_ssvi.selection import top_k
 
     scores = removal_scores("snr_abs", loc, scale)      # float64, loc.shape
     keep = top_k(scores.flatten(), num_keep)             # sorted positions
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import operator
 from typing import Callable
 
 import torch
@@ -58,7 +59,6 @@ __all__ = [
     "snr",
     "snr_abs",
     "snr_exp_abs",
-    "top_k",
 ]
 
 _SQRT_HALF = math.sqrt(0.5)
@@ -469,93 +469,6 @@ def removal_scores(criterion: str | Criterion, loc: Tensor, scale: Tensor) -> Te
         )
     scores = scores.to(torch.float64)
     return torch.where(torch.isnan(scores), -math.inf, scores)
-
-
-def top_k(scores: Tensor, k: int) -> Tensor:
-    """Positions of the ``k`` largest scores, with stable tie-breaking.
-
-    Among equal scores the lower position wins, so the selection is
-    deterministic across runs and devices. NaN counts as ``-inf``, and ``-inf``
-    entries are chosen only when fewer than ``k`` finite ones exist.
-
-    Args:
-        scores: 1-D tensor of scores.
-        k: Number of positions to keep, an integer in ``[0, scores.numel()]``.
-
-    Returns:
-        LongTensor of shape ``(k,)``, sorted ascending.
-
-    Raises:
-        TypeError: If ``k`` is not an int.
-        ValueError: If ``scores`` is not 1-D or ``k`` is out of range.
-    """
-    if isinstance(k, bool):
-        raise TypeError("k must be an int, got bool")
-    try:
-        k = operator.index(k)
-    except TypeError:
-        raise TypeError(f"k must be an int, got {type(k)!r}") from None
-    if scores.dim() != 1:
-        raise ValueError(
-            f"scores must be 1-D, got shape {tuple(scores.shape)}; flatten it first"
-        )
-    if not 0 <= k <= scores.numel():
-        raise ValueError(f"k must be in [0, {scores.numel()}], got {k}")
-    if bool(torch.isnan(scores).any()):  # copy only when there is NaN to map
-        scores = torch.where(torch.isnan(scores), -math.inf, scores)
-    return _top_k(scores, k)
-
-
-def _top_k(scores: Tensor, k: int) -> Tensor:
-    """:func:`top_k` on NaN-free scores, by exact selection (no full sort).
-
-    Among equal scores the lowest positions win, exactly as in a stable
-    descending sort. Three exact shortcuts keep the cost near ``O(n)``: the
-    complement when ``k > n / 2``; a candidate pre-filter for large ``n`` and
-    small ``k`` (a strided sample gives a threshold, the count of scores above
-    it proves that the top ``k`` are among them, else the full path runs);
-    and ``torch.topk`` for the threshold value itself.
-    """
-    n = scores.numel()
-    if k == 0:
-        return torch.empty(0, dtype=torch.int64, device=scores.device)
-    if k == n:
-        return torch.arange(n, device=scores.device)
-    if 2 * k > n:  # keep = all but the n - k last in stable descending order
-        flipped = _top_k(-scores.flip(0), n - k)  # ties: highest positions go
-        keep = torch.ones(n, dtype=torch.bool, device=scores.device)
-        keep[n - 1 - flipped] = False
-        return torch.nonzero(keep).squeeze(1)
-    if n >= _PREFILTER_MIN and k * _PREFILTER_RATIO <= n:
-        candidates = _candidates(scores, k)
-        if candidates is not None:  # every top-k score is >= the threshold
-            return candidates[_top_k(scores[candidates], k)]
-    threshold = torch.topk(scores, k, sorted=False).values.min()
-    keep = scores > threshold
-    tied = k - int(keep.sum())  # the lowest positions among the tied scores
-    if tied:
-        keep[torch.nonzero(scores == threshold).squeeze(1)[:tied]] = True
-    return torch.nonzero(keep).squeeze(1)
-
-
-# The pre-filter of _top_k runs for n >= 2^16 and k <= n / 16.
-_PREFILTER_MIN = 1 << 16
-_PREFILTER_RATIO = 16
-
-
-def _candidates(scores: Tensor, k: int) -> Tensor | None:
-    """Sorted positions with score >= t, for a t that leaves about 2k of them.
-
-    Returns None when fewer than ``k`` scores reach ``t`` (the sample was
-    unlucky), or more than half of them (ties): then the caller selects from
-    all scores.
-    """
-    n = scores.numel()
-    sample = scores[:: max(1, n // 65536)]
-    rank = int(sample.numel() * (1 - 2 * k / n))
-    t = torch.kthvalue(sample, max(1, rank)).values
-    candidates = torch.nonzero(scores >= t).squeeze(1)
-    return candidates if k <= candidates.numel() <= n // 2 else None
 
 
 # ------------------------------------------------------------ addition rules

@@ -6,7 +6,7 @@ Launch any script, or the CLI, with ``torchrun``::
 
 Inside, :func:`init_from_env` joins the process group that ``torchrun``
 describes (``nccl`` on GPUs, ``gloo`` on CPUs); :class:`~pyro_ssvi.SparseSVI`
-then wraps its loss (:class:`DataParallelLoss`) in ``DistributedDataParallel``
+then wraps its loss in ``DistributedDataParallel`` (:class:`DataParallel`)
 and keeps the
 sparse subspaces identical on every rank (see :func:`check_indices_agree`).
 The helpers here reduce to no-ops in a single process::
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,12 +40,11 @@ from ._pyro_compat import is_invalid_values_error
 from ._step import particles_loss
 
 __all__ = [
-    "DataParallelLoss",
+    "DataParallel",
     "DistInfo",
     "all_reduce_mean_",
     "broadcast_object",
     "check_indices_agree",
-    "data_parallel_loss",
     "gather_rows",
     "init_from_env",
     "is_distributed",
@@ -157,14 +157,9 @@ def wrap_ddp(module: torch.nn.Module) -> DistributedDataParallel:
     )
 
 
-class DataParallelLoss(torch.nn.Module):
-    """A model and guide as one module whose forward is their loss, for
-    ``DistributedDataParallel`` (which sees their parameters).
-
-    The loss is :func:`pyro_ssvi._step.particles_loss` of :attr:`step` (the
-    direct step, or None to trace) with :attr:`probes` (growth probes, or
-    None), both set by the caller before each call.
-    """
+class _Loss(torch.nn.Module):
+    """A model and guide as one module whose forward is their loss (so that
+    ``DistributedDataParallel`` sees their parameters)."""
 
     def __init__(self, model: Any, guide: Any, elbo: Any) -> None:
         super().__init__()
@@ -178,24 +173,71 @@ class DataParallelLoss(torch.nn.Module):
         )
 
 
-def data_parallel_loss(
-    module: DistributedDataParallel, args: tuple, kwargs: dict
-) -> tuple[torch.Tensor | None, float]:
-    """This rank's loss tensor and the loss averaged over ranks.
+class DataParallel:
+    """``SparseSVI``'s loss under ``DistributedDataParallel``.
 
-    The average is NaN when the loss is not finite on some rank, or when
-    Pyro's validation rejected NaN/inf parameters (the tensor is then None):
-    every rank learns it at once, so that all raise together, not hang.
+    Built at the first step: the guides are set up and rank 0's parameters
+    and buffers broadcast, so every rank starts with the same values and
+    active sets. Each step's loss is :func:`pyro_ssvi._step.particles_loss`
+    (the direct step, or the ELBO's traced loss) on this rank's share of the
+    minibatch; gradients are averaged over ranks.
+
+    Raises:
+        TypeError: If the loss is not a Pyro ELBO instance.
     """
-    try:
-        loss: torch.Tensor | None = module(*args, **kwargs)
-        value = float(loss.item()) if loss is not None else float("nan")
-    except ValueError as e:
-        if not is_invalid_values_error(e):
-            raise
-        loss, value = None, float("nan")
-    device = next(module.parameters()).device
-    return loss, float(all_reduce_mean_(torch.tensor(value, device=device)))
+
+    def __init__(
+        self,
+        model: Any,
+        guide: Any,
+        elbo: Any,
+        sparse_guides: list[Any],
+        args: tuple,
+        kwargs: dict,
+    ) -> None:
+        from pyro.infer import ELBO
+
+        if not isinstance(elbo, ELBO):
+            raise TypeError(
+                "SparseSVI: distributed training needs an ELBO instance as loss "
+                f"(it is wrapped in DistributedDataParallel), got {elbo!r}."
+            )
+        with torch.no_grad():
+            for sparse in sparse_guides:
+                sparse.setup(*args, **kwargs)
+            if sparse_guides != [guide]:
+                guide(*args, **kwargs)  # other parts' lazy parameters
+        self.module = wrap_ddp(_Loss(model, guide, elbo))
+        self.params: set[torch.Tensor] = {
+            p for p in self.module.parameters() if p.requires_grad
+        }
+
+    def loss_and_grads(
+        self, step: Any, probes: Any, args: tuple, kwargs: dict
+    ) -> tuple[float, set[torch.Tensor]]:
+        """The loss averaged over ranks, and the trained parameters, whose
+        gradients it leaves averaged over ranks (NaN, and no gradient, when
+        the loss is not finite on some rank, or Pyro's validation rejected
+        NaN/inf parameters there: every rank learns it at once, so that all
+        raise together instead of waiting for each other)."""
+        self.module.module.step, self.module.module.probes = step, probes
+        try:
+            loss: torch.Tensor | None = self.module(*args, **kwargs)
+        except ValueError as e:
+            if not is_invalid_values_error(e):
+                raise
+            loss = None
+        value = float("nan") if loss is None else float(loss.item())
+        device = next(iter(self.params)).device
+        mean = float(all_reduce_mean_(torch.tensor(value, device=device)))
+        if loss is not None and math.isfinite(mean):
+            loss.backward()  # DDP averages the gradients over ranks
+        return mean, self.params
+
+    @staticmethod
+    def mean(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each tensor averaged over ranks."""
+        return {name: all_reduce_mean_(t) for name, t in tensors.items()}
 
 
 def shutdown(wait: bool = True) -> None:

@@ -1,4 +1,7 @@
-"""Initialisers for the means of network weights, in Pyro's ``init_to_*`` style.
+"""How a guide starts: initial means, scales and active sets.
+
+Initialisers for the means of network weights, in Pyro's ``init_to_*`` style,
+and the pure rules :class:`~pyro_ssvi.AutoSparseNormal` applies at set-up.
 
 Pyro's default :func:`~pyro.infer.autoguide.init_to_feasible` starts every
 weight mean at exactly zero, which leaves a deep network's units symmetric and
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -29,7 +33,26 @@ from pyro.infer.autoguide.initialization import (
     init_to_value,
 )
 
-__all__ = ["init_gives_values", "init_to_kaiming"]
+from .selection import top_k
+
+__all__ = [
+    "DEFAULT_INIT_SCALE",
+    "DEFAULT_WEIGHT_INIT_SCALE",
+    "INIT_ACTIVE",
+    "active_floor",
+    "init_gives_values",
+    "init_to_kaiming",
+    "initial_active_set",
+    "initial_scales",
+    "num_active",
+]
+
+#: Initial posterior scale of ordinary sites, as in ``AutoNormal``.
+DEFAULT_INIT_SCALE = 0.1
+#: Initial posterior scale of network weights (real, >= 2-D, outside plates).
+DEFAULT_WEIGHT_INIT_SCALE = 0.01
+#: How the initial active set is chosen (see :func:`initial_active_set`).
+INIT_ACTIVE = ("auto", "random", "magnitude")
 
 
 def init_to_kaiming(
@@ -130,3 +153,67 @@ _GENERIC_INITS = frozenset(
         init_to_median,
     }
 )
+
+
+def initial_scales(
+    like: torch.Tensor, scale: float | tuple[float, float]
+) -> torch.Tensor:
+    r"""A constant scale, or :math:`|\varepsilon|`, :math:`\varepsilon \sim
+    \mathcal{N}(\text{mean}, \text{std}^2)` per coordinate (zeros redrawn)."""
+    if not isinstance(scale, tuple):
+        return torch.full_like(like, scale)
+    mean, std = scale
+    draw = (torch.randn_like(like) * std + mean).abs()
+    while not bool((draw > 0).all()):
+        zero = draw == 0
+        draw[zero] = (torch.randn_like(draw[zero]) * std + mean).abs()
+    return draw
+
+
+def active_floor(shape: torch.Size) -> int:
+    """The fewest active coordinates a sparse site of ``shape`` keeps.
+
+    One per output unit, ``min(n, shape[0])``, for a site of two or more
+    dimensions (torch's ``(out, in, ...)`` layout): below it a unit would, on
+    average, see no input at all; 1 for a vector or a scalar.
+
+    Example::
+
+        active_floor(torch.Size([400, 784]))   # 400
+        active_floor(torch.Size([5000]))       # 1
+    """
+    return min(shape.numel(), shape[0]) if len(shape) >= 2 else 1
+
+
+def num_active(name: str, shape: torch.Size, density: float) -> int:
+    r"""A sparse site's :math:`k = \max(k_{\min}, \operatorname{round}(d\,n))`,
+    with the floor :math:`k_{\min}` of :func:`active_floor`; a
+    ``UserWarning`` names the site when the floor raises ``k``."""
+    k = int(round(density * shape.numel()))
+    floor = active_floor(shape)
+    if k < floor:
+        warnings.warn(
+            f"AutoSparseNormal: density {density:g} would keep {k} of the "
+            f"{shape.numel()} coordinates of site {name!r}; it keeps k={floor}, the "
+            "floor (one per output unit of a weight, 1 for a vector: see "
+            "pyro_ssvi.guides.active_floor)",
+            UserWarning,
+            stacklevel=6,
+        )
+    return max(k, floor)
+
+
+def initial_active_set(
+    rule: str, init_loc_fn: Callable[..., Any], name: str, value: torch.Tensor, k: int
+) -> torch.Tensor:
+    """The sorted flat indices a sparse site starts on.
+
+    ``"magnitude"``: the ``k`` largest ``|value|``; ``"random"``: a uniformly
+    random subset; ``"auto"``: the first when the initial values are given
+    (:func:`init_gives_values`), the second otherwise, as in the SSVI paper.
+    """
+    if rule == "auto":
+        rule = "magnitude" if init_gives_values(init_loc_fn, name) else "random"
+    if rule == "magnitude":
+        return top_k(value.reshape(-1).abs(), k)
+    return torch.randperm(value.numel(), device=value.device)[:k].sort().values

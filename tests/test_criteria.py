@@ -23,8 +23,8 @@ from pyro_ssvi.criteria import (
     snr,
     snr_abs,
     snr_exp_abs,
-    top_k,
 )
+from pyro_ssvi.selection import top_k
 
 F64 = torch.float64
 SNR_ABS_AT_ZERO = math.sqrt(2 / math.pi) / math.sqrt(1 - 2 / math.pi)  # 1.3236...

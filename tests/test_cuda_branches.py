@@ -31,8 +31,8 @@ from pyro_ssvi.poutine import (
     local_reparameterization,
     sparse_weight_sampling,
 )
-from pyro_ssvi.scheduler import likelihood_gradients
-from pyro_ssvi.subspace import move
+from pyro_ssvi.reselection import likelihood_gradients
+from pyro_ssvi.selection import move
 from pyro_ssvi.training import resolve_device
 
 META = torch.device("meta")
@@ -95,7 +95,8 @@ def test_model_guide_and_kl_run_on_a_non_cpu_device(on_meta, kind, handler):
     for name in guide.sparse_site_names():
         params = guide.subspace_params(name)
         assert all(t.device == META for t in params)
-        assert params.indices.dtype == torch.float64
+        # module-local parameters: the indices are an int64 buffer (issue 18)
+        assert params.indices.dtype == torch.int64
         assert guide.active_indices()[name].dtype == torch.int64
         assert guide.active_indices()[name].device == META
 
@@ -228,10 +229,16 @@ def test_csr_structure_is_torchs_layout_with_int64_indices(index_dtype):
 
 
 # ------------------------------------------------------------ indices
-def test_guide_indices_stay_exact_float64_through_moves_and_casts():
+@pytest.mark.parametrize(
+    "module_local, index_dtype", [(True, torch.int64), (False, torch.float64)]
+)
+def test_guide_indices_stay_exact_through_moves_and_casts(module_local, index_dtype):
     """``guide.to(device, dtype)``, ``.half()``, ``.float()``: the active
-    indices stay exact integers in float64 wherever the guide goes."""
-    with pyro.settings.context(module_local_params=True):
+    indices stay exact integers wherever the guide goes: int64 buffers of the
+    module in module-local mode, float64 params in Pyro's param store (which
+    keeps only floating tensors)."""
+    pyro.clear_param_store()
+    with pyro.settings.context(module_local_params=module_local):
         model, x, y = _classifier("mlp")
         guide = AutoSparseNormal(model, density=0.1).setup(x, y)
         before = {k: v.clone() for k, v in guide.active_indices().items()}
@@ -242,14 +249,16 @@ def test_guide_indices_stay_exact_float64_through_moves_and_casts():
         ):
             move_guide(guide)
             for name in guide.sparse_site_names():
-                assert guide.subspace_params(name).indices.dtype == torch.float64
+                assert guide.subspace_params(name).indices.dtype == index_dtype
             assert all(
                 torch.equal(guide.active_indices()[k], v) for k, v in before.items()
             )
+        if not module_local:
+            return  # a param-store guide's parameters live in the store
         guide.to(META, torch.float32)
         for name in guide.sparse_site_names():
             loc, _, indices = guide.subspace_params(name)
-            assert indices.dtype == torch.float64 and indices.device == META
+            assert indices.dtype == index_dtype and indices.device == META
             assert loc.dtype == torch.float32 and loc.device == META
 
 

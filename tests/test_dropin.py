@@ -343,8 +343,6 @@ def test_get_posterior_is_the_joint_posterior_as_in_pyro():
     median = guide.median()
     assert joint.event_shape == (sum(v.numel() for v in median.values()),)
     assert torch.equal(joint.mean, torch.cat([v.reshape(-1) for v in median.values()]))
-    with pytest.warns(FutureWarning, match="site_posterior"):
-        assert isinstance(guide.get_posterior("net.0.weight"), dist.TorchDistribution)
 
 
 def test_sparse_sites_predicate_is_asked_only_about_eligible_sites():

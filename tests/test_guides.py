@@ -443,27 +443,6 @@ def test_dense_sites_override_the_default_rule():
         AutoSparseNormal(tiny_classifier(), dense_sites="net.0.weight")
 
 
-def test_state_dicts_of_pyro_ssvi_0_1_load_unchanged():
-    """tests/data/guide_v0_1.pt: a trained guide saved by pyro_ssvi 0.1 (int64
-    index buffers and a dict _extra_state), with its median and indices."""
-    from pathlib import Path
-
-    saved = torch.load(
-        Path(__file__).parent / "data" / "guide_v0_1.pt", weights_only=True
-    )
-    assert "_extra_state" in saved["guide"]  # really the old format
-    for setup_first in (False, True):
-        pyro.clear_param_store()
-        guide = AutoSparseNormal(tiny_classifier(), density=0.3)
-        if setup_first:
-            guide.setup(X, Y)
-        guide.load_state_dict(saved["guide"])
-        median = guide.median(X)
-        assert all(torch.equal(median[k], v) for k, v in saved["median"].items())
-        indices = guide.active_indices()
-        assert all(torch.equal(indices[k], v) for k, v in saved["indices"].items())
-
-
 def test_init_scale_pair_draws_folded_normal_scales():
     """init_scale=(m, s): sigma = |eps|, eps ~ N(m, s^2), per coordinate. The
     folded normal's mean is s sqrt(2/pi) exp(-m^2 / 2s^2) + m erf(m / s sqrt 2)
@@ -494,3 +473,37 @@ def test_init_scale_pair_draws_folded_normal_scales():
         AutoSparseNormal(model, init_scale=(-1.0, 0.1))
     with pytest.raises(TypeError, match="pair"):
         AutoSparseNormal(model, init_scale=(1.0, 0.1, 3.0))
+
+
+def test_module_local_indices_are_module_state_never_parameters():
+    """Under module_local_params the indices are an int64 buffer: every
+    parameter an optimiser over Pyro's ELBOModule sees is trained and moves
+    (Pyro's own tests/nn/test_module.py::test_svi_elbomodule_interface
+    requires it), and a state dict loads into either storage."""
+    from pyro.infer import TraceMeanField_ELBO
+
+    pyro.settings.set(module_local_params=True)
+    model = tiny_classifier()
+    guide = AutoSparseNormal(model, density=0.5).setup(X, Y)
+    elbo = TraceMeanField_ELBO()(model, guide)
+    names = [name for name, _ in elbo.named_parameters()]
+    assert names and not any(".indices." in name for name in names)
+    before = [p.detach().clone() for p in elbo.parameters()]
+    optimizer = torch.optim.Adam(elbo.parameters(), lr=0.1)
+    for _ in range(5):
+        optimizer.zero_grad()
+        elbo(X, Y).backward()
+        optimizer.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, elbo.parameters()))
+    buffers = dict(guide.named_buffers())
+    assert buffers["indices.net.0.weight"].dtype == torch.int64
+    state = guide.state_dict()
+    assert state["indices.net.0.weight_unconstrained"].dtype == torch.int32
+    for local in (True, False):  # into a guide of either storage
+        pyro.settings.set(module_local_params=local)
+        pyro.clear_param_store()
+        other = AutoSparseNormal(tiny_classifier(), density=0.5).setup(X, Y)
+        other.load_state_dict(state)
+        for name, idx in guide.active_indices().items():
+            assert torch.equal(other.active_indices()[name], idx)
+        assert all(torch.equal(other.median()[k], v) for k, v in guide.median().items())

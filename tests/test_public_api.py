@@ -30,9 +30,9 @@ MODULES = [
     "pyro_ssvi.poutine",
     "pyro_ssvi.predict",
     "pyro_ssvi.regression",
-    "pyro_ssvi.scheduler",
+    "pyro_ssvi.reselection",
     "pyro_ssvi.schedules",
-    "pyro_ssvi.subspace",
+    "pyro_ssvi.selection",
     "pyro_ssvi.svi",
     "pyro_ssvi.training",
 ]

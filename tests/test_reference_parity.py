@@ -18,10 +18,11 @@ from common import classification_data
 
 from pyro_ssvi import AutoSparseNormal
 from pyro_ssvi.cli import _given, build_parser
-from pyro_ssvi.criteria import CRITERIA, removal_scores, top_k
+from pyro_ssvi.criteria import CRITERIA, removal_scores
+from pyro_ssvi.selection import top_k
 from pyro_ssvi.models import BayesianClassifier, mlp
 from pyro_ssvi.poutine import scale_kl
-from pyro_ssvi.scheduler import likelihood_gradients
+from pyro_ssvi.reselection import likelihood_gradients
 from pyro_ssvi.training import TrainConfig
 
 ROOT = benchmark_scripts.ROOT

@@ -31,7 +31,7 @@ from pyro_ssvi._step import Unsupported, direct_step
 from pyro_ssvi.elbo import TraceSparseMeanField_ELBO
 from pyro_ssvi.models import BayesianClassifier, lenet
 from pyro_ssvi.poutine import local_reparameterization, scale_kl, sparse_weight_sampling
-from pyro_ssvi.scheduler import likelihood_gradients
+from pyro_ssvi.reselection import likelihood_gradients
 
 
 class Block(nn.Module):

@@ -503,7 +503,7 @@ def test_regrow_scale_sets_the_scale_of_new_coordinates():
 def test_growth_score_with_the_kl_gradient_is_the_references():
     """likelihood_gradients(kl_weight=w) adds w * dKL/dmu = w * mu / s0^2 (prior
     N(0, 1)) at the active coordinates and nothing elsewhere."""
-    from pyro_ssvi.scheduler import likelihood_gradients
+    from pyro_ssvi.reselection import likelihood_gradients
 
     model, guide, _ = _svi(0.5)
     guide.setup(X, Y)
@@ -525,3 +525,26 @@ def test_growth_score_with_the_kl_gradient_is_the_references():
         assert torch.allclose(with_kl_scaled[name], expected, atol=1e-6)
     _, _, svi = _svi(growth_includes_kl=True, kl_weight=0.5)
     assert svi.subspace.growth_kl_weight() == 0.5
+
+
+def test_a_guide_without_an_autosparsenormal_is_named_in_the_error():
+    """The error names what the guide is and what it needs (it said only
+    "got method" for a bound method)."""
+    model = tiny_classifier()
+
+    class Holder:
+        def guide(self, x, y):
+            return None
+
+    for guide, what in [
+        (AutoNormal(model), "the AutoNormal given"),
+        (
+            Holder().guide,
+            "the method 'test_a_guide_without_an_autosparsenormal_is_"
+            "named_in_the_error.<locals>.Holder.guide' given",
+        ),
+    ]:
+        with pytest.raises(TypeError) as error:
+            SparseSVI(model, guide, _adam())
+        message = str(error.value)
+        assert "needs an AutoSparseNormal inside" in message and what in message

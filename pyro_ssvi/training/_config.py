@@ -543,7 +543,7 @@ def _check_with_library(c: TrainConfig) -> None:
     """
     from ..guides import AutoSparseNormal
     from ..poutine import scale_kl
-    from ..scheduler import SubspaceScheduler
+    from ..reselection import SubspaceScheduler
 
     try:
         guide = AutoSparseNormal(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -349,7 +348,7 @@ def lr_scheduler(
 def _subspace(
     c: TrainConfig, model: Any, guide: Any, optimizer: Any, steps_per_epoch: int
 ) -> Any:
-    from ..scheduler import SubspaceScheduler
+    from ..reselection import SubspaceScheduler
 
     if c.guide != "ssvi":
         return FixedSubspace()
@@ -358,14 +357,16 @@ def _subspace(
     stop = int(c.stop_updates_fraction * total_steps)
     if not stop:  # no update at all: no horizon for a decay, nor anything to decay
         options["drop_schedule"] = "constant"
-    scheduler = SubspaceScheduler(
-        model, guide, optimizer, stop_updates_at=stop, num_steps=total_steps, **options
+    return SubspaceScheduler(
+        model,
+        guide,
+        optimizer,
+        stop_updates_at=stop,
+        num_steps=total_steps,
+        kl_weight=lambda step: kl_weight_at(c, step, steps_per_epoch),
+        growth_includes_kl=c.growth_includes_kl,
+        **options,
     )
-    if c.growth_includes_kl:  # the KL weight of the step just taken
-        scheduler.growth_kl_weight = lambda: kl_weight_at(
-            c, scheduler.step_count, steps_per_epoch
-        )
-    return scheduler
 
 
 def _weight_sampling(c: TrainConfig) -> Any:
@@ -457,9 +458,7 @@ def restore(run: Run, state: dict[str, Any], source: str = "the checkpoint") -> 
 
     :func:`build_run` has run the guide on a batch, so its sites have the
     shapes of the configured model before the saved state is loaded; a state
-    of another model is refused here with one line. Checkpoints of layout
-    version 1 (optimiser state by parameter name) are mapped onto the
-    optimiser's parameters.
+    of another model is refused here with one line.
 
     Raises:
         CheckpointError: If the saved guide or model does not fit the run's.
@@ -481,73 +480,15 @@ def restore(run: Run, state: dict[str, Any], source: str = "the checkpoint") -> 
         saved = state.get("statistics")
         regression.check_statistics(saved, run.statistics, source, c.dataset)
     epoch = int(state["epoch"])
-    if state.get("version") == 1:
-        _restore_version_1(run, state, epoch, source)
-    else:
-        run.optimizer.load_state_dict(state["optimizer"])
-        run.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        run.subspace.load_state_dict(state["subspace"])
-        if run.weight_sampling is not None and state["sparse_compute"]:
-            run.weight_sampling.load_state_dict(state["sparse_compute"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    run.subspace.load_state_dict(state["subspace"])
+    if run.weight_sampling is not None and state["sparse_compute"]:
+        run.weight_sampling.load_state_dict(state["sparse_compute"])
     run.epoch = run.checkpoint_epoch = epoch
     run.history = list(state["history"])
     run.elapsed_s = float(state["elapsed_s"])
     _set_rng_state(state["rng"])
-
-
-def _restore_version_1(
-    run: Run, state: dict[str, Any], epoch: int, source: str
-) -> None:
-    """Resume from a checkpoint of pyro_ssvi before the torch-optimiser loop.
-
-    Those kept one torch optimiser per parameter, saved by parameter name
-    (``"guide.<name>"``, ``"model.<name>"``: the names the ``ELBOModule``
-    gives them too), an ``"svi"`` entry with the subspace schedule (and the
-    sparse-compute choices as ``"paths"``), and no LR schedule (the lr
-    followed from the epoch).
-    """
-    svi = dict(state["svi"])
-    paths = svi.pop("paths", None)
-    run.subspace.load_state_dict(svi)
-    if run.weight_sampling is not None and paths:
-        run.weight_sampling.load_state_dict(paths)
-    current = run.optimizer.state_dict()
-    position = {
-        id(p): i
-        for i, p in enumerate(
-            p for g in run.optimizer.param_groups for p in g["params"]
-        )
-    }
-    saved, moments = state["optimizer"], {}
-    for name, param in named_parameters(run).items():
-        entry = saved.get(name, {}).get("state", {})
-        old = next(iter(entry.values()), None)
-        if id(param) in position and old is not None and _fits(old, param):
-            moments[position[id(param)]] = old
-    current["state"] = moments
-    run.optimizer.load_state_dict(current)
-    if len(moments) < len(position):
-        warnings.warn(
-            f"{source} was written by an earlier pyro_ssvi: "
-            f"{len(position) - len(moments)} of {len(position)} parameters "
-            "resume with fresh optimiser moments",
-            UserWarning,
-            stacklevel=3,
-        )
-    # The optimiser's groups hold initial_lr (set by the run's LR scheduler).
-    run.lr_scheduler = lr_scheduler(run.config, run.optimizer, last_epoch=epoch - 1)
-
-
-def _fits(moments: dict[str, Any], param: torch.Tensor) -> bool:
-    tensors = [v for v in moments.values() if torch.is_tensor(v) and v.dim() > 0]
-    return bool(tensors) and all(v.shape == param.shape for v in tensors)
-
-
-def named_parameters(run: Run) -> dict[str, torch.nn.Parameter]:
-    """``{"guide.<name>" | "model.<name>": parameter}`` of a run's modules."""
-    named = {f"guide.{n}": p for n, p in run.guide.named_parameters()}
-    named.update({f"model.{n}": p for n, p in run.model.named_parameters()})
-    return named
 
 
 def progress_bar(enabled: bool, **kwargs: Any) -> Any:

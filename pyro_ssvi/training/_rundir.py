@@ -33,11 +33,8 @@ from ._lock import LOCK_FILE, LOCK_FILES, holds, own_directory
 RUNTIME_FIELDS = frozenset({"device", "num_workers", "eval_batch_size", "download"})
 _COMMON_KEYS = {"config", "epoch", "num_data", "history", "elapsed_s"}
 #: Keys of every training checkpoint (see ``checkpoint_state``), by layout
-#: version: 1 kept per-parameter optimiser state by name and the subspace
-#: schedule as ``svi``; 2 keeps the torch optimiser's and LR scheduler's own
-#: state dicts.
+#: version: 2 keeps the torch optimiser's and LR scheduler's own state dicts.
 STATE_KEYS = {
-    1: frozenset(_COMMON_KEYS | {"guide", "model", "optimizer", "svi", "rng"}),
     2: frozenset(
         _COMMON_KEYS
         | {"guide", "model", "optimizer", "lr_scheduler", "subspace"}

@@ -21,16 +21,13 @@ coordinates it moves) along with the guide::
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
-from pyro import poutine
-from pyro.optim import PyroOptim
-from pyro.poutine.messenger import Messenger
-from torch.distributions import kl_divergence, transform_to
+from torch.distributions import transform_to
 
-from ._pyro_compat import pyro_optim_optimizers
-from ._step import DirectStep, Observer, Unsupported, direct_step
+from ._optim import check_optimizer, move_optimizer_state
+from ._step import DirectStep, Unsupported, direct_step
 from .criteria import (
     addition_scores,
     get_addition,
@@ -38,11 +35,12 @@ from .criteria import (
     needs_grad,
     removal_scores,
 )
-from .distributed import all_reduce_mean_, check_indices_agree, is_distributed
-from .distributions import ShiftedSparseNormal, SparseNormal
+from .distributed import check_indices_agree, is_distributed
+from .distributions import SparseNormal
+from .growth import likelihood_gradients
 from .guides import AutoSparseNormal
 from .schedules import drop_fraction_at, get_schedule, needs_horizon, update_due
-from .subspace import move, num_to_swap, refill_value, reselect
+from .selection import move, num_to_swap, regrown_scale, reselect
 
 __all__ = ["SubspaceScheduler", "SubspaceUpdate", "find_sparse_guides"]
 
@@ -97,170 +95,6 @@ def find_sparse_guides(guide: Any) -> list[AutoSparseNormal]:
     return unique
 
 
-def likelihood_gradients(
-    model: Callable[..., Any],
-    guide: Callable[..., Any],
-    *args: Any,
-    kl_weight: float = 0.0,
-    direct: DirectStep | None = None,
-    **kwargs: Any,
-) -> dict[str, torch.Tensor]:
-    r"""Gradient of the negative log-likelihood with respect to every sparse weight.
-
-    One draw :math:`\theta \sim q` from the guide, with every sparse site
-    sampled as :math:`\theta + \delta`, :math:`\delta = 0`; then
-
-    .. math:: g = \frac{\partial}{\partial \delta}
-        \Big(-\sum_{\text{observed } i} \log p(y_i \mid \theta + \delta)
-        + w\, s\, \mathrm{KL}(\mu + \delta_A)\Big),
-
-    each observed site weighted by its scale (plates, subsampling,
-    ``poutine.scale``) and mask, as in the ELBO. The KL term enters only with
-    ``kl_weight`` :math:`w > 0`: it adds :math:`w\, s\, \partial
-    \mathrm{KL} / \partial \mu_j` at the active coordinates :math:`j`
-    (zero at the others), with :math:`s` the guide site's scale
-    (:func:`~pyro_ssvi.poutine.scale_kl`); this is the SSVI reference
-    implementation's growth score. Under ``torch.distributed`` the gradients
-    are averaged over ranks. Works with any ELBO (JIT ones too: this pass is
-    not compiled), any handler-wrapped guide, LRT or not; with ``direct`` (a
-    :class:`~pyro_ssvi._step.DirectStep`) the pass is that step's forward,
-    on the same kernels as the loss.
-
-    Returns:
-        ``{site name: dense gradient of the site's shape}``.
-    """
-    result = None
-    if direct is not None:
-        result = _direct_gradients(direct, args, kwargs, kl_weight)
-    if result is None:
-        result = _traced_gradients(model, guide, args, kwargs, kl_weight)
-    return {name: all_reduce_mean_(grad) for name, grad in result.items()}
-
-
-def _probe(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(shape, dtype=like.dtype, device=like.device, requires_grad=True)
-
-
-def _gradients(loss: Any, probes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    inputs = list(probes.values())
-    grads = (
-        torch.autograd.grad(loss, inputs, allow_unused=True)
-        if inputs and loss.requires_grad
-        else [None] * len(inputs)
-    )
-    return {
-        name: torch.zeros_like(probe) if grad is None else grad.detach()
-        for (name, probe), grad in zip(probes.items(), grads)
-    }
-
-
-def _direct_gradients(
-    direct: DirectStep, args: tuple, kwargs: dict, kl_weight: float
-) -> dict[str, torch.Tensor] | None:
-    guide = direct.guide
-    probes = {
-        name: _probe(guide.site_shape(name), guide._stored("locs", name))
-        for name in guide.sparse_site_names()
-    }
-    with torch.enable_grad():
-        try:
-            result = direct(args, kwargs, probes, growth=True, growth_kl=kl_weight)
-        except Unsupported:
-            return None
-        return None if result is None else _gradients(result[0], probes)
-
-
-class _Probes(Messenger):
-    """Samples every sparse guide site shifted by a zero probe that requires grad.
-
-    The gradient of the loss with respect to a probe is the gradient with
-    respect to every coordinate of the site's weight, active or not.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.probes: dict[str, torch.Tensor] = {}
-
-    def _pyro_sample(self, msg: Any) -> None:
-        fn = msg["fn"]
-        if isinstance(fn, SparseNormal) and msg["value"] is None:
-            probe = _probe(fn.event_shape, fn.loc)
-            self.probes[msg["name"]] = probe
-            msg["fn"] = ShiftedSparseNormal(fn, probe)
-
-
-def _traced_gradients(
-    model: Callable[..., Any],
-    guide: Callable[..., Any],
-    args: tuple,
-    kwargs: dict,
-    kl_weight: float,
-) -> dict[str, torch.Tensor]:
-    probes = _Probes()
-    observer = Observer()
-    with torch.enable_grad():
-        with probes:
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        with observer:
-            model_trace = poutine.trace(
-                poutine.replay(model, trace=guide_trace)
-            ).get_trace(*args, **kwargs)
-        loss = -sum(observer.log_likelihood, torch.zeros(()))
-        if kl_weight:
-            for name, probe in probes.probes.items():
-                site: Any = guide_trace.nodes[name]
-                post = site["fn"].base
-                shifted = SparseNormal(
-                    post.loc.detach() + post.gather(probe),
-                    post.scale.detach(),
-                    post.indices,
-                    post.event_shape,
-                    validate_args=False,
-                )
-                prior: Any = model_trace.nodes[name]["fn"]
-                kl = kl_divergence(shifted, prior).sum() * site["scale"]
-                loss = loss + kl_weight * kl
-        return _gradients(loss, probes.probes)
-
-
-def _torch_optimizers(optimizer: Any) -> Iterator[Any]:
-    """The torch optimisers (or ``PyroOptim``) behind ``optimizer``."""
-    if optimizer is None:
-        return
-    if isinstance(optimizer, (list, tuple)):
-        for item in optimizer:
-            yield from _torch_optimizers(item)
-        return
-    yield getattr(optimizer, "optimizer", optimizer)  # torch LR schedulers
-
-
-def _move_optimizer_state(
-    optimizer: Any, param: torch.Tensor, source: torch.Tensor
-) -> None:
-    """Moments of ``param`` follow its coordinates; new coordinates start at 0."""
-    for opt in _torch_optimizers(optimizer):
-        if isinstance(opt, PyroOptim):
-            opt = pyro_optim_optimizers(opt).get(param)
-            if opt is None:
-                continue
-        state = getattr(opt, "state", {}).get(param)
-        for value in (state or {}).values():
-            if torch.is_tensor(value) and value.shape == param.shape:
-                value.copy_(move(value, source, 0.0))
-    if param.grad is not None:
-        param.grad.zero_()
-
-
-def _check_optimizer(optimizer: Any) -> None:
-    for opt in _torch_optimizers(optimizer):
-        if not (isinstance(opt, PyroOptim) or hasattr(opt, "state")):
-            raise TypeError(
-                "SubspaceScheduler: optimizer must be a torch.optim.Optimizer, a "
-                "torch LR scheduler, a pyro.optim.PyroOptim, a list of these or "
-                f"None, got {type(opt).__name__}."
-            )
-
-
 class SubspaceScheduler:
     r"""Reselects the sparse subspaces of a guide on a schedule.
 
@@ -270,18 +104,15 @@ class SubspaceScheduler:
 
     1. removes the :math:`s = \lfloor r_t k \rfloor` active coordinates with
        the lowest ``removal`` score (:data:`pyro_ssvi.criteria.CRITERIA`;
-       the SNR of :math:`|\theta|` by default), with
-       :math:`r_t` from :func:`pyro_ssvi.schedules.drop_fraction_at`;
+       the SNR of :math:`|\theta|` by default), :math:`r_t` from
+       :func:`pyro_ssvi.schedules.drop_fraction_at`;
     2. adds :math:`s` coordinates, among all not kept, with the highest
        ``addition`` score (``"grad"``: :math:`|\partial L/\partial\theta_j|`
-       of the negative log-likelihood on the minibatch passed to
-       :meth:`step`, see :func:`likelihood_gradients`; ``"random"``);
+       on the step's minibatch, see :mod:`pyro_ssvi.growth`; ``"random"``);
     3. moves the kept coordinates' means, scales and optimiser moments with
-       them (:func:`pyro_ssvi.subspace.reselect`, :func:`~pyro_ssvi.subspace.move`).
-       New coordinates start at mean 0, at the mean unconstrained scale of the
-       coordinates that stay active (or ``regrow_scale``), and with zero
-       moments; a coordinate
-       removed and re-added keeps everything.
+       them (:mod:`pyro_ssvi.selection`); new ones start at mean 0, at the
+       scale of :func:`~pyro_ssvi.selection.regrown_scale` and with zero
+       moments; one removed and re-added keeps everything.
 
     All edits are in place, so the optimiser keeps holding the same tensors.
 
@@ -289,36 +120,32 @@ class SubspaceScheduler:
         model: The Pyro model.
         guide: A guide containing :class:`~pyro_ssvi.AutoSparseNormal` (alone,
             in an ``AutoGuideList``, or wrapped in Pyro handlers).
-        optimizer: The optimiser whose moments must follow the coordinates:
-            a ``torch.optim.Optimizer``, a torch LR scheduler, a
-            ``pyro.optim.PyroOptim``, a list of these, or None for an
-            optimiser without per-coordinate state.
+        optimizer: The optimiser whose moments follow the coordinates: a
+            ``torch.optim.Optimizer``, a torch LR scheduler, a
+            ``pyro.optim.PyroOptim``, a list of these, or None.
         update_every: Steps between updates.
         removal: A name from :data:`~pyro_ssvi.criteria.CRITERIA` or a
             callable ``(loc, scale) -> scores``.
         addition: ``"grad"``, ``"random"`` or a callable
-            ``(site_name, posterior, grad) -> scores`` of all coordinates
-            (see :func:`~pyro_ssvi.criteria.get_addition`).
+            ``(site_name, posterior, grad) -> scores`` of all coordinates.
         drop_fraction: Initial fraction :math:`\alpha \in [0, 1)`.
         drop_schedule: ``"cosine"``, ``"linear"``, ``"constant"``,
-            ``"inverse"`` or a callable ``progress -> multiplier``. Default:
-            ``"cosine"`` (the reference's) when there is a stop step, else
+            ``"inverse"`` or a callable ``progress -> multiplier``; default
+            ``"cosine"`` (the reference's) with a stop step, else
             ``"inverse"``, which needs none.
-        stop_updates_at: Step from which no more updates happen. Default:
-            ``floor(0.75 * num_steps)`` as in the reference implementation,
-            or never without ``num_steps``.
+        stop_updates_at: Step from which no update happens; default
+            ``floor(0.75 * num_steps)``, as the reference, or never.
         num_steps: Planned number of training steps.
-        sparse_guides: The ``AutoSparseNormal`` guides to reselect, if
-            finding them inside ``guide`` is not possible.
-        regrow_scale: The standard deviation of newly active coordinates:
-            ``"mean"`` (the reference's rule: the mean unconstrained scale
-            of the coordinates that stay active) or a float > 0.
-        growth_kl_weight: Add this weight (a float, or a callable returning
-            it, e.g. the current KL weight) times :math:`\partial
+        sparse_guides: The ``AutoSparseNormal`` guides to reselect, if they
+            cannot be found inside ``guide``.
+        regrow_scale: ``"mean"`` or a float > 0, see
+            :func:`~pyro_ssvi.selection.regrown_scale`.
+        kl_weight: The training loss's KL weight: a float, or a callable of
+            the 1-based step number.
+        growth_includes_kl: Add ``kl_weight`` times :math:`\partial
             \mathrm{KL}/\partial\mu_j` of the active coordinates to the
-            ``"grad"`` addition score, as the reference implementation's
-            growth score does (it lets just-removed coordinates compete with
-            their KL gradient). Default 0: the likelihood alone.
+            ``"grad"`` score, as the reference implementation's growth score
+            (the gradient of its whole loss) does.
 
     Raises:
         ValueError, TypeError: For invalid arguments, with the fix named.
@@ -339,11 +166,12 @@ class SubspaceScheduler:
         num_steps: int | None = None,
         sparse_guides: AutoSparseNormal | Iterable[AutoSparseNormal] | None = None,
         regrow_scale: str | float = "mean",
-        growth_kl_weight: float | Callable[[], float] = 0.0,
+        kl_weight: float | Callable[[int], float] = 1.0,
+        growth_includes_kl: bool = False,
     ) -> None:
         self.model, self.guide, self.optimizer = model, guide, optimizer
-        self.growth_kl_weight = growth_kl_weight
-        _check_optimizer(optimizer)
+        check_optimizer(optimizer)
+        self.kl_weight, self.growth_includes_kl = kl_weight, bool(growth_includes_kl)
         if regrow_scale != "mean" and not (
             isinstance(regrow_scale, (int, float))
             and not isinstance(regrow_scale, bool)
@@ -351,31 +179,30 @@ class SubspaceScheduler:
         ):
             raise ValueError(
                 "SubspaceScheduler: regrow_scale must be 'mean' or a standard "
-                "deviation > 0, "
-                f"got {regrow_scale!r}."
+                f"deviation > 0, got {regrow_scale!r}."
             )
         self.regrow_scale = regrow_scale
-        if sparse_guides is None:
-            self.sparse_guides = find_sparse_guides(guide)
-        elif isinstance(sparse_guides, AutoSparseNormal):
-            self.sparse_guides = [sparse_guides]
-        else:
-            self.sparse_guides = list(sparse_guides)
+        if isinstance(sparse_guides, AutoSparseNormal):
+            sparse_guides = [sparse_guides]
+        self.sparse_guides = (
+            find_sparse_guides(guide) if sparse_guides is None else list(sparse_guides)
+        )
         if not self.sparse_guides or not all(
             isinstance(g, AutoSparseNormal) for g in self.sparse_guides
         ):
             raise TypeError(
-                "SparseSVI needs an AutoSparseNormal guide (alone, inside an "
-                "AutoGuideList, or wrapped in poutine handlers), got "
-                f"{type(guide).__name__}; pass sparse_guides=... if it is hidden "
-                "elsewhere, or use pyro.infer.SVI for other guides."
+                "SubspaceScheduler: the guide needs an AutoSparseNormal inside "
+                "(alone, in an AutoGuideList, or wrapped in poutine handlers), but "
+                f"{_describe(guide)} has none; pass sparse_guides=... if it is "
+                "hidden elsewhere, or use pyro.infer.SVI for other guides."
             )
         self.update_every = _check_int("update_every", update_every, 1)
         self.removal = removal  # type: ignore[assignment]
         self.addition = addition  # type: ignore[assignment]
         if isinstance(drop_fraction, bool) or not 0.0 <= drop_fraction < 1.0:
             raise ValueError(
-                f"SparseSVI: drop_fraction must be in [0, 1), got {drop_fraction!r}."
+                "SubspaceScheduler: drop_fraction must be in [0, 1), got "
+                f"{drop_fraction!r}."
             )
         self.drop_fraction = float(drop_fraction)
         if num_steps is not None:
@@ -390,8 +217,8 @@ class SubspaceScheduler:
         get_schedule(drop_schedule)
         if needs_horizon(drop_schedule) and not stop_updates_at:
             raise ValueError(
-                f"SparseSVI: drop_schedule {drop_schedule!r} decays towards the stop "
-                "step; pass num_steps= (or stop_updates_at=), or use "
+                f"SubspaceScheduler: drop_schedule {drop_schedule!r} decays towards "
+                "the stop step; pass num_steps= (or stop_updates_at=), or use "
                 "drop_schedule='inverse' or 'constant', which need no horizon."
             )
         self.drop_schedule = drop_schedule
@@ -402,8 +229,7 @@ class SubspaceScheduler:
 
     @property
     def removal(self) -> Callable[..., torch.Tensor]:
-        """The removal criterion, ``(loc, scale) -> scores`` (set a name or a
-        callable: it is resolved once, when set)."""
+        """The removal criterion ``(loc, scale) -> scores`` (resolved when set)."""
         return self._removal
 
     @removal.setter
@@ -412,8 +238,8 @@ class SubspaceScheduler:
 
     @property
     def addition(self) -> Callable[..., torch.Tensor]:
-        """The addition rule, ``(site, posterior, grad) -> scores`` (set a name
-        or a callable: it is resolved once, when set)."""
+        """The addition rule ``(site, posterior, grad) -> scores`` (resolved
+        when set)."""
         return self._addition
 
     @addition.setter
@@ -444,14 +270,20 @@ class SubspaceScheduler:
             stop_at=self.stop_updates_at,
         )
 
+    def growth_kl_weight(self) -> float:
+        """The KL weight of the growth score now: ``kl_weight`` at the current
+        step with ``growth_includes_kl``, else 0."""
+        if not self.growth_includes_kl:
+            return 0.0
+        weight = self.kl_weight
+        return float(weight(self.step_count) if callable(weight) else weight)
+
     def step(self, *args: Any, **kwargs: Any) -> SubspaceUpdate | None:
         """Count one optimisation step; reselect if an update is due.
 
         Call it after each optimiser step, with that step's minibatch (the
-        model's ``*args, **kwargs``; the ``"grad"`` addition rule runs one
-        extra forward and backward pass on it when an update is due;
-        :class:`~pyro_ssvi.SparseSVI` passes the training step's own gradient
-        instead).
+        model's ``*args, **kwargs``: the ``"grad"`` rule runs one forward and
+        backward pass on it when an update is due).
 
         Returns:
             The :class:`SubspaceUpdate` if one ran, else None.
@@ -462,14 +294,11 @@ class SubspaceScheduler:
         self, args: tuple, kwargs: dict, grads: dict[str, torch.Tensor] | None = None
     ) -> SubspaceUpdate | None:
         self.step_count += 1
-        if not self.update_due():
-            return None
-        return self._update(args, kwargs, grads)
+        return self._update(args, kwargs, grads) if self.update_due() else None
 
     def wants_gradients(self) -> bool:
         """Whether the next :meth:`step` runs an update that reads the growth
-        gradient (which the training step may then provide, see
-        :class:`~pyro_ssvi.SparseSVI`)."""
+        gradient (which the training step may then provide)."""
         return (
             needs_grad(self.addition)
             and self.update_due(self.step_count + 1)
@@ -478,17 +307,14 @@ class SubspaceScheduler:
 
     def _direct_step(self) -> DirectStep | None:
         """The growth pass's direct step (None: traced), chosen once per set-up."""
-        guide = self.guide
-        key = getattr(guide, "prototype_trace", None)
-        if key is None:
-            return None
-        if self._direct is None or self._direct[0] is not key:
+        key = getattr(self.guide, "prototype_trace", None)
+        if key is not None and (self._direct is None or self._direct[0] is not key):
             try:
-                step: DirectStep | None = direct_step(self.model, guide)
+                step: DirectStep | None = direct_step(self.model, self.guide)
             except Unsupported:
                 step = None
             self._direct = (key, step)
-        return self._direct[1]
+        return None if key is None or self._direct is None else self._direct[1]
 
     # --------------------------------------------------------- reselection
     def update(self, *args: Any, **kwargs: Any) -> SubspaceUpdate:
@@ -503,7 +329,6 @@ class SubspaceScheduler:
     def _update(
         self, args: tuple, kwargs: dict, grads: dict[str, torch.Tensor] | None = None
     ) -> SubspaceUpdate:
-        """:meth:`update`, with the growth gradients if already computed."""
         if grads is None:
             grads = self._growth_gradients(args, kwargs)
         fraction = self.drop_fraction_at()
@@ -513,8 +338,8 @@ class SubspaceScheduler:
         for i, guide in enumerate(self.sparse_guides):
             for name in guide.sparse_site_names():
                 key = f"{i}.{name}" if several else name
-                full = guide._is_full(name)
-                if needs_grad(self.addition) and name not in grads and not full:
+                unseen = needs_grad(self.addition) and name not in grads
+                if unseen and not guide._is_full(name):
                     self._warn_unseen(name)
                     dropped[key] = swapped[key] = 0
                     continue
@@ -531,13 +356,12 @@ class SubspaceScheduler:
         """The addition rule's gradients, by a growth pass on the minibatch."""
         if not needs_grad(self.addition) or self._all_full():
             return {}
-        weight = self.growth_kl_weight
         try:
             return likelihood_gradients(
                 self.model,
                 self.guide,
                 *args,
-                kl_weight=float(weight() if callable(weight) else weight),
+                kl_weight=self.growth_kl_weight(),
                 direct=self._direct_step(),
                 **kwargs,
             )
@@ -576,20 +400,20 @@ class SubspaceScheduler:
         fraction: float,
         grad: torch.Tensor | None,
     ) -> tuple[int, int]:
-        params = guide.subspace_params(name)
-        loc_u, scale_u, stored = params
+        loc_u, scale_u, stored = guide.subspace_params(name)
         if not (
             bool(torch.isfinite(loc_u).all()) and bool(torch.isfinite(scale_u).all())
         ):
             raise FloatingPointError(
-                f"SparseSVI: the parameters of site {name!r} are not finite at step "
-                f"{self.step_count}; the subspace was not changed. Lower the learning "
-                "rate or use a smaller init_scale."
+                f"SubspaceScheduler: the parameters of site {name!r} are not finite "
+                f"at step {self.step_count}; the subspace was not changed. Lower the "
+                "learning rate or use a smaller init_scale."
             )
         num_swap = num_to_swap(loc_u.numel(), fraction)
         if num_swap == 0 or guide._is_full(name):  # all removed come straight back
             return num_swap, 0
-        scale = transform_to(guide.scale_constraint)(scale_u)
+        transform = transform_to(guide.scale_constraint)
+        scale = transform(scale_u)
         shape = guide.site_shape(name)
         post = SparseNormal(loc_u, scale, guide._indices(name), shape, False)
         result = reselect(
@@ -599,21 +423,14 @@ class SubspaceScheduler:
             num_swap,
         )
         new_scale = move(scale_u, result.source, 0.0)
-        if self.regrow_scale == "mean":
-            fill = refill_value(new_scale, result.source)
-        else:
-            fill = transform_to(guide.scale_constraint).inv(
-                torch.as_tensor(
-                    self.regrow_scale, dtype=scale_u.dtype, device=scale_u.device
-                )
-            )
+        fill = regrown_scale(new_scale, result.source, self.regrow_scale, transform)
         new_scale[result.source < 0] = fill
         loc_u.copy_(move(loc_u, result.source, 0.0))
         scale_u.copy_(new_scale)
         stored.copy_(result.indices.to(stored.dtype))
         for param in (loc_u, scale_u):
-            _move_optimizer_state(self.optimizer, param, result.source)
-        return result.num_removed, result.num_added
+            move_optimizer_state(self.optimizer, param, result.source)
+        return result.num_dropped, result.num_swapped
 
     # --------------------------------------------------------- serialisation
     def state_dict(self) -> dict[str, Any]:
@@ -624,8 +441,12 @@ class SubspaceScheduler:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output, e.g. to resume training."""
-        if not {"step_count", "updates"} <= set(state):
+        """Restore :meth:`state_dict` output, e.g. to resume training.
+
+        Raises:
+            ValueError: For a dict without exactly these keys.
+        """
+        if set(state) != {"step_count", "updates"}:
             raise ValueError(
                 "SubspaceScheduler.load_state_dict expects keys {'step_count', "
                 f"'updates'}}, got {sorted(state)}."
@@ -634,9 +455,19 @@ class SubspaceScheduler:
         self.updates = [SubspaceUpdate(*u) for u in state["updates"]]
 
 
+def _describe(obj: Any) -> str:
+    """What a guide is, in words: its class, or the function it is."""
+    if isinstance(obj, torch.nn.Module):
+        return f"the {type(obj).__name__} given"
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return f"the {type(obj).__name__} {name!r} given" if name else f"{obj!r}"
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"SparseSVI: {name} must be an int, got {value!r}.")
+        raise TypeError(f"SubspaceScheduler: {name} must be an int, got {value!r}.")
     if value < minimum:
-        raise ValueError(f"SparseSVI: {name} must be >= {minimum}, got {value!r}.")
+        raise ValueError(
+            f"SubspaceScheduler: {name} must be >= {minimum}, got {value!r}."
+        )
     return value

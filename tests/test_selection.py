@@ -1,4 +1,4 @@
-"""pyro_ssvi.subspace: reselection against a brute-force oracle."""
+"""pyro_ssvi.selection: reselection against a brute-force oracle."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyro_ssvi.subspace import move, num_to_swap, refill_value, reselect
+from pyro_ssvi.selection import move, num_to_swap, regrown_scale, reselect
 
 
 def _oracle(indices, removal, addition, s):
@@ -52,8 +52,8 @@ def test_reselect_matches_the_oracle(data, n):
     new, source = _oracle(indices, removal, addition, s)
     assert result.indices.tolist() == new
     assert result.source.tolist() == source
-    assert result.num_removed == s
-    assert result.num_added == sum(1 for p in source if p < 0)
+    assert result.num_dropped == s
+    assert result.num_swapped == sum(1 for p in source if p < 0)
     # invariants: k stays, sorted, unique, in range
     assert result.indices.numel() == k
     assert torch.all(result.indices[1:] > result.indices[:-1])
@@ -66,11 +66,11 @@ def test_readded_coordinates_keep_their_source():
     addition[1] = 9.0  # the dropped coordinate is the best to add back
     r = reselect(indices, removal, addition, 1)
     assert r.indices.tolist() == [1, 4, 7] and r.source.tolist() == [0, 1, 2]
-    assert r.num_added == 0
+    assert r.num_swapped == 0
     addition[1], addition[9] = 0.0, 9.0
     r = reselect(indices, removal, addition, 1)
     assert r.indices.tolist() == [4, 7, 9] and r.source.tolist() == [1, 2, -1]
-    assert r.num_added == 1
+    assert r.num_swapped == 1
 
 
 def test_move_and_refill():
@@ -78,8 +78,8 @@ def test_move_and_refill():
     source = torch.tensor([2, -1, 0])
     moved = move(values, source, 0.0)
     assert moved.tolist() == [[3.0, 30.0], [0.0, 0.0], [1.0, 10.0]]
-    assert refill_value(moved[:, 0], source) == pytest.approx(2.0)
-    assert refill_value(moved[:, 0], torch.tensor([-1, -1, -1])) == 0.0
+    assert regrown_scale(moved[:, 0], source, "mean", None) == pytest.approx(2.0)
+    assert regrown_scale(moved[:, 0], torch.tensor([-1, -1, -1]), "mean", None) == 0.0
 
 
 @pytest.mark.parametrize(

@@ -22,14 +22,20 @@ References:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+import operator
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from .criteria import top_k
-
-__all__ = ["Reselection", "move", "num_to_swap", "refill_value", "reselect"]
+__all__ = [
+    "Reselection",
+    "move",
+    "num_to_swap",
+    "regrown_scale",
+    "reselect",
+    "top_k",
+]
 
 
 class Reselection(NamedTuple):
@@ -40,16 +46,16 @@ class Reselection(NamedTuple):
         source: For each new position ``i``, the position in the *old*
             active set that coordinate ``indices[i]`` held, or ``-1`` if it
             was inactive (newly active), shape ``(k,)``, int64.
-        num_removed: Coordinates put up for replacement (``s``); some may
+        num_dropped: Coordinates put up for replacement (``s``); some may
             have been added straight back.
-        num_added: Coordinates that were inactive and are now active (as
+        num_swapped: Coordinates that were inactive and are now active (as
             many active ones became inactive).
     """
 
     indices: Tensor
     source: Tensor
-    num_removed: int
-    num_added: int
+    num_dropped: int
+    num_swapped: int
 
 
 def num_to_swap(k: int, drop_fraction: float) -> int:
@@ -86,7 +92,7 @@ def reselect(
 
     :math:`G` may contain coordinates just removed: they come straight back
     (``source`` points at their old position, so they keep their values).
-    Ties follow :func:`~pyro_ssvi.criteria.top_k`: the lower position (for
+    Ties follow :func:`top_k`: the lower position (for
     :math:`r`) or the lower flat index (for :math:`a`) wins; NaN counts as
     :math:`-\infty`. The result does not depend on how ties were stored.
 
@@ -166,21 +172,119 @@ def move(values: Tensor, source: Tensor, fill: float | Tensor) -> Tensor:
     return torch.where(new, gathered, torch.as_tensor(fill, dtype=values.dtype))
 
 
-def refill_value(moved: Tensor, source: Tensor) -> Tensor:
-    r"""Mean over the coordinates that stay active (kept or re-added).
+def regrown_scale(
+    moved: Tensor, source: Tensor, rule: str | float, transform: Any
+) -> Tensor:
+    r"""The unconstrained scale of newly active coordinates.
 
-    New coordinates' unconstrained scales start at this mean, as in the
-    reference implementation (the mean :math:`\rho` over the layer's active
-    entries after the update, excluding the newly grown ones).
+    ``"mean"``: the mean over the coordinates that stay active (kept or
+    re-added) of the moved unconstrained scales, as in the reference
+    implementation (the mean :math:`\rho` of the layer's active entries after
+    the update, excluding the newly grown ones; 0 when none stays); a float
+    :math:`\sigma_0 > 0`: its unconstrained value ``transform.inv(sigma_0)``.
 
     Args:
-        moved: Values after :func:`move` (new coordinates arbitrary).
+        moved: Unconstrained scales after :func:`move` (new ones arbitrary).
         source: From :attr:`Reselection.source`.
+        rule: ``"mean"`` or :math:`\sigma_0`.
+        transform: The scale's constraint transform (its inverse maps
+            :math:`\sigma_0`).
 
     Returns:
-        A 0-dim tensor (0 when no coordinate stays).
+        A 0-d tensor.
     """
+    if rule != "mean":
+        return transform.inv(
+            torch.as_tensor(rule, dtype=moved.dtype, device=moved.device)
+        )
     stays = source >= 0
     if not bool(stays.any()):
         return moved.new_zeros(())
     return moved[stays].mean()
+
+
+def top_k(scores: Tensor, k: int) -> Tensor:
+    """Positions of the ``k`` largest scores, with stable tie-breaking.
+
+    Among equal scores the lower position wins, so the selection is
+    deterministic across runs and devices. NaN counts as ``-inf``, and ``-inf``
+    entries are chosen only when fewer than ``k`` finite ones exist.
+
+    Args:
+        scores: 1-D tensor of scores.
+        k: Number of positions to keep, an integer in ``[0, scores.numel()]``.
+
+    Returns:
+        LongTensor of shape ``(k,)``, sorted ascending.
+
+    Raises:
+        TypeError: If ``k`` is not an int.
+        ValueError: If ``scores`` is not 1-D or ``k`` is out of range.
+    """
+    if isinstance(k, bool):
+        raise TypeError("k must be an int, got bool")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an int, got {type(k)!r}") from None
+    if scores.dim() != 1:
+        raise ValueError(
+            f"scores must be 1-D, got shape {tuple(scores.shape)}; flatten it first"
+        )
+    if not 0 <= k <= scores.numel():
+        raise ValueError(f"k must be in [0, {scores.numel()}], got {k}")
+    if bool(torch.isnan(scores).any()):  # copy only when there is NaN to map
+        scores = torch.where(torch.isnan(scores), -math.inf, scores)
+    return _top_k(scores, k)
+
+
+def _top_k(scores: Tensor, k: int) -> Tensor:
+    """:func:`top_k` on NaN-free scores, by exact selection (no full sort).
+
+    Among equal scores the lowest positions win, exactly as in a stable
+    descending sort. Three exact shortcuts keep the cost near ``O(n)``: the
+    complement when ``k > n / 2``; a candidate pre-filter for large ``n`` and
+    small ``k`` (a strided sample gives a threshold, the count of scores above
+    it proves that the top ``k`` are among them, else the full path runs);
+    and ``torch.topk`` for the threshold value itself.
+    """
+    n = scores.numel()
+    if k == 0:
+        return torch.empty(0, dtype=torch.int64, device=scores.device)
+    if k == n:
+        return torch.arange(n, device=scores.device)
+    if 2 * k > n:  # keep = all but the n - k last in stable descending order
+        flipped = _top_k(-scores.flip(0), n - k)  # ties: highest positions go
+        keep = torch.ones(n, dtype=torch.bool, device=scores.device)
+        keep[n - 1 - flipped] = False
+        return torch.nonzero(keep).squeeze(1)
+    if n >= _PREFILTER_MIN and k * _PREFILTER_RATIO <= n:
+        candidates = _candidates(scores, k)
+        if candidates is not None:  # every top-k score is >= the threshold
+            return candidates[_top_k(scores[candidates], k)]
+    threshold = torch.topk(scores, k, sorted=False).values.min()
+    keep = scores > threshold
+    tied = k - int(keep.sum())  # the lowest positions among the tied scores
+    if tied:
+        keep[torch.nonzero(scores == threshold).squeeze(1)[:tied]] = True
+    return torch.nonzero(keep).squeeze(1)
+
+
+# The pre-filter of _top_k runs for n >= 2^16 and k <= n / 16.
+_PREFILTER_MIN = 1 << 16
+_PREFILTER_RATIO = 16
+
+
+def _candidates(scores: Tensor, k: int) -> Tensor | None:
+    """Sorted positions with score >= t, for a t that leaves about 2k of them.
+
+    Returns None when fewer than ``k`` scores reach ``t`` (the sample was
+    unlucky), or more than half of them (ties): then the caller selects from
+    all scores.
+    """
+    n = scores.numel()
+    sample = scores[:: max(1, n // 65536)]
+    rank = int(sample.numel() * (1 - 2 * k / n))
+    t = torch.kthvalue(sample, max(1, rank)).values
+    candidates = torch.nonzero(scores >= t).squeeze(1)
+    return candidates if k <= candidates.numel() <= n // 2 else None

@@ -1,0 +1,176 @@
+r"""The growth score of SSVI's reselection: the loss's gradient at every coordinate.
+
+The ``"grad"`` addition rule ranks the inactive coordinates of a sparse
+weight by :math:`|\partial L / \partial \theta_j|`. A zero *probe*
+:math:`\delta` of the weight's full shape is added to the drawn weight; its
+gradient is that of every coordinate, active or not. :class:`~pyro_ssvi.SparseSVI`
+puts probes on the training step just before an update (:func:`make_probes`,
+:func:`probe_gradients`), as the reference implementation reads its backward
+pass; :func:`likelihood_gradients` runs a pass of its own, for a
+:class:`~pyro_ssvi.SubspaceScheduler` in any training loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from torch.distributions import kl_divergence
+
+from ._step import DirectStep, Observer, Unsupported
+from .distributed import all_reduce_mean_
+from .distributions import ShiftedSparseNormal, SparseNormal
+
+__all__ = ["likelihood_gradients", "make_probes", "probe_gradients"]
+
+
+def make_probes(guide: Any) -> dict[str, torch.Tensor]:
+    """A zero tensor of each sparse site's shape that requires grad."""
+    return {
+        name: _probe(guide.site_shape(name), guide._stored("locs", name))
+        for name in guide.sparse_site_names()
+    }
+
+
+def probe_gradients(
+    guide: Any, probes: dict[str, torch.Tensor], with_kl: bool
+) -> dict[str, torch.Tensor]:
+    r"""The probes' gradients after the training loss's backward pass:
+    :math:`\partial \mathrm{NLL} / \partial \theta`; ``with_kl``, the active
+    coordinates read the mean's gradient instead, :math:`\partial
+    \mathrm{NLL} / \partial \theta + w\, \partial \mathrm{KL} / \partial
+    \mu` (the loss's own KL weight :math:`w`)."""
+    out = {}
+    for name, probe in probes.items():
+        grad = torch.zeros_like(probe) if probe.grad is None else probe.grad
+        loc = guide._stored("locs", name)
+        if with_kl and loc.grad is not None:
+            flat = grad.reshape(-1).index_copy(0, guide._indices(name), loc.grad)
+            grad = flat.reshape(grad.shape)
+        out[name] = grad
+    return out
+
+
+def likelihood_gradients(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    *args: Any,
+    kl_weight: float = 0.0,
+    direct: DirectStep | None = None,
+    **kwargs: Any,
+) -> dict[str, torch.Tensor]:
+    r"""Gradient of the negative log-likelihood with respect to every sparse weight.
+
+    One draw :math:`\theta \sim q` from the guide, with every sparse site
+    sampled as :math:`\theta + \delta`, :math:`\delta = 0`; then
+
+    .. math:: g = \frac{\partial}{\partial \delta}
+        \Big(-\sum_{\text{observed } i} \log p(y_i \mid \theta + \delta)
+        + w\, s\, \mathrm{KL}(\mu + \delta_A)\Big),
+
+    each observed site weighted by its scale (plates, subsampling,
+    ``poutine.scale``) and mask, as in the ELBO. The KL term enters only with
+    ``kl_weight`` :math:`w > 0`: it adds :math:`w\, s\, \partial
+    \mathrm{KL} / \partial \mu_j` at the active coordinates :math:`j`
+    (zero at the others), with :math:`s` the guide site's scale
+    (:func:`~pyro_ssvi.poutine.scale_kl`); this is the SSVI reference
+    implementation's growth score. Under ``torch.distributed`` the gradients
+    are averaged over ranks. Works with any ELBO (JIT ones too: this pass is
+    not compiled), any handler-wrapped guide, LRT or not; with ``direct`` (a
+    :class:`~pyro_ssvi._step.DirectStep`) the pass is that step's forward,
+    on the same kernels as the loss.
+
+    Returns:
+        ``{site name: dense gradient of the site's shape}``.
+    """
+    result = None
+    if direct is not None:
+        result = _direct_gradients(direct, args, kwargs, kl_weight)
+    if result is None:
+        result = _traced_gradients(model, guide, args, kwargs, kl_weight)
+    return {name: all_reduce_mean_(grad) for name, grad in result.items()}
+
+
+def _probe(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(shape, dtype=like.dtype, device=like.device, requires_grad=True)
+
+
+def _gradients(loss: Any, probes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    inputs = list(probes.values())
+    grads = (
+        torch.autograd.grad(loss, inputs, allow_unused=True)
+        if inputs and loss.requires_grad
+        else [None] * len(inputs)
+    )
+    return {
+        name: torch.zeros_like(probe) if grad is None else grad.detach()
+        for (name, probe), grad in zip(probes.items(), grads)
+    }
+
+
+def _direct_gradients(
+    direct: DirectStep, args: tuple, kwargs: dict, kl_weight: float
+) -> dict[str, torch.Tensor] | None:
+    guide = direct.guide
+    probes = make_probes(guide)
+    with torch.enable_grad():
+        try:
+            result = direct(args, kwargs, probes, growth=True, growth_kl=kl_weight)
+        except Unsupported:
+            return None
+        return None if result is None else _gradients(result[0], probes)
+
+
+class _Probes(Messenger):
+    """Samples every sparse guide site shifted by a zero probe that requires grad.
+
+    The gradient of the loss with respect to a probe is the gradient with
+    respect to every coordinate of the site's weight, active or not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probes: dict[str, torch.Tensor] = {}
+
+    def _pyro_sample(self, msg: Any) -> None:
+        fn = msg["fn"]
+        if isinstance(fn, SparseNormal) and msg["value"] is None:
+            probe = _probe(fn.event_shape, fn.loc)
+            self.probes[msg["name"]] = probe
+            msg["fn"] = ShiftedSparseNormal(fn, probe)
+
+
+def _traced_gradients(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
+    kl_weight: float,
+) -> dict[str, torch.Tensor]:
+    probes = _Probes()
+    observer = Observer()
+    with torch.enable_grad():
+        with probes:
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        with observer:
+            model_trace = poutine.trace(
+                poutine.replay(model, trace=guide_trace)
+            ).get_trace(*args, **kwargs)
+        loss = -sum(observer.log_likelihood, torch.zeros(()))
+        if kl_weight:
+            for name, probe in probes.probes.items():
+                site: Any = guide_trace.nodes[name]
+                post = site["fn"].base
+                shifted = SparseNormal(
+                    post.loc.detach() + post.gather(probe),
+                    post.scale.detach(),
+                    post.indices,
+                    post.event_shape,
+                    validate_args=False,
+                )
+                prior: Any = model_trace.nodes[name]["fn"]
+                kl = kl_divergence(shifted, prior).sum() * site["scale"]
+                loss = loss + kl_weight * kl
+        return _gradients(loss, probes.probes)
