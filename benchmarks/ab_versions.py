@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     pyro.settings.set(module_local_params=True)
     import pyro_ssvi
-    import pyro_ssvi.models
+    import pyro_ssvi.app.models
 
     base = load_base(args.base)
     importlib.import_module("pyro_ssvi_base.models")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         "base": ssvi_step(
             base, sys.modules["pyro_ssvi_base.models"], args.density, x, y
         ),
-        "this": ssvi_step(pyro_ssvi, pyro_ssvi.models, args.density, x, y),
+        "this": ssvi_step(pyro_ssvi, pyro_ssvi.app.models, args.density, x, y),
     }
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(args.reps):

@@ -23,7 +23,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI
-from pyro_ssvi.models import BayesianClassifier, mlp
+from pyro_ssvi.app.models import BayesianClassifier, mlp
 
 
 def build(kind: str, x: torch.Tensor, y: torch.Tensor, density: float):

@@ -280,7 +280,7 @@ class Check:
 
     def resnet18(self) -> Stage:
         stage = Stage("resnet18")
-        from pyro_ssvi.data import write_synthetic_cifar
+        from pyro_ssvi.app.data import write_synthetic_cifar
 
         data = write_synthetic_cifar(
             self.work / "cifar",

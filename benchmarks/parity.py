@@ -72,8 +72,8 @@ from torch import Tensor
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI, TraceSparseMeanField_ELBO
 from pyro_ssvi._pyro_compat import pyro_optim_optimizers
-from pyro_ssvi.data import load_dataset
-from pyro_ssvi.models import BayesianClassifier, lenet, mlp, resnet18_cifar
+from pyro_ssvi.app.data import load_dataset
+from pyro_ssvi.app.models import BayesianClassifier, lenet, mlp, resnet18_cifar
 from pyro_ssvi.poutine import scale_kl
 from pyro_ssvi.reselection import likelihood_gradients
 from pyro_ssvi.schedules import drop_fraction_at, update_due

@@ -18,7 +18,7 @@ import torch
 from torch.profiler import profile
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI
-from pyro_ssvi.models import BayesianClassifier, mlp
+from pyro_ssvi.app.models import BayesianClassifier, mlp
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ error over the splits). One command (not part of the test suite)::
 
 What each run does (flags in brackets):
 
-* model: :class:`~pyro_ssvi.models.BayesianRegressor` over
+* model: :class:`~pyro_ssvi.app.models.BayesianRegressor` over
   ``F -> 50 -> 1``, ``Normal(0, 1)`` priors on every weight and bias
   [``--prior-scale``], homoscedastic noise learned as a point estimate
   (``noise="learned"``, starting at 1 in standardised units);
@@ -108,8 +108,8 @@ def run_one(dataset: str, method: str, split: int, args: dict[str, Any]) -> dict
     from pyro.infer import SVI, TraceMeanField_ELBO
 
     from pyro_ssvi import SparseSVI
-    from pyro_ssvi.models import BayesianRegressor, mlp
-    from pyro_ssvi.regression import evaluate_regression, load_regression_dataset
+    from pyro_ssvi.app.models import BayesianRegressor, mlp
+    from pyro_ssvi.app.regression import evaluate_regression, load_regression_dataset
 
     torch.set_num_threads(1)
     start = time.perf_counter()

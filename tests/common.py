@@ -68,8 +68,8 @@ def exact_posterior(
 def tiny_classifier(
     in_features: int = 6, hidden: int = 8, classes: int = 3, num_data: int = 32
 ) -> nn.Module:
-    """A Bayesian two-layer MLP classifier from :mod:`pyro_ssvi.models`."""
-    from pyro_ssvi.models import BayesianClassifier, mlp
+    """A Bayesian two-layer MLP classifier from :mod:`pyro_ssvi.app.models`."""
+    from pyro_ssvi.app.models import BayesianClassifier, mlp
 
     return BayesianClassifier(
         mlp(in_features, [hidden], classes, flatten=False), num_data=num_data

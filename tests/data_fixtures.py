@@ -1,7 +1,7 @@
 """Writers of tiny data sets in the real on-disk formats, for tests/test_data.py.
 
 Each writer produces the byte layout of the official files, independently of
-``pyro_ssvi.data`` (so a reader bug cannot hide behind a matching writer bug):
+``pyro_ssvi.app.data`` (so a reader bug cannot hide behind a matching writer bug):
 IDX as in http://yann.lecun.com/exdb/mnist/, CIFAR batches as the Python 2
 pickles of https://www.cs.toronto.edu/~kriz/cifar.html, SVHN as MATLAB v5.
 """

@@ -66,7 +66,7 @@ def main(out: Path, single: bool, mismatch: bool) -> None:
 
 if __name__ == "__main__":
     if "--train-stop-after" in sys.argv:
-        from pyro_ssvi.training import TrainConfig, train
+        from pyro_ssvi.app.training import TrainConfig, train
 
         stop = int(sys.argv[sys.argv.index("--train-stop-after") + 1])
         train(TrainConfig(**TINY), sys.argv[1], progress=False, stop_after_epoch=stop)

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from pyro_ssvi.checkpoint import (
+from pyro_ssvi.app.checkpoint import (
     CheckpointError,
     WriteError,
     atomic_write,
@@ -155,7 +155,7 @@ def test_full_disk_gives_the_cause_and_keeps_the_old_checkpoint(tmp_path):
     save_checkpoint(path, {"epoch": 1})
     code = (
         "import resource, sys, torch\n"
-        "from pyro_ssvi.checkpoint import WriteError, save_checkpoint\n"
+        "from pyro_ssvi.app.checkpoint import WriteError, save_checkpoint\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
         "try:\n"
         "    save_checkpoint(sys.argv[1], {'w': torch.zeros(10_000)})\n"

@@ -14,11 +14,11 @@ from data_fixtures import cifar_batch, write_cifar_pickle
 
 import pyro_ssvi
 from pyro_ssvi import CRITERIA
-from pyro_ssvi.checkpoint import load_checkpoint, save_checkpoint
-from pyro_ssvi.cli import main
-from pyro_ssvi.metrics import ece, ood_metrics
-from pyro_ssvi.predict import predict
-from pyro_ssvi.training import (
+from pyro_ssvi.app.checkpoint import load_checkpoint, save_checkpoint
+from pyro_ssvi.app.cli import main
+from pyro_ssvi.app.metrics import ece, ood_metrics
+from pyro_ssvi.app.predict import predict
+from pyro_ssvi.app.training import (
     PLOTS_BY_TASK,
     TrainConfig,
     TrainingDiverged,
@@ -193,7 +193,7 @@ def test_bad_input_gives_one_line_and_exit_1(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("pyro-ssvi: error: ") and message in err
     assert err.count("\n") == 1
-    if "cifar10" not in argv:  # a missing data set is a ValueError of pyro_ssvi.data
+    if "cifar10" not in argv:  # a missing data set: a ValueError of app.data
         assert "PYRO_SSVI_DEBUG" not in err  # a settings error, not a bug report
     assert not (out / "metrics.json").exists()
 

@@ -23,9 +23,9 @@ import pytest
 import torch
 from common import TINY_TRAINING, as_flags
 
-from pyro_ssvi.checkpoint import load_checkpoint, save_checkpoint
-from pyro_ssvi.cli import main
-from pyro_ssvi.training import TrainConfig, train
+from pyro_ssvi.app.checkpoint import load_checkpoint, save_checkpoint
+from pyro_ssvi.app.cli import main
+from pyro_ssvi.app.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [*as_flags(TINY_TRAINING), "--no-progress"]
@@ -202,7 +202,7 @@ def test_full_disk_names_the_file_and_keeps_the_directory_usable(tmp_path, capsy
     code = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
-        "from pyro_ssvi.cli import main\n"
+        "from pyro_ssvi.app.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -22,9 +22,9 @@ import pyro_ssvi.distributed as ssvi_distributed
 import pyro_ssvi.poutine as ssvi_poutine
 from pyro_ssvi import AutoSparseNormal, SparseNormal
 from pyro_ssvi._softplus import MIN_NUMEL, softplus, softplus_positive
-from pyro_ssvi.flops import layer_costs
+from pyro_ssvi.app.flops import layer_costs
 from pyro_ssvi.layers import SparseStructure
-from pyro_ssvi.models import BayesianClassifier, lenet, mlp
+from pyro_ssvi.app.models import BayesianClassifier, lenet, mlp
 from pyro_ssvi.poutine import (
     LazyWeight,
     LocalReparameterizationMessenger,
@@ -33,7 +33,7 @@ from pyro_ssvi.poutine import (
 )
 from pyro_ssvi.reselection import likelihood_gradients
 from pyro_ssvi.selection import move
-from pyro_ssvi.training import resolve_device
+from pyro_ssvi.app.training import resolve_device
 
 META = torch.device("meta")
 
@@ -52,7 +52,7 @@ def _classifier(kind: str) -> tuple[BayesianClassifier, torch.Tensor, torch.Tens
 def on_meta():
     """Model and guide built on the CPU, then moved to the meta device.
 
-    Module-local parameters, as in ``pyro_ssvi.training`` (with Pyro's global
+    Module-local parameters, as in ``pyro_ssvi.app.training`` (with Pyro's global
     param store see ``test_guide_to_moves_every_site_...``);
     validation off (its checks read values, which meta tensors do not have).
     """

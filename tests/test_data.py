@@ -1,4 +1,4 @@
-"""Tests of pyro_ssvi.data against exact answers: the embedded real data, and tiny
+"""Tests of pyro_ssvi.app.data against exact answers: the embedded real data, and tiny
 fixtures written in the real on-disk formats (IDX, CIFAR pickles, SVHN .mat)."""
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from data_fixtures import (
 )
 from torch.utils.data import TensorDataset
 
-from pyro_ssvi.data import (
+from pyro_ssvi.app.data import (
     DATASETS,
     DatasetInfo,
     default_ood,
     load_dataset,
     load_digits_split,
 )
-from pyro_ssvi.data._download import fetch
-from pyro_ssvi.data._safe_pickle import restricted_load
+from pyro_ssvi.app.data._download import fetch
+from pyro_ssvi.app.data._safe_pickle import restricted_load
 
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 # Half of each official training class count (5923, 6742, 5958, 6131, 5842,
@@ -57,7 +57,7 @@ SUBSET_MD5 = {
 
 def shipped(filename: str) -> dict[str, np.ndarray]:
     """Reads an embedded file directly, bypassing the package's loader."""
-    resource = importlib.resources.files("pyro_ssvi.data").joinpath(filename)
+    resource = importlib.resources.files("pyro_ssvi.app.data").joinpath(filename)
     with resource.open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
         return {key: npz[key] for key in npz.files}
 
@@ -164,7 +164,7 @@ def test_bad_arguments(kwargs, match):
 
 def test_import_is_light():
     code = (
-        "import sys, pyro_ssvi, pyro_ssvi.data; "
+        "import sys, pyro_ssvi, pyro_ssvi.app.data; "
         "bad = [m for m in ('torchvision', 'scipy', 'sklearn', 'matplotlib') "
         "if m in sys.modules]; assert not bad, bad"
     )
@@ -175,7 +175,7 @@ def test_import_is_light():
 
 
 def test_embedded_files_are_small():
-    folder = importlib.resources.files("pyro_ssvi.data")
+    folder = importlib.resources.files("pyro_ssvi.app.data")
     sizes = {
         name: len(folder.joinpath(name).read_bytes())
         for name in ("mnist_train.npz", "mnist_test.npz", "fashion_mnist_test.npz")

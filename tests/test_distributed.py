@@ -11,7 +11,7 @@ import pytest
 import torch
 from ddp_worker import TINY
 
-from pyro_ssvi.checkpoint import load_checkpoint
+from pyro_ssvi.app.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

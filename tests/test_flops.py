@@ -1,4 +1,4 @@
-"""Tests for pyro_ssvi.flops: exact MAC counts, the spec's reference numbers,
+"""Tests for pyro_ssvi.app.flops: exact MAC counts, the spec's reference numbers,
 Bayesian nets, and properties of the training-FLOPs accounting."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pyro_ssvi import flops
-from pyro_ssvi.flops import LayerCost, flops_report, layer_costs
-from pyro_ssvi.models import (
+from pyro_ssvi.app import flops
+from pyro_ssvi.app.flops import LayerCost, flops_report, layer_costs
+from pyro_ssvi.app.models import (
     DENSE_PARAMETERS_ATTR,
     BayesianClassifier,
     lenet,
@@ -466,7 +466,7 @@ def test_public_names_are_documented():
 
 def test_import_is_cheap():
     code = (
-        "import sys, pyro_ssvi.flops; print([m for m in ('torchvision', "
+        "import sys, pyro_ssvi.app.flops; print([m for m in ('torchvision', "
         "'matplotlib') if m in sys.modules])"
     )
     out = subprocess.run(

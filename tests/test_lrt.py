@@ -14,7 +14,7 @@ from torch import nn
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI, TraceSparseMeanField_ELBO
 from pyro_ssvi.layers import conv_moments, linear_moments, sample_moments
-from pyro_ssvi.models import BayesianClassifier, make_bayesian
+from pyro_ssvi.app.models import BayesianClassifier, make_bayesian
 from pyro_ssvi.poutine import (
     LazyWeight,
     local_reparameterization,

@@ -1,4 +1,4 @@
-"""Tests for pyro_ssvi.metrics: hand-computed values, references, properties."""
+"""Tests for pyro_ssvi.app.metrics: hand-computed values, references, properties."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from sklearn.metrics import log_loss
 
-from pyro_ssvi import metrics
-from pyro_ssvi.metrics import (
+from pyro_ssvi.app import metrics
+from pyro_ssvi.app.metrics import (
     accuracy,
     aupr,
     auroc,

@@ -9,7 +9,7 @@ from pyro import poutine
 from torch import nn
 
 from pyro_ssvi import AutoSparseNormal
-from pyro_ssvi.models import (
+from pyro_ssvi.app.models import (
     BayesianClassifier,
     lenet,
     make_bayesian,

@@ -1,4 +1,4 @@
-"""Tests of pyro_ssvi.plots by content: the data each figure drew, read back from
+"""Tests of pyro_ssvi.app.plots by content: the data each figure drew, read back from
 its matplotlib artists, equals the input; labels say what is shown; the PNG is
 written whole (no temporary file left)."""
 
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_ssvi import plots
-from pyro_ssvi.metrics import auroc, ece, reliability_bins
-from pyro_ssvi.regression import calibration_curve, calibration_error
+from pyro_ssvi.app import plots
+from pyro_ssvi.app.metrics import auroc, ece, reliability_bins
+from pyro_ssvi.app.regression import calibration_curve, calibration_error
 from pyro_ssvi.svi import SubspaceUpdate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -363,7 +363,8 @@ def test_invalid_input_raises_and_writes_nothing(tmp_path, call, match):
 
 def test_import_is_cheap_and_pyplot_is_never_used(tmp_path):
     code = (
-        "import sys, pyro_ssvi.plots as p, pyro_ssvi.predict, pyro_ssvi.metrics; "
+        "import sys, pyro_ssvi.app.plots as p, pyro_ssvi.app.predict; "
+        "import pyro_ssvi.app.metrics; "
         "print('matplotlib' in sys.modules); "
         "p.plot_ood_entropy([0.1, 0.2], [0.3], sys.argv[1]); "
         "print('matplotlib.pyplot' in sys.modules)"

@@ -1,4 +1,4 @@
-"""Tests for pyro_ssvi.predict with real Pyro, real models and AutoSparseNormal."""
+"""Tests for pyro_ssvi.app.predict with real Pyro, real models and AutoSparseNormal."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pyro import poutine
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_ssvi import AutoSparseNormal
-from pyro_ssvi.metrics import classification_metrics, predictive_entropy
-from pyro_ssvi.models import BayesianClassifier, mlp
-from pyro_ssvi.predict import Prediction, evaluate, predict, predict_proba
+from pyro_ssvi.app.metrics import classification_metrics, predictive_entropy
+from pyro_ssvi.app.models import BayesianClassifier, mlp
+from pyro_ssvi.app.predict import Prediction, evaluate, predict, predict_proba
 
 N, D, C = 12, 4, 3
 

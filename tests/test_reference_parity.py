@@ -17,13 +17,13 @@ import torch
 from common import classification_data
 
 from pyro_ssvi import AutoSparseNormal
-from pyro_ssvi.cli import _given, build_parser
+from pyro_ssvi.app.cli import _given, build_parser
 from pyro_ssvi.criteria import CRITERIA, removal_scores
 from pyro_ssvi.selection import top_k
-from pyro_ssvi.models import BayesianClassifier, mlp
+from pyro_ssvi.app.models import BayesianClassifier, mlp
 from pyro_ssvi.poutine import scale_kl
 from pyro_ssvi.reselection import likelihood_gradients
-from pyro_ssvi.training import TrainConfig
+from pyro_ssvi.app.training import TrainConfig
 
 ROOT = benchmark_scripts.ROOT
 
@@ -280,7 +280,7 @@ def test_recipe_flags_override_it_and_the_kl_warm_up_follows_the_epochs(capsys):
     assert TrainConfig.from_recipe("reference-cifar", epochs=10) == _train_config(
         [*base, "--epochs", "10"]
     )
-    from pyro_ssvi.cli import main
+    from pyro_ssvi.app.cli import main
 
     assert main(["train", "--recipe", "nope", "--output-dir", "x"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

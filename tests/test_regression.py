@@ -13,8 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI
-from pyro_ssvi.models import BayesianRegressor, mlp
-from pyro_ssvi.regression import (
+from pyro_ssvi.app.models import BayesianRegressor, mlp
+from pyro_ssvi.app.regression import (
     REGRESSION_DATASETS,
     calibration_curve,
     evaluate_regression,

@@ -9,7 +9,7 @@ import torch
 from scipy.stats import norm
 from sklearn.metrics import mean_squared_error
 
-from pyro_ssvi.regression import (
+from pyro_ssvi.app.regression import (
     calibration_curve,
     calibration_error,
     gaussian_nll,

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI
-from pyro_ssvi.models import BayesianClassifier, BayesianRegressor
+from pyro_ssvi.app.models import BayesianClassifier, BayesianRegressor
 
 
 def _data(n=40, d=3, noise=0.5, seed=0):

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from common import TINY_TRAINING, as_flags
 
-from pyro_ssvi.checkpoint import load_checkpoint
-from pyro_ssvi.cli import main
-from pyro_ssvi.training import TrainConfig, train
+from pyro_ssvi.app.checkpoint import load_checkpoint
+from pyro_ssvi.app.cli import main
+from pyro_ssvi.app.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Written literally (not imported), so that these tests run on any version.
@@ -170,7 +170,7 @@ def _hold(paths: list[str]) -> subprocess.Popen:
         "import sys\n"
         "from contextlib import ExitStack\n"
         "from pathlib import Path\n"
-        "from pyro_ssvi.training import own_directory, own_output_file\n"
+        "from pyro_ssvi.app.training import own_directory, own_output_file\n"
         "with ExitStack() as stack:\n"
         "    for p in sys.argv[1:]:\n"
         "        own = own_directory if p.endswith('/') else own_output_file\n"
@@ -237,11 +237,11 @@ def _cli_child(argv: list[str], log: str) -> None:
 
 _PRELOAD = [
     "torch._dynamo",  # imported by torch.optim's first optimiser: 2 s
-    "pyro_ssvi.cli",
-    "pyro_ssvi.training",
-    "pyro_ssvi.plots",
-    "pyro_ssvi.data",
-    "pyro_ssvi.models",
+    "pyro_ssvi.app.cli",
+    "pyro_ssvi.app.training",
+    "pyro_ssvi.app.plots",
+    "pyro_ssvi.app.data",
+    "pyro_ssvi.app.models",
     "pyro_ssvi.guides",
     "sklearn.metrics",
     "matplotlib.pyplot",

@@ -299,9 +299,9 @@ def test_same_seed_gives_identical_runs():
 
 @pytest.mark.slow
 def test_sparse_mlp_on_digits_is_close_to_dense_vi():
-    from pyro_ssvi.data import load_digits_split
-    from pyro_ssvi.models import BayesianClassifier, mlp
-    from pyro_ssvi.predict import predict_proba
+    from pyro_ssvi.app.data import load_digits_split
+    from pyro_ssvi.app.models import BayesianClassifier, mlp
+    from pyro_ssvi.app.predict import predict_proba
 
     x_train, y_train, x_test, y_test = load_digits_split(seed=0)
     steps = 1500
@@ -453,7 +453,7 @@ def test_trains_with_module_local_params():
 def test_module_local_params_train_deterministic_batch_norm_too():
     from torch import nn
 
-    from pyro_ssvi.models import BayesianClassifier
+    from pyro_ssvi.app.models import BayesianClassifier
 
     pyro.settings.set(module_local_params=True)
     net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))

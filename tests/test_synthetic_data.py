@@ -1,4 +1,4 @@
-"""Tests of pyro_ssvi.data.write_synthetic_cifar: the files have the official
+"""Tests of pyro_ssvi.app.data.write_synthetic_cifar: the files have the official
 CIFAR python layout, and load_dataset reads back exactly what was written."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_ssvi.data import DATASETS, load_dataset, write_synthetic_cifar
+from pyro_ssvi.app.data import DATASETS, load_dataset, write_synthetic_cifar
 
 
 def read_plain(path: Path) -> dict:

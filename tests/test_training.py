@@ -1,4 +1,4 @@
-"""The training protocol of pyro_ssvi.training, shared by SSVI and dense VI.
+"""The training protocol of pyro_ssvi.app.training, shared by SSVI and dense VI.
 
 Runs are built on slices of the embedded MNIST (and digits); each test checks
 an exact answer: the same loss and gradients as the ELBO computed by hand,
@@ -15,11 +15,11 @@ import pytest
 import torch
 from common import TINY_REGRESSION, TINY_TRAINING
 
-from pyro_ssvi.compare import compare
+from pyro_ssvi.app.compare import compare
 from pyro_ssvi.guides import AutoSparseNormal
 from pyro_ssvi.poutine import scale_kl
 from pyro_ssvi.reselection import SubspaceScheduler
-from pyro_ssvi.training import (
+from pyro_ssvi.app.training import (
     ConfigError,
     FixedSubspace,
     TrainConfig,
@@ -29,7 +29,7 @@ from pyro_ssvi.training import (
     train,
     train_step,
 )
-from pyro_ssvi.training._loop import _check_finite
+from pyro_ssvi.app.training._loop import _check_finite
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ import pytest
 import torch
 from common import TINY_REGRESSION, as_flags
 
-from pyro_ssvi.checkpoint import load_checkpoint, save_checkpoint
-from pyro_ssvi.cli import main
-from pyro_ssvi.compare import REGRESSION_COLUMNS
-from pyro_ssvi.data import DATASETS
-from pyro_ssvi.regression import (
+from pyro_ssvi.app.checkpoint import load_checkpoint, save_checkpoint
+from pyro_ssvi.app.cli import main
+from pyro_ssvi.app.compare import REGRESSION_COLUMNS
+from pyro_ssvi.app.data import DATASETS
+from pyro_ssvi.app.regression import (
     REGRESSION_DATASETS,
     RegressionPrediction,
     evaluate_regression,
@@ -32,7 +32,7 @@ from pyro_ssvi.regression import (
     regression_metrics,
     rmse,
 )
-from pyro_ssvi.training import (
+from pyro_ssvi.app.training import (
     PLOTS_BY_TASK,
     RECIPES,
     ConfigError,

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..distributed import gather_rows, is_main_process, shard, world_size
+from ...distributed import gather_rows, is_main_process, shard, world_size
 from . import _regression as regression
 from ._config import input_shape, ood_name
 from ._run import Run, build_run, density_of, progress_bar, restore
@@ -20,7 +20,7 @@ from ._rundir import check_checkpoint_matches, load_run_state
 # --------------------------------------------------------------- evaluation
 def _num_active(guide: Any) -> dict[str, int]:
     """Active coordinates of every sparse site (none for dense VI)."""
-    from ..guides import AutoSparseNormal
+    from ...guides import AutoSparseNormal
 
     return guide.num_active() if isinstance(guide, AutoSparseNormal) else {}
 
@@ -69,10 +69,10 @@ def evaluate_predictions(
         ``(metrics, prediction, ood_prediction)``; metric keys are prefixed
         ``test_`` (Monte Carlo), ``test_*_mean_weights`` and ``ood_`` (Monte
         Carlo) and ``ood_*_mean_weights``. For regression, the keys of
-        :func:`~pyro_ssvi.regression.regression_metrics` (``test_rmse``,
+        :func:`~pyro_ssvi.app.regression.regression_metrics` (``test_rmse``,
         ``test_nll``, ``test_log_likelihood``, ``test_coverage_90``, ...) in
         the targets' original units, and the prediction is a
-        :class:`~pyro_ssvi.regression.RegressionPrediction` in those units.
+        :class:`~pyro_ssvi.app.regression.RegressionPrediction` in those units.
     """
     from ..metrics import classification_metrics
 
@@ -340,8 +340,8 @@ def _sharded(data: Any) -> Any:
 def _predict(run: Run, data: Any, **kwargs: Any) -> Any:
     """Streaming prediction on this rank's shard, gathered from every rank.
 
-    A classifier's :class:`~pyro_ssvi.predict.Prediction`, or a regressor's
-    :class:`~pyro_ssvi.regression.RegressionPrediction` (standardised units).
+    A classifier's :class:`~pyro_ssvi.app.predict.Prediction`, or a regressor's
+    :class:`~pyro_ssvi.app.regression.RegressionPrediction` (standardised units).
     """
     from ..predict import predict
     from ..regression import predict_regression

@@ -1,7 +1,7 @@
 r"""Streaming posterior predictive of a regression model, split by uncertainty.
 
 For every batch, ``S`` weight draws :math:`\theta_s \sim q` (one draw shared
-by the batch, fresh draws per batch, as in :func:`pyro_ssvi.predict.predict`)
+by the batch, fresh draws per batch, as in :func:`pyro_ssvi.app.predict.predict`)
 give each input a likelihood :math:`p(y \mid x, \theta_s)` with mean
 :math:`\mu_s(x)` and variance :math:`\sigma_s^2(x)`, read from the model's
 observation site. Then
@@ -188,7 +188,7 @@ def predict_regression(
     See the module notes for the estimators. Any Pyro model works whose
     observation site (``obs_site``) holds, for a batch of ``B`` inputs, a
     distribution with ``mean``, ``variance`` and ``log_prob`` of shape
-    ``(B,)`` or ``(B, D)`` (:class:`~pyro_ssvi.models.BayesianRegressor`'s
+    ``(B,)`` or ``(B, D)`` (:class:`~pyro_ssvi.app.models.BayesianRegressor`'s
     Normal, a Student-t, ...); it is traced with ``model(x)`` replayed
     against guide draws. With ``mean_weights=True`` there is one pass with
     the model conditioned on ``guide.median()``: the epistemic part is zero.

@@ -46,7 +46,7 @@ class RegressionData(NamedTuple):
         x_std: Input standard deviations, shape ``(F,)``.
         y_mean: Target mean (a 0-d tensor); with ``y_std`` the arguments of
             :meth:`RegressionPrediction.unstandardize
-            <pyro_ssvi.regression.RegressionPrediction.unstandardize>`.
+            <pyro_ssvi.app.regression.RegressionPrediction.unstandardize>`.
         y_std: Target standard deviation (a 0-d tensor).
     """
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.distributions import constraints
 from torch.nn import functional as F
 
-from ._pyro_compat import tensor_version
+from .._pyro_compat import tensor_version
 
 __all__ = [
     "BayesianClassifier",
@@ -434,7 +434,7 @@ class BayesianRegressor(_BayesianNet):
         guide = AutoSparseNormal(model, density=0.1, init_loc_fn=model.init_loc_fn())
         svi = SparseSVI(model, guide, pyro.optim.Adam({"lr": 1e-2}))
         svi.step(x_batch, y_batch)            # y: (B,) float targets
-        pyro_ssvi.regression.predict_regression(model, guide, x_test)
+        pyro_ssvi.app.regression.predict_regression(model, guide, x_test)
     """
 
     def __init__(

@@ -10,7 +10,7 @@ numbers obtained on them.
 
 Example::
 
-    from pyro_ssvi.data import load_dataset, write_synthetic_cifar
+    from pyro_ssvi.app.data import load_dataset, write_synthetic_cifar
 
     root = write_synthetic_cifar("/tmp/fake-cifar", num_train_per_batch=20)
     train = load_dataset("cifar10", "train", data_dir=root)   # 100 images

@@ -10,7 +10,7 @@ restricted unpickler that only rebuilds numpy arrays. Every loader returns
 
 Example::
 
-    from pyro_ssvi.data import DATASETS, default_ood, load_dataset
+    from pyro_ssvi.app.data import DATASETS, default_ood, load_dataset
 
     train = load_dataset("mnist")                       # TensorDataset, 30000
     x_test, y_test = load_dataset("mnist", "test").tensors

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..checkpoint import WriteError, remove_stale_temp_files, write_json
-from ..distributed import broadcast_object, is_main_process
+from ...distributed import broadcast_object, is_main_process
 from ._config import RunDirError
 
 #: The lock file of a run or comparison directory (empty; never removed).

@@ -89,7 +89,7 @@ def evaluate_regression(
 
     Args:
         model: Pyro regression model (e.g.
-            :class:`~pyro_ssvi.models.BayesianRegressor`).
+            :class:`~pyro_ssvi.app.models.BayesianRegressor`).
         guide: The trained guide.
         data: Labelled data in any form :func:`predict_regression` accepts.
         num_samples: Posterior draws per batch (ignored with ``mean_weights``).

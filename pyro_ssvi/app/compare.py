@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .checkpoint import atomic_write, write_json
-from .distributed import is_main_process, process_group
+from ..distributed import is_main_process, process_group
 
 __all__ = [
     "COLUMNS",
@@ -116,7 +116,7 @@ def _variants(
 def variant_configs(
     settings: dict[str, Any], densities: Sequence[float], *, dense: bool = True
 ) -> list[Any]:
-    """The :class:`~pyro_ssvi.training.TrainConfig` of each variant, checked.
+    """The :class:`~pyro_ssvi.app.training.TrainConfig` of each variant, checked.
 
     Dense VI first (if ``dense``), then SSVI at each density, as
     :func:`compare` runs them.
@@ -145,7 +145,7 @@ def compare(
     """Train each variant with the same settings and tabulate the results.
 
     Args:
-        settings: :class:`~pyro_ssvi.training.TrainConfig` fields shared by all
+        settings: :class:`~pyro_ssvi.app.training.TrainConfig` fields shared by all
             variants (``guide`` and ``density`` are set per variant).
         densities: SSVI densities to run.
         output_dir: Directory of the comparison.

@@ -8,7 +8,7 @@ data drawn (tests read them back). Every calibration error says whether it
 comes from Monte Carlo predictions or from the mean weights. matplotlib is
 imported only when a function is called::
 
-    from pyro_ssvi import plots
+    from pyro_ssvi.app import plots
 
     plots.plot_reliability(pred.probs, pred.labels, "runs/reliability.png")
     fig = plots.plot_training_curves(history, "runs/curves.png")
@@ -238,11 +238,11 @@ def plot_reliability(
 ) -> Figure:
     """Reliability diagram (accuracy and confidence per bin) over a count histogram.
 
-    Bins are those of :func:`~pyro_ssvi.metrics.reliability_bins`: each
+    Bins are those of :func:`~pyro_ssvi.app.metrics.reliability_bins`: each
     non-empty bin is an accuracy bar with its mean confidence as a line
     across it, so the gap to the diagonal reads off directly and nothing is
     drawn in a colour the legend does not name. The title gives the
-    top-label :func:`~pyro_ssvi.metrics.ece` and ``kind``.
+    top-label :func:`~pyro_ssvi.app.metrics.ece` and ``kind``.
 
     Args:
         probs: Mean predictive probabilities, shape ``(N, C)``.
@@ -257,7 +257,7 @@ def plot_reliability(
         confidences (``collections[0]``), the bottom axes the count bars.
 
     Raises:
-        ValueError: For malformed inputs (see :mod:`pyro_ssvi.metrics`).
+        ValueError: For malformed inputs (see :mod:`pyro_ssvi.app.metrics`).
     """
     bins = reliability_bins(probs, labels, num_bins)
     error = ece(probs, labels, num_bins)
@@ -322,11 +322,11 @@ def plot_regression_calibration(
 ) -> Figure:
     """Observed against expected coverage of the central predictive intervals.
 
-    The points are :func:`~pyro_ssvi.regression.calibration_curve` of the
+    The points are :func:`~pyro_ssvi.app.regression.calibration_curve` of the
     moment-matched Gaussian predictive ``N(mean, variance)`` at levels
     ``1/(L+1) ... L/(L+1)``; the diagonal is perfect calibration, points
     below it mean intervals that are too narrow. The title gives
-    :func:`~pyro_ssvi.regression.calibration_error` and ``kind``.
+    :func:`~pyro_ssvi.app.regression.calibration_error` and ``kind``.
 
     Args:
         mean: Predictive means, shape ``(N,)`` (or ``(N, D)``, flattened).
@@ -341,7 +341,7 @@ def plot_regression_calibration(
         and the diagonal as ``lines[1]``.
 
     Raises:
-        ValueError: For malformed inputs (see :mod:`pyro_ssvi.regression`).
+        ValueError: For malformed inputs (see :mod:`pyro_ssvi.app.regression`).
     """
     from .regression import calibration_curve, calibration_error
 

@@ -18,7 +18,7 @@ flags. A run writes one directory::
 
 Example::
 
-    from pyro_ssvi.training import TrainConfig, train
+    from pyro_ssvi.app.training import TrainConfig, train
     metrics = train(TrainConfig(epochs=5, density=0.1), "runs/mnist-d0.1")
     metrics["test_accuracy"], metrics["ood_auroc"]
 

@@ -123,7 +123,7 @@ def prepare_run_dir(out: str | os.PathLike, *, overwrite: bool, resume: bool) ->
     new run and by ``resume`` alike (there is nothing to continue); stale
     temporary files of killed writes are removed in every case. All this
     happens while this process owns ``out``: called outside
-    :func:`owned_run_dir` (which :func:`~pyro_ssvi.training.train` uses), it
+    :func:`owned_run_dir` (which :func:`~pyro_ssvi.app.training.train` uses), it
     owns ``out`` for the call.
 
     Raises:
@@ -198,11 +198,11 @@ def load_run_state(
     """A training checkpoint, checked, on the CPU, and its configuration.
 
     ``advice`` ends the error line of an unusable file (see
-    :func:`~pyro_ssvi.checkpoint.load_checkpoint`).
+    :func:`~pyro_ssvi.app.checkpoint.load_checkpoint`).
 
     Raises:
         CheckpointError: If the file is not a safe pyro_ssvi checkpoint (see
-            :func:`~pyro_ssvi.checkpoint.load_checkpoint`), lacks a training
+            :func:`~pyro_ssvi.app.checkpoint.load_checkpoint`), lacks a training
             run's entries, or holds an invalid configuration.
     """
     state = load_checkpoint(path, map_location="cpu", advice=advice)

@@ -8,8 +8,8 @@ padded positions. :func:`layer_costs` measures each layer's MACs with one
 forward pass; :func:`flops_report` turns them into training and inference
 FLOPs for given densities::
 
-    from pyro_ssvi.flops import flops_report, layer_costs
-    from pyro_ssvi.models import resnet18_cifar
+    from pyro_ssvi.app.flops import flops_report, layer_costs
+    from pyro_ssvi.app.models import resnet18_cifar
 
     net = resnet18_cifar(10)
     costs = layer_costs(net, (3, 32, 32))  # 21 layers, 555.42M MACs
@@ -157,7 +157,7 @@ def layer_costs(net: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Layer
     :class:`~torch.nn.Conv1d`/``2d``/``3d`` (grouped, strided and dilated convs
     included), and counts ``numel * output positions`` MACs per call; biases
     are not counted. Works on plain torch networks and on Bayesian ones from
-    :func:`pyro_ssvi.models.make_bayesian`, whose weights are ``PyroSample``
+    :func:`pyro_ssvi.app.models.make_bayesian`, whose weights are ``PyroSample``
     sites: the pass then draws weights from the prior, hidden from any
     enclosing Pyro handler by :func:`pyro.poutine.block` and without touching
     the global RNG state.
@@ -168,7 +168,7 @@ def layer_costs(net: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Layer
 
     Names are parameter paths relative to ``net``: ``"1.weight"`` for
     ``mlp(...)``, ``"layer1.0.conv1.weight"`` for a ResNet. Given a
-    :class:`~pyro_ssvi.models.BayesianClassifier` they start with ``"net."``,
+    :class:`~pyro_ssvi.app.models.BayesianClassifier` they start with ``"net."``,
     as its sample sites (and ``AutoSparseNormal``'s site names) do; given its
     ``.net`` they do not.
 

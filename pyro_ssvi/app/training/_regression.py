@@ -1,8 +1,8 @@
 r"""Regression runs: the split, the model, their metrics and plots.
 
-A regression data set (:data:`pyro_ssvi.regression.REGRESSION_DATASETS`) is
+A regression data set (:data:`pyro_ssvi.app.regression.REGRESSION_DATASETS`) is
 split at random by ``split_seed`` and standardised with the training part's
-statistics (:func:`~pyro_ssvi.regression.load_regression_dataset`); the model
+statistics (:func:`~pyro_ssvi.app.regression.load_regression_dataset`); the model
 trains on standardised targets, and every reported metric is in the targets'
 original units: predictions map back by
 
@@ -93,7 +93,7 @@ def final_metrics(
 
     Returns:
         ``(metrics, prediction in target units)``: the keys of
-        :func:`~pyro_ssvi.regression.regression_metrics` prefixed ``test_``
+        :func:`~pyro_ssvi.app.regression.regression_metrics` prefixed ``test_``
         (Monte Carlo) and also suffixed ``_mean_weights``.
     """
     from ..regression import regression_metrics

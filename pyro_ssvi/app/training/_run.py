@@ -13,7 +13,7 @@ import pyro
 import torch
 
 from ..checkpoint import CheckpointError
-from ..distributed import is_distributed, wrap_ddp
+from ...distributed import is_distributed, wrap_ddp
 from . import _regression as regression
 from ._config import (
     MODELS,
@@ -32,7 +32,7 @@ class Run:
     """A built run: data, model, guide and what trains them (one protocol for both).
 
     A training step is the same for SSVI and dense VI (see
-    :func:`~pyro_ssvi.training.train_step`)::
+    :func:`~pyro_ssvi.app.training.train_step`)::
 
         optimizer.zero_grad()
         with scale_kl(weight=w), weight_sampling:   # weight_sampling may be None
@@ -210,7 +210,7 @@ def build_run(
 
     Clears Pyro's param store and seeds every RNG with ``config.seed``. Call
     it under ``pyro.settings.context(module_local_params=True)`` to train
-    (as :func:`~pyro_ssvi.training.train` does): the optimiser holds the
+    (as :func:`~pyro_ssvi.app.training.train` does): the optimiser holds the
     modules' own parameters.
 
     Args:
@@ -277,7 +277,7 @@ def _model(c: TrainConfig, num_data: int) -> Any:
 def _guide(c: TrainConfig, model: Any) -> Any:
     from pyro.infer.autoguide import AutoNormal
 
-    from ..guides import AutoSparseNormal
+    from ...guides import AutoSparseNormal
 
     if c.guide == "ssvi":
         return AutoSparseNormal(
@@ -296,7 +296,7 @@ def _elbo(c: TrainConfig) -> Any:
     the standard case), or Pyro's ``TraceMeanField_ELBO`` for dense VI."""
     from pyro.infer import TraceMeanField_ELBO
 
-    from ..elbo import TraceSparseMeanField_ELBO
+    from ...elbo import TraceSparseMeanField_ELBO
 
     return TraceSparseMeanField_ELBO() if c.guide == "ssvi" else TraceMeanField_ELBO()
 
@@ -348,7 +348,7 @@ def lr_scheduler(
 def _subspace(
     c: TrainConfig, model: Any, guide: Any, optimizer: Any, steps_per_epoch: int
 ) -> Any:
-    from ..reselection import SubspaceScheduler
+    from ...reselection import SubspaceScheduler
 
     if c.guide != "ssvi":
         return FixedSubspace()
@@ -371,7 +371,7 @@ def _subspace(
 
 def _weight_sampling(c: TrainConfig) -> Any:
     """The handler that computes weight layers: LRT, sparse sampling, or None."""
-    from ..poutine import local_reparameterization, sparse_weight_sampling
+    from ...poutine import local_reparameterization, sparse_weight_sampling
 
     sparse = SPARSE_COMPUTE[c.sparse_compute]
     if c.lrt:
@@ -503,7 +503,7 @@ def density_of(run: Run) -> float:
 
     A guide without sparse sites is dense too: 1 (its ``density`` is NaN).
     """
-    from ..guides import AutoSparseNormal
+    from ...guides import AutoSparseNormal
 
     guide = run.guide
     if not isinstance(guide, AutoSparseNormal) or not guide.sparse_site_names():

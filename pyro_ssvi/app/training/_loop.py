@@ -14,7 +14,7 @@ import pyro
 import torch
 import torch.distributed as dist
 
-from .._pyro_compat import is_invalid_values_error
+from ..._pyro_compat import is_invalid_values_error
 from ..checkpoint import (
     WriteError,
     atomic_write,
@@ -22,7 +22,7 @@ from ..checkpoint import (
     signals_deferred,
     write_json,
 )
-from ..distributed import (
+from ...distributed import (
     all_reduce_mean_,
     is_distributed,
     is_main_process,
@@ -30,7 +30,7 @@ from ..distributed import (
     shard,
     world_size,
 )
-from ..poutine import LatentScaleMessenger
+from ...poutine import LatentScaleMessenger
 from ._config import (
     RunInterrupted,
     RunStopped,
@@ -283,7 +283,7 @@ def train(
 
     The run owns ``output_dir`` from start to end: it holds the exclusive
     lock ``.pyro-ssvi.lock`` there (see
-    :class:`~pyro_ssvi.training.RunDirInUse`), so a second run into the same
+    :class:`~pyro_ssvi.app.training.RunDirInUse`), so a second run into the same
     directory is refused, changing nothing, while this one runs; a lock left
     by a killed process is free again at once.
 

@@ -14,7 +14,7 @@ Two log-likelihoods are in use, and they differ:
   :math:`\log \frac1S \sum_s \mathcal{N}(y; \mu_s, \sigma_s^2)`, the "test
   log-likelihood" of the UCI literature (Hernández-Lobato & Adams 2015), is
   computed draw by draw during prediction
-  (:attr:`~pyro_ssvi.regression.RegressionPrediction.log_likelihood`).
+  (:attr:`~pyro_ssvi.app.regression.RegressionPrediction.log_likelihood`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ their inputs and fixes the OOD convention. NLL and Brier score are one-line
 means whose conventions scikit-learn does not share (``log_loss`` clips at
 its ``eps``, ``brier_score_loss`` is binary before 1.7); the calibration
 errors have no library implementation to reuse. Streaming over batches and
-posterior samples is :mod:`pyro_ssvi.predict`'s job.
+posterior samples is :mod:`pyro_ssvi.app.predict`'s job.
 
 Two calibration errors are provided, and they are *not* comparable:
 :func:`ece` is Guo et al.'s top-label L1 ECE with equal-width bins, and
@@ -17,7 +17,7 @@ Kumar et al. that the SSVI reference code reports as "ECE".
 
 Example::
 
-    from pyro_ssvi import metrics
+    from pyro_ssvi.app import metrics
 
     metrics.accuracy(probs, labels)            # 0.93
     metrics.classification_metrics(probs, labels, probs_ood=probs_ood)

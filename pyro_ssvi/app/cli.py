@@ -10,7 +10,7 @@ Usage::
 Bayesian MLP 784-400-400-10 at density 0.1; ``--dataset diabetes`` (or
 ``boston``, ``concrete``) trains a Bayesian regressor, F-50-1 with a learned
 noise, by the UCI protocol (``--recipe uci``). Every flag maps to a field of
-:class:`pyro_ssvi.training.TrainConfig`; see ``pyro-ssvi train --help``.
+:class:`pyro_ssvi.app.training.TrainConfig`; see ``pyro-ssvi train --help``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ._version import __version__
+from .._version import __version__
 
 __all__ = ["build_parser", "main"]
 
@@ -144,9 +144,9 @@ class CLIError(Exception):
 
 def _options() -> dict[str, Sequence[str]]:
     """The names each option flag accepts, from the registries."""
-    from .criteria import CRITERIA
-    from .schedules import SCHEDULES
-    from .svi import ADDITIONS
+    from ..criteria import CRITERIA
+    from ..schedules import SCHEDULES
+    from ..svi import ADDITIONS
     from .training import MODELS, dataset_tasks
     from .training._config import LR_SCHEDULES, OPTIMIZERS, SPARSE_COMPUTE
 
@@ -455,7 +455,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _owned(out: Path) -> Iterator[None]:
     """Own ``out`` before the first line is printed (rank 0 under torchrun).
 
-    The library owns it too (:func:`~pyro_ssvi.training.train`); taking it
+    The library owns it too (:func:`~pyro_ssvi.app.training.train`); taking it
     here first makes a refusal the command's only output.
     """
     from .training import own_directory

@@ -11,7 +11,7 @@ sample)::
     # {'accuracy': ..., 'nll': ..., 'ece': ..., 'marginal_ce': ..., 'ood_auroc': ...}
 
 The model must return logits from ``model(x)``; it may also take ``y=None``
-(as :class:`~pyro_ssvi.models.BayesianClassifier` does).
+(as :class:`~pyro_ssvi.app.models.BayesianClassifier` does).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Prediction(NamedTuple):
             shape ``(N, C)``.
         mean_entropy: Mean over posterior samples of each sample's predictive
             entropy, shape ``(N,)``; with mean weights, the entropy of
-            ``probs``. For :func:`~pyro_ssvi.metrics.mutual_information`.
+            ``probs``. For :func:`~pyro_ssvi.app.metrics.mutual_information`.
         labels: The labels the data came with, int64, shape ``(N,)``, or None
             when the data had none.
     """
@@ -284,7 +284,7 @@ def evaluate(
         and ``mutual_information`` (mean); with ``ood_data`` also
         ``ood_auroc`` and ``ood_aupr`` (by entropy) and
         ``ood_auroc_maxprob`` and ``ood_aupr_maxprob``. See
-        :mod:`pyro_ssvi.metrics`.
+        :mod:`pyro_ssvi.app.metrics`.
 
     Raises:
         ValueError: If ``data`` has no labels, or as :func:`predict`.

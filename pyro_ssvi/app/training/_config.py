@@ -171,10 +171,10 @@ class TrainConfig:
     97.5% test accuracy at density 0.1 in a few minutes on 2 CPU cores.
 
     The task follows from the data set (:func:`dataset_tasks`): an image
-    classification set (:data:`pyro_ssvi.data.DATASETS`) trains a
-    :class:`~pyro_ssvi.models.BayesianClassifier`, a regression set
-    (:data:`pyro_ssvi.regression.REGRESSION_DATASETS`) a
-    :class:`~pyro_ssvi.models.BayesianRegressor` on one standardised random
+    classification set (:data:`pyro_ssvi.app.data.DATASETS`) trains a
+    :class:`~pyro_ssvi.app.models.BayesianClassifier`, a regression set
+    (:data:`pyro_ssvi.app.regression.REGRESSION_DATASETS`) a
+    :class:`~pyro_ssvi.app.models.BayesianRegressor` on one standardised random
     split, evaluated in the targets' original units; its loss is the
     Gaussian negative log-likelihood per example plus the KL term, as above.
     ``TrainConfig.from_recipe("uci", dataset=...)`` gives the regression
@@ -186,8 +186,8 @@ class TrainConfig:
         hidden: Widths of the hidden layers of ``mlp``; None: 400, 400 for
             images, 50 for regression data (:data:`DEFAULT_HIDDEN`); ``()``
             is a linear model.
-        dataset: Data set name (see :data:`pyro_ssvi.data.DATASETS` and
-            :data:`pyro_ssvi.regression.REGRESSION_DATASETS`); the embedded
+        dataset: Data set name (see :data:`pyro_ssvi.app.data.DATASETS` and
+            :data:`pyro_ssvi.app.regression.REGRESSION_DATASETS`); the embedded
             MNIST by default.
         data_dir: Directory with data sets in torchvision's layout.
         download: Download missing data sets into ``data_dir``.
@@ -205,7 +205,7 @@ class TrainConfig:
         guide: ``"ssvi"`` (:class:`~pyro_ssvi.AutoSparseNormal` with a
             :class:`~pyro_ssvi.SubspaceScheduler`) or ``"autonormal"``
             (Pyro's ``AutoNormal``, the dense-VI baseline); both train by
-            the same loop (:func:`~pyro_ssvi.training.train_step`).
+            the same loop (:func:`~pyro_ssvi.app.training.train_step`).
         density: Active fraction per sparse site; 1.0 runs SSVI densely.
         removal, addition, update_every, drop_fraction, drop_schedule:
             Subspace reselection, as in :class:`~pyro_ssvi.SubspaceScheduler`.
@@ -345,8 +345,8 @@ def recipe_values(name: str, given: dict[str, Any]) -> dict[str, Any]:
 def dataset_tasks() -> dict[str, str]:
     """``{data set name: "classification" | "regression"}`` of every data set.
 
-    The image sets of :data:`pyro_ssvi.data.DATASETS` are for classification,
-    those of :data:`pyro_ssvi.regression.REGRESSION_DATASETS` for regression.
+    The image sets of :data:`pyro_ssvi.app.data.DATASETS` are for classification,
+    those of :data:`pyro_ssvi.app.regression.REGRESSION_DATASETS` for regression.
     """
     from ..data import DATASETS
     from ..regression import REGRESSION_DATASETS
@@ -533,17 +533,17 @@ def _check_with_library(c: TrainConfig) -> None:
     around a stand-in model checks density, initial scale, removal, addition,
     update interval, drop fraction and schedule, and KL weight before any data
     is loaded, with the library's own messages. For a regression data set the
-    likelihood (:class:`~pyro_ssvi.models.BayesianRegressor`, around an
+    likelihood (:class:`~pyro_ssvi.app.models.BayesianRegressor`, around an
     uninitialised one-unit layer) checks the noise settings, and the split
-    (:func:`~pyro_ssvi.regression.split_and_standardize` of zeros of the data
+    (:func:`~pyro_ssvi.app.regression.split_and_standardize` of zeros of the data
     set's size) the test fraction.
 
     Raises:
         ConfigError: With the library's one-line message.
     """
-    from ..guides import AutoSparseNormal
-    from ..poutine import scale_kl
-    from ..reselection import SubspaceScheduler
+    from ...guides import AutoSparseNormal
+    from ...poutine import scale_kl
+    from ...reselection import SubspaceScheduler
 
     try:
         guide = AutoSparseNormal(

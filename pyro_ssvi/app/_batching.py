@@ -1,7 +1,7 @@
 """Streaming prediction's shared plumbing: batches, eval mode, option checks.
 
-Private to :mod:`pyro_ssvi.predict` (classifiers) and
-:mod:`pyro_ssvi.regression` (regressors), which stream data through a model
+Private to :mod:`pyro_ssvi.app.predict` (classifiers) and
+:mod:`pyro_ssvi.app.regression` (regressors), which stream data through a model
 and guide the same way::
 
     device = prepare_prediction(guide, num_samples, mean_weights, batch_size, device)
@@ -107,7 +107,7 @@ def _check_options(num_samples: int, batch_size: int) -> None:
 
 def _is_loaded(guide: Any) -> bool:
     """An AutoSparseNormal loaded from a state dict (it checks itself on use)."""
-    from .guides import AutoSparseNormal
+    from ..guides import AutoSparseNormal
 
     try:
         return isinstance(guide, AutoSparseNormal) and bool(guide.site_names())

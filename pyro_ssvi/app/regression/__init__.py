@@ -1,10 +1,10 @@
 """Bayesian regression: streaming predictive uncertainty, metrics and data.
 
-Train a :class:`~pyro_ssvi.models.BayesianRegressor` like a classifier, then
+Train a :class:`~pyro_ssvi.app.models.BayesianRegressor` like a classifier, then
 split its predictive variance into the noise it learned (aleatoric) and the
 spread of its weight draws (epistemic), and score it::
 
-    from pyro_ssvi.regression import (
+    from pyro_ssvi.app.regression import (
         evaluate_regression, load_regression_dataset, predict_regression)
 
     data = load_regression_dataset("diabetes", seed=0)   # standardised split
