@@ -31,6 +31,16 @@ Stages (``--stages``):
     scale and its distribution, the prior scale, the KL weight and its
     annealing, LRT, the removal criterion and the re-grown coordinates'
     initial scale (the number of evaluation samples comes from ``main``).
+``families``
+    SSVI's posterior families at density 0.1 (:data:`FAMILIES`: ERK
+    allocation, a dense output layer charged to the budget, a learnt
+    background variance per column or per layer), on both pairs,
+    ``--seeds`` seeds, 10 evaluation samples; the baselines (dense VI and
+    SSVI d=0.1 of the same seeds) are the stored runs of ``main``
+    (``<out>/summary.json``), and ``SSVI d=0.1 (repro)`` retrains MNIST's seed
+    0 to check that they still reproduce. With ``--timing``, the median step
+    time of each family against today's default (one process, alternating
+    rounds) goes to ``<out>/families_timing.json``.
 ``decomposition``
     where dense VI's OOD signal lives: its trained posterior evaluated with
     the variance (or the weights) restricted to the top ``d`` fraction of each
@@ -95,6 +105,15 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "regrow_scale=0.01": {"regrow_scale": 0.01},
     "regrow_scale=0.1": {"regrow_scale": 0.1},
 }
+#: posterior family name -> TrainConfig overrides (SSVI, density 0.1)
+FAMILIES: dict[str, dict[str, Any]] = {
+    "ERK allocation": {"allocation": "erk"},
+    "dense output layer": {"dense_below": 4096},
+    "background per column": {"background": "column"},
+    "background per layer": {"background": "layer"},
+}
+#: The families stage's check that the stored SSVI d=0.1 runs reproduce.
+REPRO = "SSVI d=0.1 (repro)"
 #: The settings of the smoke run (CI): tiny data, one epoch.
 SMOKE = dict(epochs=1, train_limit=512, test_limit=300, update_every=2)
 
@@ -195,6 +214,15 @@ def plan(stages: list[str], seeds: list[int], pairs: list[str]) -> list[Job]:
                 jobs.append(
                     Job("ablations", "mnist", name, seed, tuple(changes.items()))
                 )
+    if "families" in stages:  # MNIST first: it has the gap
+        if "mnist" in pairs and seeds:
+            jobs.append(Job("families", "mnist", REPRO, seeds[0], ()))
+        for pair in sorted(pairs, key=lambda p: p != "mnist"):
+            for seed in seeds:
+                for name, changes in FAMILIES.items():
+                    jobs.append(
+                        Job("families", pair, name, seed, tuple(changes.items()))
+                    )
     return jobs
 
 
@@ -537,7 +565,128 @@ def report(results: list[dict[str, Any]]) -> str:
     ]
     parts += ["", "## Decomposition (30 samples; smoke: 2)", ""]
     parts.append(table(results, dec_rows, cols, base))
+    families = families_report(results)
+    if families:
+        parts += ["", families]
     return "\n".join(parts)
+
+
+def families_report(results: list[dict[str, Any]]) -> str:
+    """The families stage's tables: means ± s.e. over seeds (10 samples) and
+    paired differences to dense VI of the same seed, per pair."""
+    have = [r for r in results if r["job"]["stage"] == "families"]
+    if not have:
+        return ""
+    base = str(min(int(k) for r in have for k in r["samples"]))  # 10; smoke: 2
+    oods = sorted(
+        {k.split("/", 1)[1] for r in have for k in r["samples"][base] if "/" in k}
+    )
+    aurocs = [f"auroc_{kind}/{o}" for o in oods for kind in ("entropy", "mi")]
+    cols = ["accuracy", "nll", "ece", *aurocs]
+    pairs = [p for p in PAIRS if any(r["job"]["pair"] == p for r in have)]
+    names = ["dense VI", "SSVI d=0.1", REPRO, *FAMILIES]
+    rows: list[tuple[str, str, str | None]] = [
+        (p, m, None) for p in pairs for m in names
+    ]
+    parts = [
+        f"## Posterior families at density 0.1 ({base} evaluation samples)",
+        "",
+        table(results, rows, cols, base),
+        "",
+        f"## Families: paired difference to dense VI of the same seed ({base} "
+        "samples)",
+        "",
+    ]
+    diffs = [*aurocs, "accuracy", "nll", "ece"]
+    head = ["pair", "setting", "seeds", *diffs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in pairs:
+        for m in names[1:]:
+            gaps = [paired_gaps(results, p, m, c, base) for c in diffs]
+            if gaps[0]:
+                lines.append(
+                    f"| {p} | {m} | {len(gaps[0])} | "
+                    + " | ".join(_fmt(g) for g in gaps)
+                    + " |"
+                )
+    parts.append("\n".join(lines))
+    return "\n".join(parts)
+
+
+def merge_stored(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This invocation's results over the stored ones of ``<out>/summary.json``
+    (same run name: the new one wins), so that running one stage keeps the
+    others' numbers."""
+    path = out / "summary.json"
+    if not path.exists():
+        return results
+    stored = json.loads(path.read_text())
+    if stored.get("smoke"):
+        return results
+    merged = {r["name"]: r for r in stored["results"]}
+    merged.update({r["name"]: r for r in results})
+    return sorted(merged.values(), key=lambda r: r["name"])
+
+
+def time_families(
+    threads: int, smoke: bool = False, rounds: int = 5, steps: int = 100
+) -> dict[str, Any]:
+    """Median seconds per training step of each family and of today's default
+    (SSVI d=0.1) and dense VI, MNIST's protocol, in this one process:
+    ``rounds`` alternating rounds of ``steps`` steps each (one subspace
+    update per round at the default ``update_every=100``), after one warm-up
+    round; the guide's number of variational parameters beside it."""
+    import pyro
+
+    from pyro_ssvi.app.training import TrainConfig, build_run, train_step
+
+    torch.set_num_threads(threads)
+    if smoke:
+        rounds, steps = 2, 3
+    variants = {
+        "SSVI d=0.1": {},
+        **FAMILIES,
+        "dense VI": {"guide": "autonormal"},
+    }
+    runs, batches = {}, {}
+    with pyro.settings.context(module_local_params=True):
+        for name, changes in variants.items():
+            extra = dict(train_limit=512, test_limit=100) if smoke else {}
+            config = TrainConfig(device="cpu", seed=0, **extra, **changes)
+            runs[name] = build_run(config)
+            loader = torch.utils.data.DataLoader(
+                runs[name].train_data, batch_size=config.batch_size, shuffle=True
+            )
+            batches[name] = [b for _, b in zip(range(steps), loader)]
+        times: dict[str, list[float]] = {n: [] for n in variants}
+        for r in range(rounds + 1):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                for x, y in batches[name]:
+                    train_step(run, x, y, 1.0)
+                if r:  # round 0 warms up
+                    times[name].append((time.perf_counter() - start) / steps)
+    base = statistics.median(times["SSVI d=0.1"])
+    dense_params = _num_params(runs["dense VI"].guide)
+    return {
+        "threads": threads,
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "variants": {
+            n: {
+                "median_step_ms": 1e3 * statistics.median(t),
+                "step_ratio_to_default": statistics.median(t) / base,
+                "variational_params": _num_params(runs[n].guide),
+                "guide_ratio_to_dense": _num_params(runs[n].guide) / dense_params,
+            }
+            for n, t in times.items()
+        },
+    }
+
+
+def _num_params(guide: Any) -> int:
+    """Stored floats of a guide's variational parameters (indices excluded)."""
+    return sum(p.numel() for p in guide.parameters())
 
 
 # --------------------------------------------------------------- figures
@@ -707,7 +856,7 @@ def run_study(
         log(f"skipping Animal-MNIST: {animal}")
     todo = plan(stages, seeds, pairs)
     if smoke:
-        keep = {"dense VI", "SSVI d=0.1", "lrt"}
+        keep = {"dense VI", "SSVI d=0.1", "lrt", "background per column"}
         todo = [j for j in todo if j.method in keep and j.pair == "mnist"]
     log(f"{len(todo)} runs, {jobs} at a time, {threads} torch thread(s) each -> {out}")
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -760,12 +909,15 @@ def main(argv: list[str] | None = None) -> int:
         "--stages",
         nargs="+",
         default=["main", "ablations", "decomposition"],
-        choices=["main", "ablations", "decomposition"],
+        choices=["main", "ablations", "decomposition", "families"],
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--smoke", action="store_true", help="tiny runs (CI)")
+    parser.add_argument(
+        "--timing", action="store_true", help="time each family's step (families)"
+    )
     args = parser.parse_args(argv)
     results = run_study(
         args.out,
@@ -780,7 +932,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPU cores, {args.jobs} runs at a time, "
         f"{args.threads} torch thread(s) each"
     )
+    if not args.smoke:  # the stored runs of the other stages stay
+        results = merge_stored(args.out, results)
     write_summary(args.out, results, machine, smoke=args.smoke)
+    if args.timing:
+        timing = time_families(args.threads, smoke=args.smoke)
+        tmp = args.out / "families_timing.json.tmp"
+        tmp.write_text(json.dumps(timing, indent=1))
+        os.replace(tmp, args.out / "families_timing.json")
     print(report(results))
     return 0
 

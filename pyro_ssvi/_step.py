@@ -47,6 +47,7 @@ from torch.distributions import constraints, kl_divergence
 
 from ._pyro_compat import handler_stack, module_context, pyro_samples, tensor_version
 from ._sites import base_support
+from .background import BackgroundSparseNormal, background_kl
 from .distributions import (
     SparseNormal,
     constant_prior_kl,
@@ -56,7 +57,12 @@ from .distributions import (
     sparse_normal_kl,
 )
 from .guides import AutoSparseNormal
-from .poutine import LatentScaleMessenger, LazyWeight, LazyWeightMessenger
+from .poutine import (
+    LatentScaleMessenger,
+    LazyWeight,
+    LazyWeightMessenger,
+    background_sampling,
+)
 
 __all__ = [
     "DirectStep",
@@ -280,6 +286,8 @@ class DirectStep:
     ) -> _Draw:
         """One site's value, drawn as the guide's ``pyro.sample`` draws it."""
         probe = None if probes is None else probes.get(binding.name)
+        if lazy is None and isinstance(q, BackgroundSparseNormal):
+            lazy = background_sampling()  # as the guide's forward draws it
         if lazy is not None and binding.lrt and lazy.accepts(q):
             return _Draw(q, lazy.wrap(q, binding.name, probe), None)
         if isinstance(q, SparseNormal):
@@ -297,7 +305,10 @@ class DirectStep:
             if probe is None or not isinstance(q, SparseNormal):
                 continue
             loc = q.loc + q.gather(probe)
-            shifted = SparseNormal(loc, q.scale, q.indices, q.event_shape, False)
+            if isinstance(q, BackgroundSparseNormal):
+                shifted: SparseNormal = q.with_loc(loc)
+            else:
+                shifted = SparseNormal(loc, q.scale, q.indices, q.event_shape, False)
             terms.append(kl_divergence(shifted, _prior(binding)).sum())
         return _sum(terms) if terms else 0.0
 
@@ -321,6 +332,14 @@ class DirectStep:
     def _kl(self, i: int, draw: _Draw) -> torch.Tensor:
         """Site ``i``'s KL term: analytic, or the Monte Carlo one of the draw."""
         plan, form, q = self._plan(i), self.bindings[i].form, draw.q
+        if isinstance(q, BackgroundSparseNormal):
+            if self.kind == "analytic" and plan.normal is not None:
+                try:
+                    return background_kl(q, *plan.normal)
+                except NotImplementedError:
+                    pass  # as TraceMeanField_ELBO: the Monte Carlo term
+            dense = _dense(draw)
+            return q.log_prob(dense).sum() - plan.prior.log_prob(dense).sum()
         shape, moments = q.event_shape, _moments(q, form)
         if self.kind == "analytic":
             indices = q.indices if form == "sparse" else None

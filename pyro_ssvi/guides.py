@@ -29,10 +29,16 @@ from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoGuide
 from torch.distributions import Distribution, transform_to
 
-from ._guide_state import GuideLoading, encode
+from ._background_guide import (
+    BackgroundParams,
+    check_background,
+    drop_background_store_entries,
+)
+from ._guide_state import encode
 from ._pyro_compat import (
     InitMessenger,
     create_plates,
+    handler_stack,
     helpful_support_errors,
     module_context,
     periodic_repeat,
@@ -40,12 +46,16 @@ from ._pyro_compat import (
 from ._sites import Site, is_sparse, is_weight, lrt_weight
 from ._softplus import softplus_positive
 from ._storage import SubspaceParams, after_load, compact_indices
+from .background import BackgroundSparseNormal
 from .distributions import SparseNormal
+from .poutine import LazyWeightMessenger, background_sampling
 from .initialization import (
+    ALLOCATIONS,
     DEFAULT_INIT_SCALE,
     DEFAULT_WEIGHT_INIT_SCALE,
     INIT_ACTIVE,
     active_floor,
+    allocate_densities,
     init_to_kaiming,
     initial_active_set,
     initial_scales,
@@ -66,7 +76,7 @@ __all__ = [
 DEFAULT_MIN_SPARSE_NUMEL = 4096
 
 
-class AutoSparseNormal(GuideLoading, AutoGuide):
+class AutoSparseNormal(BackgroundParams, AutoGuide):
     r"""Mean-field Normal guide restricted to a fixed-size sparse subspace per site.
 
     Every *sparse* site keeps exactly
@@ -117,7 +127,25 @@ class AutoSparseNormal(GuideLoading, AutoGuide):
         min_sparse_numel: Size above which a one-dimensional site is sparse by
             default.
         dense_sites: Names of sites kept dense whatever ``sparse_sites`` says,
-            e.g. a network's first convolution, which SSVI keeps dense.
+            e.g. a network's first convolution, which SSVI keeps dense. They
+            are not charged to the density budget.
+        allocation: How the budget ``density * sum(n)`` of active coordinates
+            is shared between the sparse sites: ``"uniform"`` (every site at
+            ``density``) or ``"erk"`` (Erdős–Rényi-kernel, as in RigL:
+            :func:`~pyro_ssvi.initialization.allocate_densities`). A site the
+            allocation gives density 1 gets a dense mean-field posterior.
+        dense_below: Sparse sites of at most this many elements get a dense
+            posterior (e.g. ``4096`` for the 4,000-weight output layer of an
+            MNIST MLP), charged to the budget: the other sites share what is
+            left. 0 (default): none.
+        background: ``None`` (default: SSVI, inactive coordinates are exact
+            zeros), ``"column"`` or ``"layer"``: inactive coordinates are
+            :math:`\mathcal{N}(0, s^2)` with a learnt ``s`` per input unit or
+            per site (:class:`~pyro_ssvi.background.BackgroundSparseNormal`;
+            its layers never draw the background densely).
+        background_init: The background scales' start (default 0.01, the
+            weights' initial posterior scale: every coordinate then starts
+            with the same uncertainty).
         create_plates: As in :class:`~pyro.infer.autoguide.AutoNormal`.
 
     Raises:
@@ -145,8 +173,33 @@ class AutoSparseNormal(GuideLoading, AutoGuide):
         min_sparse_numel: int = DEFAULT_MIN_SPARSE_NUMEL,
         dense_sites: Collection[str] = (),
         create_plates: Callable[..., Any] | None = None,
+        allocation: str = "uniform",
+        dense_below: int = 0,
+        background: str | None = None,
+        background_init: float = DEFAULT_WEIGHT_INIT_SCALE,
     ) -> None:
         _validate(density, init_loc_fn, init_scale, init_active, sparse_sites)
+        check_background(background, background_init)
+        self.background = background
+        self.background_init = float(background_init)
+        if allocation not in ALLOCATIONS:
+            raise ValueError(
+                f"AutoSparseNormal: allocation must be one of {ALLOCATIONS}, got "
+                f"{allocation!r}."
+            )
+        if isinstance(dense_below, bool) or not isinstance(dense_below, int):
+            raise TypeError(
+                "AutoSparseNormal: dense_below must be an int >= 0 (a number of "
+                f"elements), got {dense_below!r}."
+            )
+        if dense_below < 0:
+            raise ValueError(
+                f"AutoSparseNormal: dense_below must be >= 0, got {dense_below}."
+            )
+        self.allocation = allocation
+        self.dense_below = dense_below
+        self._site_density: dict[str, float] = {}
+        self._charged: set[str] = set()
         if not isinstance(min_sparse_numel, int) or min_sparse_numel < 1:
             raise ValueError(
                 "AutoSparseNormal: min_sparse_numel must be a positive int, "
@@ -177,6 +230,7 @@ class AutoSparseNormal(GuideLoading, AutoGuide):
         super().__init__(InitMessenger(init_loc_fn)(model), create_plates=create_plates)
         self.register_state_dict_post_hook(compact_indices)
         self.register_load_state_dict_post_hook(after_load)
+        self.register_load_state_dict_post_hook(drop_background_store_entries)
 
     def __getstate__(self) -> dict[str, Any]:
         # PyroModule's drops Pyro's weakrefs from the parameters; AutoGuide's
@@ -216,6 +270,7 @@ class AutoSparseNormal(GuideLoading, AutoGuide):
                     f"{sorted(sites)}."
                 )
         self._new_trees()
+        self._allocate(sites)
         for name, site in sites.items():
             self._add_site(name, site)
             # The dense initial value is in the parameters now; keep its shape.
@@ -236,6 +291,23 @@ class AutoSparseNormal(GuideLoading, AutoGuide):
                 stacklevel=4,
             )
 
+    def _allocate(self, sites: dict[str, Any]) -> None:
+        """Each sparse site's density under ``allocation`` and ``dense_below``;
+        the sites it makes dense (density 1) are charged to the budget."""
+        rule = self._sparse_sites
+        shapes = {
+            name: site["value"].shape
+            for name, site in sites.items()
+            if is_sparse(name, site, rule, self.dense_sites, self.min_sparse_numel)
+        }
+        small = [n for n, shape in shapes.items() if shape.numel() <= self.dense_below]
+        self._site_density = allocate_densities(
+            shapes, self.target_density, self.allocation, small
+        )
+        self._charged = set()
+        if self.allocation != "uniform" or small:
+            self._charged = {n for n, d in self._site_density.items() if d >= 1.0}
+
     def _add_site(self, name: str, site: dict[str, Any]) -> None:
         value = site["value"].detach()
         with helpful_support_errors(site):
@@ -245,14 +317,19 @@ class AutoSparseNormal(GuideLoading, AutoGuide):
         if scale is None:
             scale = DEFAULT_WEIGHT_INIT_SCALE if is_weight(site) else DEFAULT_INIT_SCALE
         rule = self._sparse_sites
-        if is_sparse(name, site, rule, self.dense_sites, self.min_sparse_numel):
-            k = num_active(name, value.shape, self.target_density)
+        if name not in self._charged and is_sparse(
+            name, site, rule, self.dense_sites, self.min_sparse_numel
+        ):
+            density = self._site_density.get(name, self.target_density)
+            k = num_active(name, value.shape, density)
             idx = initial_active_set(self.init_active, self.init_loc_fn, name, value, k)
             loc = value.reshape(-1).index_select(0, idx).contiguous()
             info = Site(True, value.shape, 1, site["fn"].support)
             self._new_params(
                 name, info, loc, initial_scales(loc, scale), idx, encode(info)
             )
+            if self.background is not None:
+                self._new_background(name, value.shape, loc)
             return
         loc = unconstrained
         for frame in site["cond_indep_stack"]:  # subsampled: repeat to full size
@@ -284,6 +361,10 @@ class AutoSparseNormal(GuideLoading, AutoGuide):
                         stack.enter_context(plates[frame.name])
                 posterior: Any = self._posterior(name)  # params read inside plates
                 infer: Any = self._infer(name)
+                if isinstance(posterior, BackgroundSparseNormal) and not any(
+                    isinstance(h, LazyWeightMessenger) for h in handler_stack()
+                ):  # never a dense background draw in a layer
+                    stack.enter_context(background_sampling())
                 result[name] = pyro.sample(name, posterior, infer=infer)
         return result
 
@@ -354,14 +435,33 @@ class AutoSparseNormal(GuideLoading, AutoGuide):
 
     @property
     def density(self) -> float:
-        """The fraction of the sparse sites' coordinates that is active:
-        ``sum(k) / sum(n)`` over the sparse sites (dense sites do not count);
-        ``nan`` without a sparse site (the guide warned at set-up)."""
+        """The fraction of the budget's coordinates that is active:
+        ``sum(k) / sum(n)`` over the sparse sites and the sites the allocation
+        made dense (``k = n``; other dense sites do not count); ``nan``
+        without a sparse site (the guide warned at set-up)."""
         names = self.sparse_site_names()
-        total = sum(self._sites[n].shape.numel() for n in names)
-        if not total:
+        charged = [n for n in self.charged_site_names() if n not in names]
+        total = sum(self._sites[n].shape.numel() for n in names + charged)
+        if not names:
             return math.nan
-        return sum(self.num_active().values()) / total
+        full = sum(self._sites[n].shape.numel() for n in charged)
+        return (sum(self.num_active().values()) + full) / total
+
+    def charged_site_names(self) -> list[str]:
+        """Dense sites charged to the density budget (``allocation`` or
+        ``dense_below`` made them dense). After loading a state dict into a
+        never-called guide: its dense weight sites (at least two dimensions)
+        not in ``dense_sites``, when either option is set."""
+        self._require_params()
+        if self._charged:
+            return [n for n in self._sites if n in self._charged]
+        if self.allocation == "uniform" and not self.dense_below:
+            return []
+        return [
+            n
+            for n, s in self._sites.items()
+            if not s.sparse and len(s.shape) >= 2 and n not in self.dense_sites
+        ]
 
     def num_variational_params(self) -> int:
         """Number of variational parameters (means plus scales) of all sites."""

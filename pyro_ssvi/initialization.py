@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Mapping
 
 import torch
 from pyro.distributions import constraints
@@ -36,10 +36,12 @@ from pyro.infer.autoguide.initialization import (
 from .selection import top_k
 
 __all__ = [
+    "ALLOCATIONS",
     "DEFAULT_INIT_SCALE",
     "DEFAULT_WEIGHT_INIT_SCALE",
     "INIT_ACTIVE",
     "active_floor",
+    "allocate_densities",
     "init_gives_values",
     "init_to_kaiming",
     "initial_active_set",
@@ -53,6 +55,8 @@ DEFAULT_INIT_SCALE = 0.1
 DEFAULT_WEIGHT_INIT_SCALE = 0.01
 #: How the initial active set is chosen (see :func:`initial_active_set`).
 INIT_ACTIVE = ("auto", "random", "magnitude")
+#: How a density budget is shared between sites (see :func:`allocate_densities`).
+ALLOCATIONS = ("uniform", "erk")
 
 
 def init_to_kaiming(
@@ -217,3 +221,83 @@ def initial_active_set(
     if rule == "magnitude":
         return top_k(value.reshape(-1).abs(), k)
     return torch.randperm(value.numel(), device=value.device)[:k].sort().values
+
+
+def allocate_densities(
+    shapes: Mapping[str, torch.Size],
+    density: float,
+    rule: str = "uniform",
+    dense: Collection[str] = (),
+) -> dict[str, float]:
+    r"""Per-site densities with the total budget of a uniform density.
+
+    The budget is :math:`B = d \sum_l n_l` active coordinates over the sites
+    ``shapes`` (:math:`n_l` elements each). Sites in ``dense`` get density 1
+    and are charged to it; the rest :math:`R` share :math:`B' = B - \sum_{l
+    \in \text{dense}} n_l`:
+
+    * ``"uniform"``: :math:`d_l = B' / \sum_{l \in R} n_l`;
+    * ``"erk"`` (Erdős–Rényi-kernel, Evci et al. 2020, RigL):
+      :math:`d_l = \epsilon \, \frac{\sum_i s_{l,i}}{\prod_i s_{l,i}}`
+      over the dimensions :math:`s_{l,i}` of the site's shape, i.e.
+      :math:`(n_\text{in} + n_\text{out}) / (n_\text{in} n_\text{out})` for
+      a linear weight and :math:`(n_\text{in} + n_\text{out} + k_h + k_w) /
+      (n_\text{in} n_\text{out} k_h k_w)` for a 2-D kernel, with
+      :math:`\epsilon = B' / \sum_{l \in R} n_l \, \text{raw}_l`.
+
+    A site whose density would exceed 1 is capped at 1 and its surplus is
+    redistributed: it joins the capped set, and :math:`\epsilon` (or the
+    uniform density) is solved again for the others, until no site exceeds 1.
+    The result sums to the budget exactly (before each site's rounding to an
+    integer ``k`` and its floor, :func:`num_active`).
+
+    Args:
+        shapes: The sparse-eligible sites' shapes, in model order.
+        density: The uniform density ``d`` in ``(0, 1]`` that sets the budget.
+        rule: ``"uniform"`` or ``"erk"``.
+        dense: Sites kept dense (density 1), charged to the budget.
+
+    Returns:
+        ``{site: density}`` for every site of ``shapes``.
+
+    Raises:
+        ValueError: For an unknown rule, or dense sites over the budget.
+
+    Example::
+
+        shapes = {"fc1": torch.Size([400, 784]), "fc2": torch.Size([400, 400]),
+                  "fc3": torch.Size([10, 400])}
+        allocate_densities(shapes, 0.1, "erk")
+        # {'fc1': 0.0833, 'fc2': 0.1103, 'fc3': 1.0}
+    """
+    if rule not in ALLOCATIONS:
+        raise ValueError(
+            f"allocation must be one of {ALLOCATIONS}, got {rule!r}; "
+            "e.g. allocation='erk'."
+        )
+    numel = {name: int(shape.numel()) for name, shape in shapes.items()}
+    budget = density * sum(numel.values())
+    capped = {name for name in numel if name in dense}
+    charged = sum(numel[name] for name in capped)
+    if charged > budget + 1e-9 and density < 1:
+        raise ValueError(
+            f"allocation: the dense sites {sorted(capped)} hold {charged} "
+            f"coordinates, more than the budget of {budget:.0f} at density "
+            f"{density:g}; raise the density or keep fewer sites dense."
+        )
+    raw = {
+        name: (1.0 if rule == "uniform" else sum(shape) / shape.numel())
+        for name, shape in shapes.items()
+    }
+    while True:
+        rest = [name for name in numel if name not in capped]
+        left = budget - sum(numel[name] for name in capped)
+        weight = sum(numel[name] * raw[name] for name in rest)
+        eps = left / weight if weight > 0 else 0.0
+        over = {name for name in rest if eps * raw[name] > 1.0}
+        if not over:
+            break
+        capped |= over
+    return {
+        name: 1.0 if name in capped else max(0.0, eps * raw[name]) for name in numel
+    }

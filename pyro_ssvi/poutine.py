@@ -26,6 +26,12 @@ import torch.nn.functional as F
 from pyro.poutine.messenger import Messenger
 
 from ._pyro_compat import disable_torch_function_subclass, tensor_version
+from .background import (
+    BackgroundSparseNormal,
+    conv_background_variance,
+    linear_background_variance,
+    noise_std,
+)
 from .distributions import ShiftedSparseNormal
 from .layers.lrt import conv_moments, linear_moments, sample_moments
 from .layers.sparse import SparseStructure, sparse_linear
@@ -36,6 +42,7 @@ __all__ = [
     "LazyWeightMessenger",
     "LocalReparameterizationMessenger",
     "SparseWeightSamplingMessenger",
+    "background_sampling",
     "local_reparameterization",
     "scale_kl",
     "sparse_weight_sampling",
@@ -130,6 +137,7 @@ class LazyWeight(torch.Tensor):
     _handler: "LazyWeightMessenger"
     _sample: torch.Tensor | None
     _active_draw: torch.Tensor | None
+    _active_sample: torch.Tensor | None
 
     @staticmethod
     def __new__(
@@ -144,13 +152,19 @@ class LazyWeight(torch.Tensor):
         obj = base.expand(posterior.event_shape).as_subclass(cls)
         obj.posterior, obj.site, obj._handler = posterior, name, handler
         obj.probe = probe
-        obj._sample, obj._active_draw = None, None
+        obj._sample, obj._active_draw, obj._active_sample = None, None, None
         return obj
 
     @property
     def sparse(self) -> bool:
         """Whether the posterior is a ``SparseNormal`` (has active indices)."""
         return hasattr(self.posterior, "indices")
+
+    @property
+    def background(self) -> bool:
+        """Whether the posterior has a background variance off its active set
+        (:class:`~pyro_ssvi.background.BackgroundSparseNormal`)."""
+        return isinstance(self.posterior, BackgroundSparseNormal)
 
     def values(self) -> torch.Tensor:
         """The active coordinates of the weight sample (sparse posteriors).
@@ -163,9 +177,10 @@ class LazyWeight(torch.Tensor):
                 self._active_draw = self.posterior.rsample_active()
         return self._active_draw
 
-    def sample(self) -> torch.Tensor:
-        """An exact weight sample (drawn on first use, then reused)."""
-        if self._sample is None:
+    def active_sample(self) -> torch.Tensor:
+        """The weight sample without its background (dense, full shape; the
+        whole sample for a posterior without one), drawn once."""
+        if self._active_sample is None:
             with disable_torch_function_subclass():
                 if self.sparse:
                     value = self.posterior.scatter(self.values())
@@ -173,6 +188,17 @@ class LazyWeight(torch.Tensor):
                     value = self.posterior.rsample()
                 if self.probe is not None:
                     value = value + self.probe
+            self._active_sample = value
+        return self._active_sample
+
+    def sample(self) -> torch.Tensor:
+        """An exact weight sample (drawn on first use, then reused): the
+        active draw plus, with a background, a dense draw of it."""
+        if self._sample is None:
+            value = self.active_sample()
+            if self.background:
+                with disable_torch_function_subclass():
+                    value = value + self.posterior.rsample_background()
             self._sample = value
         return self._sample
 
@@ -238,19 +264,23 @@ def _layer_call(func: Any, args: Any, kwargs: Any) -> torch.Tensor | None:
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     if not isinstance(weight, LazyWeight) or isinstance(x, LazyWeight):
         return None
-    if not weight._handler.lrt and func is not F.linear:
+    if not weight._handler.lrt and func is not F.linear and not weight.background:
         return None  # weight sampling of a convolution: the exact dense sample
     if isinstance(bias, LazyWeight):
         bias = bias.sample()
+    extra = dict(zip(_CONV_ARGS, args[3:]))
+    extra.update({k: v for k, v in kwargs.items() if k in _CONV_ARGS})
     with disable_torch_function_subclass():
         if not weight._handler.lrt:
-            out = weight._handler.sampled_linear(weight, x)
-            return out if bias is None else out + bias
+            if func is F.linear:
+                out = weight._handler.sampled_linear(weight, x)
+                return out if bias is None else out + bias
+            out = func(x, weight.active_sample(), bias, **extra)
+            var = conv_background_variance(x, weight.posterior, extra)
+            return out + noise_std(var) * torch.randn_like(out)
         if func is F.linear:
             mean, var = weight._handler.linear_moments(weight, x)
         else:
-            extra = dict(zip(_CONV_ARGS, args[3:]))
-            extra.update({k: v for k, v in kwargs.items() if k in _CONV_ARGS})
             mean, var = weight._handler.conv_moments(weight, x, extra)
         out = sample_moments(mean, var)
         if bias is None:
@@ -369,32 +399,55 @@ class LazyWeightMessenger(Messenger):
     def linear_moments(
         self, weight: LazyWeight, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of ``x @ W.T``, on the sparse or the dense path."""
+        """Mean and variance of ``x @ W.T``, on the sparse or the dense path
+        (plus the background's variance, :mod:`pyro_ssvi.background`)."""
         post = weight.posterior
         if self._use_sparse(weight, x):
             structure = self.structure(post)
             mean = _with_probe(sparse_linear(x, post.loc, structure), x, weight.probe)
             var = sparse_linear(x * x, post.scale**2, structure)
             self.decisions[weight.site] = "sparse"
+            if weight.background:
+                var = var + linear_background_variance(x, post, _product(structure))
             return mean, var
         self.decisions[weight.site] = "dense"
+        if weight.background:
+            mean, var = linear_moments(x, _probed_mean(weight), post.scatter(post.scale**2))
+            product = _product(self.structure(post))
+            return mean, var + linear_background_variance(x, post, product)
         return linear_moments(x, _probed_mean(weight), post.variance)
 
     def sampled_linear(self, weight: LazyWeight, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` for the weight sample, on the sparse or the dense path."""
+        """``x @ W.T`` for the weight sample, on the sparse or the dense path;
+        a background adds :math:`(\\sqrt{v + J} - \\sqrt{J})\\,\\varepsilon`
+        (:func:`~pyro_ssvi.background.noise_std`), never a dense draw."""
+        product = None
         if self._use_sparse(weight, x):
-            out = sparse_linear(x, weight.values(), self.structure(weight.posterior))
+            structure = self.structure(weight.posterior)
+            out = sparse_linear(x, weight.values(), structure)
             self.decisions[weight.site] = "sparse"
-            return _with_probe(out, x, weight.probe)
-        self.decisions[weight.site] = "dense"
-        return F.linear(x, weight.sample())
+            out = _with_probe(out, x, weight.probe)
+            product = _product(structure)
+        else:
+            self.decisions[weight.site] = "dense"
+            out = F.linear(x, weight.active_sample())
+        if weight.background:  # the active pattern's share: always the O(kB) kernel
+            product = product or _product(self.structure(weight.posterior))
+            var = linear_background_variance(x, weight.posterior, product)
+            out = out + noise_std(var) * torch.randn_like(out)
+        return out
 
     def conv_moments(
         self, weight: LazyWeight, x: torch.Tensor, conv_kwargs: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of a convolution (dense kernels)."""
-        variance = weight.posterior.variance
-        return conv_moments(x, _probed_mean(weight), variance, **conv_kwargs)
+        """Mean and variance of a convolution (dense kernels; plus the
+        background's box-sum variance)."""
+        post = weight.posterior
+        if weight.background:
+            variance = post.scatter(post.scale**2)
+            mean, var = conv_moments(x, _probed_mean(weight), variance, **conv_kwargs)
+            return mean, var + conv_background_variance(x, post, conv_kwargs)
+        return conv_moments(x, _probed_mean(weight), post.variance, **conv_kwargs)
 
     # --------------------------------------------------------- sparse path
     def structure(self, post: Any) -> SparseStructure:
@@ -435,6 +488,11 @@ class LazyWeightMessenger(Messenger):
             dense, sparse = _time_paths(self, post, x, self.lrt)
             self._timed[key] = sparse < self.margin * dense
         return self._timed[key]
+
+
+def _product(structure: SparseStructure) -> Callable[..., torch.Tensor]:
+    """``(x2, values) -> x2 @ W.T`` on the active pattern, by the sparse kernel."""
+    return lambda x2, values: sparse_linear(x2, values, structure)
 
 
 def _time_paths(
@@ -513,6 +571,17 @@ def sparse_weight_sampling(
     """
     messenger = SparseWeightSamplingMessenger(sparse=sparse)
     return messenger if fn is None else messenger(fn)
+
+
+_BACKGROUND = SparseWeightSamplingMessenger(sparse=False)
+
+
+def background_sampling() -> SparseWeightSamplingMessenger:
+    """The handler a weight site with a background variance is drawn under
+    when no weight handler is active (weight sampling, dense kernels), so
+    that its background is never sampled densely in ``F.linear`` or a
+    convolution (see :mod:`pyro_ssvi.background`). One shared instance."""
+    return _BACKGROUND
 
 
 def local_reparameterization(

@@ -207,6 +207,12 @@ class TrainConfig:
             (Pyro's ``AutoNormal``, the dense-VI baseline); both train by
             the same loop (:func:`~pyro_ssvi.app.training.train_step`).
         density: Active fraction per sparse site; 1.0 runs SSVI densely.
+        allocation, dense_below, background, background_init: SSVI's
+            posterior family, as in :class:`~pyro_ssvi.AutoSparseNormal`
+            (``background="none"`` is None): the budget's allocation
+            (``"uniform"`` or ``"erk"``), sites kept dense (and charged) up
+            to this many elements, and a learnt background variance on the
+            inactive coordinates (``"column"`` or ``"layer"``).
         removal, addition, update_every, drop_fraction, drop_schedule:
             Subspace reselection, as in :class:`~pyro_ssvi.SubspaceScheduler`.
         stop_updates_fraction: Fraction of the training steps after which the
@@ -259,6 +265,10 @@ class TrainConfig:
     test_fraction: float = 0.1
     guide: str = "ssvi"
     density: float = 0.1
+    allocation: str = "uniform"
+    dense_below: int = 0
+    background: str = "none"
+    background_init: float = 0.01
     removal: str = "snr_abs"
     addition: str = "grad"
     update_every: int = 100
@@ -547,7 +557,10 @@ def _check_with_library(c: TrainConfig) -> None:
 
     try:
         guide = AutoSparseNormal(
-            _no_model, density=c.density, init_scale=initial_scale(c)
+            _no_model,
+            density=c.density,
+            init_scale=initial_scale(c),
+            **family_options(c),
         )
         # The run's own stop step depends on the data size.
         SubspaceScheduler(_no_model, guide, stop_updates_at=1, **schedule_options(c))
@@ -572,6 +585,16 @@ def _check_regression_with_library(c: TrainConfig) -> None:
         np.zeros(size),
         seed=c.split_seed,
         test_fraction=c.test_fraction,
+    )
+
+
+def family_options(c: TrainConfig) -> dict[str, Any]:
+    """The ``AutoSparseNormal`` arguments of the configured posterior family."""
+    return dict(
+        allocation=c.allocation,
+        dense_below=c.dense_below,
+        background=None if c.background == "none" else c.background,
+        background_init=c.background_init,
     )
 
 

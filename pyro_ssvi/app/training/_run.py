@@ -19,6 +19,7 @@ from ._config import (
     MODELS,
     SPARSE_COMPUTE,
     TrainConfig,
+    family_options,
     initial_scale,
     input_shape,
     ood_name,
@@ -287,6 +288,7 @@ def _guide(c: TrainConfig, model: Any) -> Any:
             dense_sites=model.dense_sites,
             init_loc_fn=model.init_loc_fn(),
             init_active="random",  # a fresh network: the paper's random subset
+            **family_options(c),
         )
     return AutoNormal(model, init_loc_fn=model.init_loc_fn(), init_scale=c.init_scale)
 
