@@ -413,8 +413,7 @@ class LazyWeightMessenger(Messenger):
         self.decisions[weight.site] = "dense"
         if weight.background:
             mean, var = linear_moments(x, _probed_mean(weight), post.scatter(post.scale**2))
-            product = _product(self.structure(post))
-            return mean, var + linear_background_variance(x, post, product)
+            return mean, var + linear_background_variance(x, post)
         return linear_moments(x, _probed_mean(weight), post.variance)
 
     def sampled_linear(self, weight: LazyWeight, x: torch.Tensor) -> torch.Tensor:
@@ -431,8 +430,7 @@ class LazyWeightMessenger(Messenger):
         else:
             self.decisions[weight.site] = "dense"
             out = F.linear(x, weight.active_sample())
-        if weight.background:  # the active pattern's share: always the O(kB) kernel
-            product = product or _product(self.structure(weight.posterior))
+        if weight.background:  # the active pattern's share: on the layer's path
             var = linear_background_variance(x, weight.posterior, product)
             out = out + noise_std(var) * torch.randn_like(out)
         return out

@@ -110,9 +110,29 @@ def evaluate_predictions(
     for key, value in mw.items():
         name = key if key.startswith("ood_") else f"test_{key}"
         metrics[f"{name}_mean_weights"] = value
+    metrics["ood_auroc_mi"] = None if ood is None else mi_auroc(pred, ood)
     metrics.setdefault("ood_auroc", None)
     metrics.setdefault("ood_auroc_mean_weights", None)
     return metrics, pred, ood
+
+
+def mi_auroc(pred: Any, ood: Any) -> float:
+    r"""OOD AUROC by mutual information, the epistemic score:
+    :math:`I = H[\frac1S \sum_s p_s] - \frac1S \sum_s H[p_s]` of each input
+    (:func:`~pyro_ssvi.app.metrics.mutual_information`), ranked by
+    scikit-learn's ``roc_auc_score`` (:func:`~pyro_ssvi.app.metrics.auroc`;
+    OOD positive, ties count one half).
+
+    Args:
+        pred, ood: :class:`~pyro_ssvi.app.predict.Prediction` s of the test
+            and the OOD set (their ``probs`` and ``mean_entropy``).
+    """
+    from ..metrics import auroc, mutual_information
+
+    return auroc(
+        mutual_information(pred.probs, pred.mean_entropy),
+        mutual_information(ood.probs, ood.mean_entropy),
+    )
 
 
 def _flops(run: Run, active: dict[str, int], numel: dict[str, int]) -> dict[str, float]:
