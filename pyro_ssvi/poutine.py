@@ -22,12 +22,17 @@ import weakref
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from pyro.poutine.messenger import Messenger
 
 from ._pyro_compat import disable_torch_function_subclass, tensor_version
 from .distributions import ShiftedSparseNormal
-from .layers.lrt import conv_moments, linear_moments, sample_moments
+from .layers.lrt import (
+    CONV_FUNCTIONS,
+    LINEAR,
+    conv_moments,
+    linear_moments,
+    sample_moments,
+)
 from .layers.sparse import SparseStructure, sparse_linear
 
 __all__ = [
@@ -87,7 +92,7 @@ def scale_kl(
 
 
 # ----------------------------------------------------------------------- LRT
-_CONVS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
+_CONVS = {f: d for d, f in CONV_FUNCTIONS.items()}
 _CONV_ARGS = ("stride", "padding", "dilation", "groups")
 # Tensor metadata that the placeholder answers itself (no sample needed).
 _METADATA = {
@@ -181,7 +186,7 @@ class LazyWeight(torch.Tensor):
         cls, func: Any, types: Any, args: Any = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
-        if func is F.linear or func in _CONVS:
+        if func is LINEAR or func in _CONVS:
             result = _layer_call(func, args, kwargs)
             if result is not None:
                 return result
@@ -238,7 +243,7 @@ def _layer_call(func: Any, args: Any, kwargs: Any) -> torch.Tensor | None:
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     if not isinstance(weight, LazyWeight) or isinstance(x, LazyWeight):
         return None
-    if not weight._handler.lrt and func is not F.linear:
+    if not weight._handler.lrt and func is not LINEAR:
         return None  # weight sampling of a convolution: the exact dense sample
     if isinstance(bias, LazyWeight):
         bias = bias.sample()
@@ -246,7 +251,7 @@ def _layer_call(func: Any, args: Any, kwargs: Any) -> torch.Tensor | None:
         if not weight._handler.lrt:
             out = weight._handler.sampled_linear(weight, x)
             return out if bias is None else out + bias
-        if func is F.linear:
+        if func is LINEAR:
             mean, var = weight._handler.linear_moments(weight, x)
         else:
             extra = dict(zip(_CONV_ARGS, args[3:]))
@@ -255,7 +260,7 @@ def _layer_call(func: Any, args: Any, kwargs: Any) -> torch.Tensor | None:
         out = sample_moments(mean, var)
         if bias is None:
             return out
-        if func is not F.linear:  # (C_out,) over (N, C_out, *spatial)
+        if func is not LINEAR:  # (C_out,) over (N, C_out, *spatial)
             bias = bias.reshape(-1, *([1] * _CONVS[func]))
         return out + bias
 
@@ -387,7 +392,7 @@ class LazyWeightMessenger(Messenger):
             self.decisions[weight.site] = "sparse"
             return _with_probe(out, x, weight.probe)
         self.decisions[weight.site] = "dense"
-        return F.linear(x, weight.sample())
+        return LINEAR(x, weight.sample())
 
     def conv_moments(
         self, weight: LazyWeight, x: torch.Tensor, conv_kwargs: dict[str, Any]
@@ -451,9 +456,9 @@ def _time_paths(
     structure = handler.structure(post)
 
     def dense() -> None:
-        out = F.linear(x, post.scatter(loc))
+        out = LINEAR(x, post.scatter(loc))
         if lrt:
-            out = out + F.linear(x * x, post.scatter(scale**2))
+            out = out + LINEAR(x * x, post.scatter(scale**2))
         out.sum().backward()
 
     def sparse() -> None:
