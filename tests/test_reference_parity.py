@@ -17,7 +17,8 @@ import torch
 from common import classification_data
 
 from pyro_ssvi import AutoSparseNormal
-from pyro_ssvi.app.cli import _given, build_parser
+from pyro_ssvi.app.cli import build_parser
+from pyro_ssvi.app.cli._parser import _given
 from pyro_ssvi.criteria import CRITERIA, removal_scores
 from pyro_ssvi.selection import top_k
 from pyro_ssvi.app.models import BayesianClassifier, mlp
