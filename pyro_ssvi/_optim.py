@@ -19,8 +19,6 @@ from ._pyro_compat import (
 )
 from .selection import move
 
-__all__ = ["GroupedStep", "check_optimizer", "move_optimizer_state", "torch_optimizers"]
-
 #: Optimisers whose update depends only on their hyperparameters and the
 #: per-parameter state (not, e.g., ClippedAdam, which decays its own lr).
 _GROUPABLE = (

@@ -23,8 +23,6 @@ from torch.distributions import biject_to, transform_to
 
 from ._pyro_compat import SoftplusPositive
 
-__all__ = ["FastSoftplusTransform", "softplus", "softplus_positive"]
-
 
 def _softplus_values(x: torch.Tensor) -> torch.Tensor:
     u = torch.exp(-x.abs())

@@ -1,13 +1,10 @@
 r"""The growth score of SSVI's reselection: the loss's gradient at every coordinate.
 
-The ``"grad"`` addition rule ranks the inactive coordinates of a sparse
-weight by :math:`|\partial L / \partial \theta_j|`. A zero *probe*
-:math:`\delta` of the weight's full shape is added to the drawn weight; its
-gradient is that of every coordinate, active or not. :class:`~pyro_ssvi.SparseSVI`
-puts probes on the training step just before an update (:func:`make_probes`,
-:func:`probe_gradients`), as the reference implementation reads its backward
-pass; :func:`likelihood_gradients` runs a pass of its own, for a
-:class:`~pyro_ssvi.SubspaceScheduler` in any training loop.
+The ``"grad"`` rule ranks coordinates by :math:`|\partial L / \partial
+\theta_j|`, read from a zero *probe* :math:`\delta` of the weight's full shape
+added to the drawn weight. ``SparseSVI`` puts probes on the step before an
+update (as the reference reads its backward pass); :func:`likelihood_gradients`
+runs a pass of its own, for a ``SubspaceScheduler`` in any training loop.
 """
 
 from __future__ import annotations
@@ -70,20 +67,12 @@ def likelihood_gradients(
         \Big(-\sum_{\text{observed } i} \log p(y_i \mid \theta + \delta)
         + w\, s\, \mathrm{KL}(\mu + \delta_A)\Big),
 
-    each observed site weighted by its scale (plates, subsampling,
-    ``poutine.scale``) and mask, as in the ELBO. The KL term enters only with
-    ``kl_weight`` :math:`w > 0`: it adds :math:`w\, s\, \partial
-    \mathrm{KL} / \partial \mu_j` at the active coordinates :math:`j`
-    (zero at the others), with :math:`s` the guide site's scale
-    (:func:`~pyro_ssvi.poutine.scale_kl`); this is the SSVI reference
-    implementation's growth score. Under ``torch.distributed`` the gradients
-    are averaged over ranks. Works with any ELBO (JIT ones too: this pass is
-    not compiled), any handler-wrapped guide, LRT or not; with ``direct`` (a
-    :class:`~pyro_ssvi._step.DirectStep`) the pass is that step's forward,
-    on the same kernels as the loss.
-
-    Returns:
-        ``{site name: dense gradient of the site's shape}``.
+    each observed site weighted by its scale and mask, as in the ELBO. With
+    ``kl_weight`` :math:`w > 0` it adds :math:`w\, s\, \partial \mathrm{KL} /
+    \partial \mu_j` at the active coordinates (:math:`s`: the guide site's
+    scale), the reference implementation's growth score. Gradients are averaged
+    over ranks. With ``direct`` (a :class:`~pyro_ssvi._step.DirectStep`) the
+    pass is that step's forward. Returns ``{site: dense gradient}``.
     """
     result = None
     if direct is not None:
@@ -124,11 +113,7 @@ def _direct_gradients(
 
 
 class _Probes(Messenger):
-    """Samples every sparse guide site shifted by a zero probe that requires grad.
-
-    The gradient of the loss with respect to a probe is the gradient with
-    respect to every coordinate of the site's weight, active or not.
-    """
+    """Samples every sparse guide site shifted by a zero probe that requires grad."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,21 +1,12 @@
-r"""``SubspaceScheduler``: SSVI's subspace reselection, for any training loop.
+"""``SubspaceScheduler``: SSVI's subspace reselection, for any training loop.
 
-Like a torch learning-rate scheduler, it is stepped once after every
-optimisation step, and it edits the optimiser's state (the moments of the
-coordinates it moves) along with the guide::
+Stepped after every optimiser step like a torch LR scheduler, it edits the
+guide and the optimiser's moments::
 
-    pyro.settings.set(module_local_params=True)
-    guide = AutoSparseNormal(model, density=0.1).setup(x0, y0)
-    elbo = TraceMeanField_ELBO()(model, guide)        # Pyro's ELBOModule
-    optimizer = torch.optim.Adam(elbo.parameters(), lr=1e-3)
     scheduler = SubspaceScheduler(model, guide, optimizer, num_steps=10_000)
     for x, y in loader:
-        optimizer.zero_grad()
-        elbo(x, y).backward()
-        optimizer.step()
+        ...; optimizer.step()
         scheduler.step(x, y)          # reselects when an update is due
-
-:class:`~pyro_ssvi.SparseSVI` is ``pyro.infer.SVI`` plus one of these.
 """
 
 from __future__ import annotations
@@ -48,14 +39,9 @@ __all__ = ["SubspaceScheduler", "SubspaceUpdate", "find_sparse_guides"]
 class SubspaceUpdate(NamedTuple):
     """Record of one subspace reselection.
 
-    Attributes:
-        step: Number of optimisation steps taken when the update ran.
-        drop_fraction: The fraction ``r_t`` of each active set put up for
-            replacement.
-        num_dropped: ``{site: floor(r_t * k)}``, coordinates removed (some
-            may be re-added at once).
-        num_swapped: ``{site: n}``, coordinates that actually changed: newly
-            active ones (as many became inactive).
+    ``step``: optimisation steps taken; ``drop_fraction``: :math:`r_t`;
+    ``num_dropped``: ``{site: floor(r_t * k)}`` removed (some re-added at once);
+    ``num_swapped``: ``{site: n}`` newly active (as many became inactive).
     """
 
     step: int
@@ -65,13 +51,9 @@ class SubspaceUpdate(NamedTuple):
 
 
 def find_sparse_guides(guide: Any) -> list[AutoSparseNormal]:
-    """Every :class:`~pyro_ssvi.AutoSparseNormal` inside ``guide``.
-
-    Looks through ``nn.Module`` children (``AutoGuideList`` and any module
-    holding guides) and through Pyro's handler wrappers such as
-    ``poutine.scale(guide, 1/N)`` or ``poutine.block(guide, ...)`` (which are
-    ``functools.partial`` objects around the guide).
-    """
+    """Every :class:`~pyro_ssvi.AutoSparseNormal` inside ``guide``: in
+    ``nn.Module`` children and in handler wrappers such as
+    ``poutine.scale(guide, 1/N)`` (``functools.partial`` objects)."""
     found: list[AutoSparseNormal] = []
     seen: set[int] = set()
 
@@ -91,8 +73,7 @@ def find_sparse_guides(guide: Any) -> list[AutoSparseNormal]:
                     visit(item, depth + 1)
 
     visit(guide, 0)
-    unique = list(dict.fromkeys(found))
-    return unique
+    return list(dict.fromkeys(found))
 
 
 class SubspaceScheduler:
@@ -117,35 +98,19 @@ class SubspaceScheduler:
     All edits are in place, so the optimiser keeps holding the same tensors.
 
     Args:
-        model: The Pyro model.
         guide: A guide containing :class:`~pyro_ssvi.AutoSparseNormal` (alone,
             in an ``AutoGuideList``, or wrapped in Pyro handlers).
-        optimizer: The optimiser whose moments follow the coordinates: a
-            ``torch.optim.Optimizer``, a torch LR scheduler, a
+        optimizer: A ``torch.optim.Optimizer``, a torch LR scheduler, a
             ``pyro.optim.PyroOptim``, a list of these, or None.
-        update_every: Steps between updates.
-        removal: A name from :data:`~pyro_ssvi.criteria.CRITERIA` or a
-            callable ``(loc, scale) -> scores``.
-        addition: ``"grad"``, ``"random"`` or a callable
-            ``(site_name, posterior, grad) -> scores`` of all coordinates.
-        drop_fraction: Initial fraction :math:`\alpha \in [0, 1)`.
-        drop_schedule: ``"cosine"``, ``"linear"``, ``"constant"``,
-            ``"inverse"`` or a callable ``progress -> multiplier``; default
-            ``"cosine"`` (the reference's) with a stop step, else
-            ``"inverse"``, which needs none.
-        stop_updates_at: Step from which no update happens; default
-            ``floor(0.75 * num_steps)``, as the reference, or never.
-        num_steps: Planned number of training steps.
-        sparse_guides: The ``AutoSparseNormal`` guides to reselect, if they
-            cannot be found inside ``guide``.
-        regrow_scale: ``"mean"`` or a float > 0, see
-            :func:`~pyro_ssvi.selection.regrown_scale`.
-        kl_weight: The training loss's KL weight: a float, or a callable of
-            the 1-based step number.
+        drop_schedule: A name from :data:`~pyro_ssvi.schedules.SCHEDULES` or a
+            callable ``progress -> multiplier``; default ``"cosine"`` with a
+            stop step, else ``"inverse"``.
+        stop_updates_at: Default ``floor(0.75 * num_steps)``, or never.
+        sparse_guides: The ``AutoSparseNormal`` guides, if not found in ``guide``.
+        kl_weight: The loss's KL weight, a float or a callable of the step.
         growth_includes_kl: Add ``kl_weight`` times :math:`\partial
             \mathrm{KL}/\partial\mu_j` of the active coordinates to the
-            ``"grad"`` score, as the reference implementation's growth score
-            (the gradient of its whole loss) does.
+            ``"grad"`` score, as the reference's growth score does.
 
     Raises:
         ValueError, TypeError: For invalid arguments, with the fix named.
@@ -238,8 +203,7 @@ class SubspaceScheduler:
 
     @property
     def addition(self) -> Callable[..., torch.Tensor]:
-        """The addition rule ``(site, posterior, grad) -> scores`` (resolved
-        when set)."""
+        """The addition rule ``(site, posterior, grad) -> scores``, resolved."""
         return self._addition
 
     @addition.setter
@@ -281,12 +245,8 @@ class SubspaceScheduler:
     def step(self, *args: Any, **kwargs: Any) -> SubspaceUpdate | None:
         """Count one optimisation step; reselect if an update is due.
 
-        Call it after each optimiser step, with that step's minibatch (the
-        model's ``*args, **kwargs``: the ``"grad"`` rule runs one forward and
-        backward pass on it when an update is due).
-
-        Returns:
-            The :class:`SubspaceUpdate` if one ran, else None.
+        Pass the step's minibatch (the ``"grad"`` rule runs a growth pass on it).
+        Returns the :class:`SubspaceUpdate` if one ran, else None.
         """
         return self._step(args, kwargs)
 
@@ -320,9 +280,7 @@ class SubspaceScheduler:
     def update(self, *args: Any, **kwargs: Any) -> SubspaceUpdate:
         """Reselect every sparse site's subspace now, with the current fraction.
 
-        With ``addition="grad"`` the model's arguments are required (one
-        forward and backward pass on them gives the gradient). The update is
-        recorded in :attr:`updates`.
+        ``addition="grad"`` needs the model's arguments (for the growth pass).
         """
         return self._update(args, kwargs)
 
@@ -340,7 +298,15 @@ class SubspaceScheduler:
                 key = f"{i}.{name}" if several else name
                 unseen = needs_grad(self.addition) and name not in grads
                 if unseen and not guide._is_full(name):
-                    self._warn_unseen(name)
+                    if name not in self._warned:
+                        self._warned.add(name)
+                        warnings.warn(
+                            f"SubspaceScheduler: sparse site {name!r} was not sampled "
+                            "by the guide as the loss sees it (hidden by "
+                            "poutine.block?), so its subspace is not reselected.",
+                            UserWarning,
+                            stacklevel=3,
+                        )
                     dropped[key] = swapped[key] = 0
                     continue
                 dropped[key], swapped[key] = self._reselect_site(
@@ -374,23 +340,11 @@ class SubspaceScheduler:
             ) from e
 
     def _all_full(self) -> bool:
-        """Whether every sparse site has all its coordinates active (density 1):
-        then no coordinate can enter, and an update changes nothing."""
+        """Whether every sparse site is full (an update changes nothing)."""
         return all(
             guide._sites and all(map(guide._is_full, guide.sparse_site_names()))
             for guide in self.sparse_guides
         )
-
-    def _warn_unseen(self, name: str) -> None:
-        if name not in self._warned:
-            self._warned.add(name)
-            warnings.warn(
-                f"SubspaceScheduler: sparse site {name!r} was not sampled by the "
-                "guide as the loss sees it (hidden by poutine.block?), so its "
-                "subspace is not reselected.",
-                UserWarning,
-                stacklevel=3,
-            )
 
     @torch.no_grad()
     def _reselect_site(
@@ -455,14 +409,6 @@ class SubspaceScheduler:
         self.updates = [SubspaceUpdate(*u) for u in state["updates"]]
 
 
-def _describe(obj: Any) -> str:
-    """What a guide is, in words: its class, or the function it is."""
-    if isinstance(obj, torch.nn.Module):
-        return f"the {type(obj).__name__} given"
-    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
-    return f"the {type(obj).__name__} {name!r} given" if name else f"{obj!r}"
-
-
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"SubspaceScheduler: {name} must be an int, got {value!r}.")
@@ -471,3 +417,11 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
             f"SubspaceScheduler: {name} must be >= {minimum}, got {value!r}."
         )
     return value
+
+
+def _describe(obj: Any) -> str:
+    """What a guide is, in words: its class, or the function it is."""
+    if isinstance(obj, torch.nn.Module):
+        return f"the {type(obj).__name__} given"
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return f"the {type(obj).__name__} {name!r} given" if name else f"{obj!r}"
