@@ -28,23 +28,11 @@ from ._storage import GuideStorage
 
 FORMAT = 1
 
-#: Supports by code (append only).
-SUPPORTS = (
-    "real",
-    "positive",
-    "nonnegative",
-    "unit_interval",
-    "simplex",
-    "lower_cholesky",
-    "corr_cholesky",
-    "positive_definite",
-    "corr_matrix",
-    "ordered_vector",
-    "positive_ordered_vector",
-    "softplus_positive",
-    "softplus_lower_cholesky",
-    "sphere",
-    "positive_semidefinite",
+#: Supports by code (append only: old files keep their meaning).
+SUPPORTS = tuple(
+    "real positive nonnegative unit_interval simplex lower_cholesky corr_cholesky "
+    "positive_definite corr_matrix ordered_vector positive_ordered_vector "
+    "softplus_positive softplus_lower_cholesky sphere positive_semidefinite".split()
 )
 
 

@@ -106,7 +106,6 @@ class GuideStorage(PyroModule):
                 "indices. Call pyro.clear_param_store() before building the guide."
             )
 
-    # -------------------------------------------------------------- reading
     def _leaf(self, tree: str, name: str) -> tuple[PyroModule, str]:
         """The module holding a site's entry in ``tree``, and its attribute."""
         key = (tree, name)

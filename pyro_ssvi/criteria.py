@@ -8,6 +8,7 @@ normal :math:`|\theta|`. ``scale == 0`` gives the limiting score when
 :math:`\mu \ne 0` and NaN when :math:`\mu = \sigma = 0`; :func:`removal_scores`
 maps NaN to ``-inf`` (ranked last). A negative ``scale`` raises ``ValueError``.
 Use ``functools.partial(snr_exp_abs, lam=2.0)`` for another :math:`\lambda`.
+The addition rules (:data:`ADDITIONS`) are :mod:`pyro_ssvi.growth`'s, re-exported.
 
 References:
     Li, Miao, Qiu, Zhang. *Training Bayesian Neural Networks with Sparse
@@ -18,12 +19,20 @@ References:
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+from .growth import (
+    ADDITIONS,
+    addition_scores,
+    get_addition,
+    grad_abs,
+    needs_grad,
+    random_scores,
+)
 
 __all__ = [
     "ADDITIONS",
@@ -161,12 +170,9 @@ def snr_abs(loc: Tensor, scale: Tensor) -> Tensor:
 
     with :math:`r = |\mu|/\sigma` and :math:`g = g(r)` as in :func:`expected_abs`.
     The variance :math:`\mathrm{Var}|\theta| = \sigma^2 - 2\sigma g\,
-    (\mathbb{E}|\theta| + |\mu|)` avoids the cancellation of
-    :math:`\mu^2 + \sigma^2 - (\mathbb{E}|\theta|)^2`; it lies in
-    :math:`[(1 - 2/\pi)\sigma^2, \sigma^2]`. The score is
-    :math:`\sqrt{2/\pi}/\sqrt{1 - 2/\pi} \approx 1.3236` at :math:`\mu = 0` and
-    tends to :math:`|\mu|/\sigma` as :math:`r \to \infty`. A strictly
-    increasing function of :math:`r`, it ranks exactly as :func:`snr` does.
+    (\mathbb{E}|\theta| + |\mu|)` avoids cancellation. The score is
+    :math:`\sqrt{2/\pi}/\sqrt{1 - 2/\pi} \approx 1.3236` at :math:`\mu = 0`,
+    tends to :math:`r`, and ranks exactly as :func:`snr` does.
     References: Li et al., 2024, reference-code name ``SNR_mean_abs``.
     """
     _, _, r, g = _folded(loc, scale)
@@ -192,8 +198,7 @@ def expected_exp_abs(loc: Tensor, scale: Tensor, lam: float = 1.0) -> Tensor:
             + e^{-\lambda\mu + \lambda^2\sigma^2/2}\,
                 \Phi(-\mu/\sigma + \lambda\sigma),
 
-    summed in log space, so only the final ``exp`` can overflow, to ``inf``,
-    once :math:`\lambda|\mu| + \lambda^2\sigma^2/2 \gtrsim 709`. :math:`M \ge 1`.
+    summed in log space (only the final ``exp`` can overflow, to ``inf``).
     ``lam`` is :math:`\lambda > 0` (reference flag ``--lambda_exp``).
     References: Li et al., 2024, reference-code name ``E_exp_mean_abs``.
 
@@ -273,9 +278,8 @@ def snr_exp_abs(loc: Tensor, scale: Tensor, lam: float = 1.0) -> Tensor:
         D = u^2 + L(2u) - 2L(u),\qquad
         L(v) = \log\big[\Phi(r + v) + e^{-2vr}\,\Phi(v - r)\big].
 
-    This form is used for :math:`u \ge 10^{-3}`. Its relative error is about
-    :math:`10^{-16}/u^2` (:math:`2\cdot10^{-10}` at the switch), so for smaller
-    :math:`u` the cumulant expansion of the CGF of :math:`Y` is used,
+    used for :math:`u \ge 10^{-3}` (relative error about :math:`10^{-16}/u^2`);
+    below, the cumulant expansion of the CGF of :math:`Y`,
 
     .. math::
 
@@ -283,13 +287,10 @@ def snr_exp_abs(loc: Tensor, scale: Tensor, lam: float = 1.0) -> Tensor:
           = u^2\big(\kappa_2 + \kappa_3 u + \tfrac{7}{12}\kappa_4 u^2\big)
             + O(u^5),
 
-    with :math:`\kappa_2 = \mathrm{Var}\,Y = 1 - 4g(r + g)` as in :func:`snr_abs`
-    (truncation error below :math:`10^{-10}` relative), carried as
-    :math:`\log D`: the score is finite for any :math:`\sigma > 0` down to about
-    :math:`10^{-300}` and underflows to 0 for :math:`\lambda\sigma \gtrsim 38`.
-    Close to :math:`1/(\lambda\sigma)` for small :math:`\lambda\sigma`, it ranks
-    mostly by :math:`\sigma`; at fixed :math:`\sigma` it falls, by up to a factor
-    :math:`\sqrt{1 - 2/\pi} \approx 0.60`, as :math:`|\mu|/\sigma` grows.
+    with :math:`\kappa_2 = \mathrm{Var}\,Y = 1 - 4g(r + g)` as in :func:`snr_abs`,
+    carried as :math:`\log D` (finite for :math:`\sigma` down to
+    :math:`10^{-300}`). Close to :math:`1/(\lambda\sigma)` for small
+    :math:`\lambda\sigma`, it ranks mostly by :math:`\sigma`.
     References: Li et al., 2024, reference-code name ``SNR_exp_mean_abs``.
 
     Raises:
@@ -318,8 +319,6 @@ DEFAULT_CRITERION = "snr_abs"
 
 def get_criterion(criterion: str | Criterion) -> Criterion:
     """Resolves a criterion name or callable to a score function.
-
-    A callable ``(loc, scale) -> Tensor`` is returned as is.
 
     Raises:
         ValueError: If ``criterion`` is an unknown name.
@@ -364,84 +363,3 @@ def removal_scores(criterion: str | Criterion, loc: Tensor, scale: Tensor) -> Te
         )
     scores = scores.to(torch.float64)
     return torch.where(torch.isnan(scores), -math.inf, scores)
-
-
-AdditionRule = Callable[..., Tensor]
-
-
-def grad_abs(name: str, posterior: object, grad: Tensor | None) -> Tensor:
-    r"""Addition score :math:`|\partial L / \partial \theta_j|`, the paper's rule.
-
-    ``grad``: the expected NLL's gradient at every coordinate of the site's
-    weight, on the update's minibatch (see :mod:`pyro_ssvi.growth`).
-    """
-    if grad is None:
-        raise ValueError(f"addition 'grad' needs the gradient of site {name!r}")
-    return grad.reshape(-1).abs()
-
-
-grad_abs.needs_grad = True  # type: ignore[attr-defined]
-
-
-def random_scores(name: str, posterior: object, grad: Tensor | None) -> Tensor:
-    """Addition score drawn uniformly at random: random growth (an ablation)."""
-    n = posterior.event_shape.numel()  # type: ignore[attr-defined]
-    return torch.rand(n, device=posterior.loc.device)  # type: ignore[attr-defined]
-
-
-#: Addition rules by name: ``(site_name, posterior, grad) -> scores`` of all
-#: ``n`` coordinates (higher means add). Rules with ``needs_grad = True``
-#: receive the dense gradient; others get None.
-ADDITIONS: dict[str, AdditionRule] = {"grad": grad_abs, "random": random_scores}
-
-
-def get_addition(rule: str | AdditionRule) -> AdditionRule:
-    """Resolves an addition rule name or callable.
-
-    A callable is called as ``rule(site_name, posterior, grad)``, or as
-    ``rule(site_name, posterior)`` if it takes two arguments; it receives a
-    gradient only if it has an attribute ``needs_grad = True``.
-
-    Raises:
-        ValueError: For an unknown name. TypeError: for anything else.
-    """
-    if isinstance(rule, str):
-        if rule not in ADDITIONS:
-            raise ValueError(
-                f"unknown addition rule {rule!r}; valid names are {sorted(ADDITIONS)}, "
-                "or pass a callable (site_name, posterior, grad) -> scores"
-            )
-        return ADDITIONS[rule]
-    if not callable(rule):
-        raise TypeError(f"addition must be a name or a callable, got {type(rule)!r}")
-    if len(inspect.signature(rule).parameters) >= 3:
-        return rule
-    two = rule
-    return lambda name, posterior, grad: two(name, posterior)
-
-
-def needs_grad(rule: AdditionRule) -> bool:
-    """Whether an addition rule reads the dense gradient."""
-    return bool(getattr(rule, "needs_grad", False))
-
-
-def addition_scores(
-    rule: AdditionRule, name: str, posterior: object, grad: Tensor | None
-) -> Tensor:
-    """Scores all ``n`` coordinates for addition with a rule from :func:`get_addition`.
-
-    Returns a 1-D tensor of length ``n`` (NaN counts as ``-inf`` in selection).
-
-    Raises:
-        ValueError: If the rule returns the wrong shape.
-    """
-    with torch.no_grad():
-        scores = rule(name, posterior, grad)
-    n = posterior.event_shape.numel()  # type: ignore[attr-defined]
-    if not isinstance(scores, Tensor) or scores.shape != (n,):
-        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores)
-        raise ValueError(
-            f"the addition rule returned {shape} for site {name!r}; expected a "
-            f"tensor of shape ({n},)"
-        )
-    return scores

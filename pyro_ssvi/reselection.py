@@ -1,13 +1,7 @@
 """``SubspaceScheduler``: SSVI's subspace reselection, for any training loop.
 
-Stepped after every optimiser step like a torch LR scheduler, it edits the
-guide and the optimiser's moments::
-
-    scheduler = SubspaceScheduler(model, guide, optimizer, num_steps=10_000)
-    for x, y in loader:
-        ...; optimizer.step()
-        scheduler.step(x, y)          # reselects when an update is due
-"""
+Stepped after every optimiser step, like a torch LR scheduler, with the step's
+minibatch; it edits the guide and the optimiser's moments."""
 
 from __future__ import annotations
 
@@ -15,20 +9,20 @@ import warnings
 from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
+from torch import Tensor
 from torch.distributions import transform_to
 
 from ._optim import check_optimizer, move_optimizer_state
 from ._step import DirectStep, Unsupported, direct_step
-from .criteria import (
-    addition_scores,
-    get_addition,
-    get_criterion,
-    needs_grad,
-    removal_scores,
-)
+from .criteria import get_criterion, removal_scores
 from .distributed import check_indices_agree, is_distributed
 from .distributions import SparseNormal
-from .growth import likelihood_gradients
+from .growth import (
+    addition_scores,
+    get_addition,
+    likelihood_gradients,
+    needs_grad,
+)
 from .guides import AutoSparseNormal
 from .schedules import drop_fraction_at, get_schedule, needs_horizon, update_due
 from .selection import move, num_to_swap, regrown_scale, reselect
@@ -88,29 +82,19 @@ class SubspaceScheduler:
        the SNR of :math:`|\theta|` by default), :math:`r_t` from
        :func:`pyro_ssvi.schedules.drop_fraction_at`;
     2. adds :math:`s` coordinates, among all not kept, with the highest
-       ``addition`` score (``"grad"``: :math:`|\partial L/\partial\theta_j|`
-       on the step's minibatch, see :mod:`pyro_ssvi.growth`; ``"random"``);
-    3. moves the kept coordinates' means, scales and optimiser moments with
-       them (:mod:`pyro_ssvi.selection`); new ones start at mean 0, at the
-       scale of :func:`~pyro_ssvi.selection.regrown_scale` and with zero
-       moments; one removed and re-added keeps everything.
+       ``addition`` score (``"grad"``: :math:`|\partial L/\partial\theta_j|`,
+       see :mod:`pyro_ssvi.growth`; ``"random"``);
+    3. moves the kept coordinates' means, scales and optimiser moments in place
+       (:mod:`pyro_ssvi.selection`); new ones start at mean 0, the
+       :func:`~pyro_ssvi.selection.regrown_scale` and zero moments.
 
-    All edits are in place, so the optimiser keeps holding the same tensors.
-
-    Args:
-        guide: A guide containing :class:`~pyro_ssvi.AutoSparseNormal` (alone,
-            in an ``AutoGuideList``, or wrapped in Pyro handlers).
-        optimizer: A ``torch.optim.Optimizer``, a torch LR scheduler, a
-            ``pyro.optim.PyroOptim``, a list of these, or None.
-        drop_schedule: A name from :data:`~pyro_ssvi.schedules.SCHEDULES` or a
-            callable ``progress -> multiplier``; default ``"cosine"`` with a
-            stop step, else ``"inverse"``.
-        stop_updates_at: Default ``floor(0.75 * num_steps)``, or never.
-        sparse_guides: The ``AutoSparseNormal`` guides, if not found in ``guide``.
-        kl_weight: The loss's KL weight, a float or a callable of the step.
-        growth_includes_kl: Add ``kl_weight`` times :math:`\partial
-            \mathrm{KL}/\partial\mu_j` of the active coordinates to the
-            ``"grad"`` score, as the reference's growth score does.
+    ``optimizer``: a torch optimiser or LR scheduler, a ``PyroOptim``, a list
+    of these, or None. ``drop_schedule``: a name from
+    :data:`~pyro_ssvi.schedules.SCHEDULES` or a callable, default ``"cosine"``
+    with a stop step (``stop_updates_at``, default ``floor(0.75 * num_steps)``),
+    else ``"inverse"``. ``growth_includes_kl``: add ``kl_weight`` (a float or a
+    callable of the step) times :math:`\partial\mathrm{KL}/\partial\mu_j` of
+    the active coordinates to the ``"grad"`` score, as the reference does.
 
     Raises:
         ValueError, TypeError: For invalid arguments, with the fix named.
@@ -123,8 +107,8 @@ class SubspaceScheduler:
         optimizer: Any = None,
         *,
         update_every: int = 100,
-        removal: str | Callable[..., torch.Tensor] = "snr_abs",
-        addition: str | Callable[..., torch.Tensor] = "grad",
+        removal: str | Callable[..., Tensor] = "snr_abs",
+        addition: str | Callable[..., Tensor] = "grad",
         drop_fraction: float = 0.3,
         drop_schedule: str | Callable[[float], float] | None = None,
         stop_updates_at: int | None = None,
@@ -193,24 +177,23 @@ class SubspaceScheduler:
         self._direct: tuple[Any, DirectStep | None] | None = None
 
     @property
-    def removal(self) -> Callable[..., torch.Tensor]:
+    def removal(self) -> Callable[..., Tensor]:
         """The removal criterion ``(loc, scale) -> scores`` (resolved when set)."""
         return self._removal
 
     @removal.setter
-    def removal(self, criterion: str | Callable[..., torch.Tensor]) -> None:
+    def removal(self, criterion: str | Callable[..., Tensor]) -> None:
         self._removal = get_criterion(criterion)
 
     @property
-    def addition(self) -> Callable[..., torch.Tensor]:
+    def addition(self) -> Callable[..., Tensor]:
         """The addition rule ``(site, posterior, grad) -> scores``, resolved."""
         return self._addition
 
     @addition.setter
-    def addition(self, rule: str | Callable[..., torch.Tensor]) -> None:
+    def addition(self, rule: str | Callable[..., Tensor]) -> None:
         self._addition = get_addition(rule)
 
-    # ------------------------------------------------------------ schedule
     @property
     def num_updates(self) -> int:
         """Number of subspace updates performed so far."""
@@ -235,8 +218,7 @@ class SubspaceScheduler:
         )
 
     def growth_kl_weight(self) -> float:
-        """The KL weight of the growth score now: ``kl_weight`` at the current
-        step with ``growth_includes_kl``, else 0."""
+        """The growth score's KL weight now (0 without ``growth_includes_kl``)."""
         if not self.growth_includes_kl:
             return 0.0
         weight = self.kl_weight
@@ -251,14 +233,13 @@ class SubspaceScheduler:
         return self._step(args, kwargs)
 
     def _step(
-        self, args: tuple, kwargs: dict, grads: dict[str, torch.Tensor] | None = None
+        self, args: tuple, kwargs: dict, grads: dict[str, Tensor] | None = None
     ) -> SubspaceUpdate | None:
         self.step_count += 1
         return self._update(args, kwargs, grads) if self.update_due() else None
 
     def wants_gradients(self) -> bool:
-        """Whether the next :meth:`step` runs an update that reads the growth
-        gradient (which the training step may then provide)."""
+        """Whether the next :meth:`step`'s update reads the growth gradient."""
         return (
             needs_grad(self.addition)
             and self.update_due(self.step_count + 1)
@@ -276,7 +257,6 @@ class SubspaceScheduler:
             self._direct = (key, step)
         return None if key is None or self._direct is None else self._direct[1]
 
-    # --------------------------------------------------------- reselection
     def update(self, *args: Any, **kwargs: Any) -> SubspaceUpdate:
         """Reselect every sparse site's subspace now, with the current fraction.
 
@@ -285,10 +265,27 @@ class SubspaceScheduler:
         return self._update(args, kwargs)
 
     def _update(
-        self, args: tuple, kwargs: dict, grads: dict[str, torch.Tensor] | None = None
+        self, args: tuple, kwargs: dict, grads: dict[str, Tensor] | None = None
     ) -> SubspaceUpdate:
-        if grads is None:
-            grads = self._growth_gradients(args, kwargs)
+        if grads is None and (not needs_grad(self.addition) or self._all_full()):
+            grads = {}
+        elif grads is None:  # the addition rule's gradients, by a growth pass
+            try:
+                grads = likelihood_gradients(
+                    self.model,
+                    self.guide,
+                    *args,
+                    kl_weight=self.growth_kl_weight(),
+                    direct=self._direct_step(),
+                    **kwargs,
+                )
+            except TypeError as e:
+                if args or kwargs:
+                    raise
+                raise ValueError(
+                    "SubspaceScheduler.update: addition='grad' needs a minibatch; "
+                    "call it with the model's arguments, e.g. update(x, y)."
+                ) from e
         fraction = self.drop_fraction_at()
         dropped: dict[str, int] = {}
         swapped: dict[str, int] = {}
@@ -318,27 +315,6 @@ class SubspaceScheduler:
             check_indices_agree(self.sparse_guides, self.step_count)
         return record
 
-    def _growth_gradients(self, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
-        """The addition rule's gradients, by a growth pass on the minibatch."""
-        if not needs_grad(self.addition) or self._all_full():
-            return {}
-        try:
-            return likelihood_gradients(
-                self.model,
-                self.guide,
-                *args,
-                kl_weight=self.growth_kl_weight(),
-                direct=self._direct_step(),
-                **kwargs,
-            )
-        except TypeError as e:
-            if args or kwargs:
-                raise
-            raise ValueError(
-                "SubspaceScheduler.update: addition='grad' needs a minibatch; "
-                "call it with the model's arguments, e.g. update(x, y)."
-            ) from e
-
     def _all_full(self) -> bool:
         """Whether every sparse site is full (an update changes nothing)."""
         return all(
@@ -348,16 +324,10 @@ class SubspaceScheduler:
 
     @torch.no_grad()
     def _reselect_site(
-        self,
-        guide: AutoSparseNormal,
-        name: str,
-        fraction: float,
-        grad: torch.Tensor | None,
+        self, guide: AutoSparseNormal, name: str, fraction: float, grad: Tensor | None
     ) -> tuple[int, int]:
         loc_u, scale_u, stored = guide.subspace_params(name)
-        if not (
-            bool(torch.isfinite(loc_u).all()) and bool(torch.isfinite(scale_u).all())
-        ):
+        if not bool(torch.isfinite(loc_u).all() & torch.isfinite(scale_u).all()):
             raise FloatingPointError(
                 f"SubspaceScheduler: the parameters of site {name!r} are not finite "
                 f"at step {self.step_count}; the subspace was not changed. Lower the "
@@ -368,8 +338,8 @@ class SubspaceScheduler:
             return num_swap, 0
         transform = transform_to(guide.scale_constraint)
         scale = transform(scale_u)
-        shape = guide.site_shape(name)
-        post = SparseNormal(loc_u, scale, guide._indices(name), shape, False)
+        shape, indices = guide.site_shape(name), guide._indices(name)
+        post = SparseNormal(loc_u, scale, indices, shape, False)
         result = reselect(
             post.indices,
             removal_scores(self.removal, loc_u, scale),
@@ -386,7 +356,6 @@ class SubspaceScheduler:
             move_optimizer_state(self.optimizer, param, result.source)
         return result.num_dropped, result.num_swapped
 
-    # --------------------------------------------------------- serialisation
     def state_dict(self) -> dict[str, Any]:
         """Progress of the schedule: step count and update history."""
         return {

@@ -36,10 +36,9 @@ from ._step import (
     log_choice,
     particles_loss,
 )
-from .criteria import ADDITIONS
 from .distributed import DataParallel, is_distributed
 from .elbo import TraceSparseMeanField_ELBO
-from .growth import make_probes, probe_gradients
+from .growth import ADDITIONS, make_probes, probe_gradients
 from .guides import AutoSparseNormal
 from .poutine import (
     LatentScaleMessenger,
