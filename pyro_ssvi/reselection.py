@@ -302,7 +302,7 @@ class SubspaceScheduler:
                             "by the guide as the loss sees it (hidden by "
                             "poutine.block?), so its subspace is not reselected.",
                             UserWarning,
-                            stacklevel=3,
+                            stacklevel=2,
                         )
                     dropped[key] = swapped[key] = 0
                     continue
