@@ -19,12 +19,12 @@ from common import classification_data
 from pyro_ssvi import AutoSparseNormal
 from pyro_ssvi.app.cli import build_parser
 from pyro_ssvi.app.cli._parser import _given
-from pyro_ssvi.criteria import CRITERIA, removal_scores
-from pyro_ssvi.selection import top_k
 from pyro_ssvi.app.models import BayesianClassifier, mlp
+from pyro_ssvi.app.training import TrainConfig
+from pyro_ssvi.criteria import CRITERIA, removal_scores
 from pyro_ssvi.poutine import scale_kl
 from pyro_ssvi.reselection import likelihood_gradients
-from pyro_ssvi.app.training import TrainConfig
+from pyro_ssvi.selection import top_k
 
 ROOT = benchmark_scripts.ROOT
 
