@@ -140,7 +140,7 @@ class SparseSVI(SVI):
 
     @property
     def stop_updates_at(self) -> int | None:
-        """Step from which no more updates happen (None: never)."""
+        """Step from which no more updates happen, or None (never)."""
         return self.subspace.stop_updates_at
 
     def current_drop_fraction(self, step: int | None = None) -> float:
