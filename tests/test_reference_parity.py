@@ -230,8 +230,8 @@ def _check_recipe(config) -> None:
 
 
 def _readme_recipe_argv() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### Paper-scale recipe") :]
+    """The recipe's command in the user guide (``docs/guide/cifar.md``)."""
+    section = (ROOT / "docs" / "guide" / "cifar.md").read_text()
     block = section[section.index("```bash\n") + 8 :]
     command = block[: block.index("```")].replace("\\\n", " ")
     argv = shlex.split(command)
