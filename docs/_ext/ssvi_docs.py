@@ -365,4 +365,3 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("missing-reference", resolve_reexports)
     app.connect("autodoc-process-docstring", split_attribute_groups, priority=400)
     return {"version": "1", "parallel_read_safe": True}
-
