@@ -182,7 +182,7 @@ def api_lines(module: str) -> list[str]:
             lines += ["   " + line for line in attribute_doc(module, name)]
             lines += [""]
     if elsewhere:
-        lines += ["Also importable from here:", ""]
+        lines += ["Also importable from here (each described where it is defined):", ""]
         for name, home in elsewhere:
             lines += [f"* :py:obj:`{name} <{home}.{name}>` (``{home}``)"]
         lines += [""]
