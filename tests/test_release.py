@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -35,6 +36,16 @@ def _clean_env() -> dict:
     }
     env["MPLBACKEND"] = "Agg"
     return env
+
+
+def test_the_version_is_a_release_with_its_changelog_entry():
+    """``pyro_ssvi.__version__`` is a final release (no ``.dev``, ``a``, ``b``
+    or ``rc``) and the newest dated section of CHANGELOG.md is its entry."""
+    version = pyro_ssvi.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    releases = re.findall(r"^## \[([^\]]+)\] - (\d{4}-\d\d-\d\d)$", changelog, re.M)
+    assert releases and releases[0][0] == version, releases[:1]
 
 
 @pytest.mark.slow
