@@ -103,7 +103,9 @@ class AutoSparseNormal(BackgroundParams, AutoGuide):
     A sparse site starts on a uniformly random subset of coordinates, as in
     the SSVI paper, unless its initial values are given (``init_to_value``,
     a pretrained network's weights): then on their ``k`` largest magnitudes
-    (``init_active="auto"``; ``"random"`` and ``"magnitude"`` force a rule).
+    (``init_active="auto"``; ``"random"`` and ``"largest"`` force a rule).
+    Any other initialiser (a random draw included) starts on a random set:
+    see :func:`~pyro_ssvi.initialization.init_gives_values`.
 
     The guide is lazy like every Pyro autoguide: parameters are created at
     the first call or by :meth:`setup`. :meth:`load_state_dict` also works on
@@ -122,7 +124,7 @@ class AutoSparseNormal(BackgroundParams, AutoGuide):
             :math:`\varepsilon_j \sim \mathcal{N}(\text{mean}, \text{std}^2)`,
             as the reference implementation does with ``(6e-4, 5e-4)``.
             Default: 0.1 (``AutoNormal``'s), and 0.01 for network weights.
-        init_active: ``"auto"``, ``"random"`` or ``"magnitude"``.
+        init_active: ``"auto"``, ``"random"`` or ``"largest"``.
         sparse_sites: None, a collection of site names, or a predicate.
         min_sparse_numel: Size above which a one-dimensional site is sparse by
             default.

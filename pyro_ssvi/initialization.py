@@ -26,9 +26,6 @@ import torch
 from pyro.distributions import constraints
 from pyro.infer.autoguide.initialization import (
     init_to_feasible,
-    init_to_mean,
-    init_to_median,
-    init_to_sample,
     init_to_uniform,
     init_to_value,
 )
@@ -54,7 +51,7 @@ DEFAULT_INIT_SCALE = 0.1
 #: Initial posterior scale of network weights (real, >= 2-D, outside plates).
 DEFAULT_WEIGHT_INIT_SCALE = 0.01
 #: How the initial active set is chosen (see :func:`initial_active_set`).
-INIT_ACTIVE = ("auto", "random", "magnitude")
+INIT_ACTIVE = ("auto", "random", "largest")
 #: How a density budget is shared between sites (see :func:`allocate_densities`).
 ALLOCATIONS = ("uniform", "erk")
 
@@ -114,49 +111,31 @@ def init_to_kaiming(
 
 
 def init_gives_values(init_loc_fn: Callable[..., Any], site_name: str) -> bool:
-    """Whether ``init_loc_fn`` starts ``site_name`` from given values.
+    """Whether ``init_loc_fn`` gives ``site_name`` values that are really given.
 
-    Given values are informative (a pretrained network's weights, Pyro's
-    :func:`~pyro.infer.autoguide.init_to_value`, any user function): the
-    guide then starts a sparse site on the ``k`` largest-magnitude
-    coordinates of those values. Draws from the prior or a generic rule carry
-    no such information, and the active set starts at random, as in the SSVI
-    paper. The generic rules are :func:`init_to_kaiming` and Pyro's
-    ``init_to_feasible``, ``init_to_sample``, ``init_to_uniform``,
-    ``init_to_mean`` and ``init_to_median`` (also partially applied);
-    ``init_to_value`` gives values for the sites in its ``values`` and
-    defers to its ``fallback`` for the others.
-
-    Args:
-        init_loc_fn: The guide's initialiser.
-        site_name: A latent site.
-
-    Returns:
-        True for given values, False for a generic rule.
+    Given values (a trained network's weights) carry information, and the
+    guide starts a sparse site on the ``k`` largest of their magnitudes; any
+    other initialiser, random or generic, gets a random active set, as in the
+    SSVI paper. Values are given by Pyro's
+    :func:`~pyro.infer.autoguide.init_to_value` for the sites in its
+    ``values`` (the others are asked of its ``fallback``), and by any
+    initialiser with a method ``gives_values(site_name) -> bool`` that says
+    so (``BayesianClassifier.init_loc_fn()`` of :mod:`pyro_ssvi.app.models`
+    has one). ``init_active="largest"`` forces the rule for any initialiser.
     """
     fn: Any = init_loc_fn
-    while isinstance(fn, functools.partial):
+    while True:
+        asks = getattr(fn, "gives_values", None)
+        if callable(asks):
+            return bool(asks(site_name))
+        if not isinstance(fn, functools.partial):
+            return False
         if fn.func is init_to_value:
             if site_name in fn.keywords.get("values", {}):
                 return True
             fn = fn.keywords.get("fallback", init_to_uniform)
-            continue
-        fn = fn.func
-    if fn is init_to_value:  # called without values: all from its fallback
-        return False
-    return fn not in _GENERIC_INITS
-
-
-_GENERIC_INITS = frozenset(
-    {
-        init_to_kaiming,
-        init_to_feasible,
-        init_to_sample,
-        init_to_uniform,
-        init_to_mean,
-        init_to_median,
-    }
-)
+        else:
+            fn = fn.func
 
 
 def initial_scales(
@@ -212,13 +191,13 @@ def initial_active_set(
 ) -> torch.Tensor:
     """The sorted flat indices a sparse site starts on.
 
-    ``"magnitude"``: the ``k`` largest ``|value|``; ``"random"``: a uniformly
+    ``"largest"``: the ``k`` largest ``|value|``; ``"random"``: a uniformly
     random subset; ``"auto"``: the first when the initial values are given
     (:func:`init_gives_values`), the second otherwise, as in the SSVI paper.
     """
     if rule == "auto":
-        rule = "magnitude" if init_gives_values(init_loc_fn, name) else "random"
-    if rule == "magnitude":
+        rule = "largest" if init_gives_values(init_loc_fn, name) else "random"
+    if rule == "largest":
         return top_k(value.reshape(-1).abs(), k)
     return torch.randperm(value.numel(), device=value.device)[:k].sort().values
 

@@ -22,7 +22,6 @@ import weakref
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from pyro.poutine.messenger import Messenger
 
 from ._pyro_compat import disable_torch_function_subclass, tensor_version
@@ -33,7 +32,13 @@ from .background import (
     noise_std,
 )
 from .distributions import ShiftedSparseNormal
-from .layers.lrt import conv_moments, linear_moments, sample_moments
+from .layers.lrt import (
+    CONV_FUNCTIONS,
+    LINEAR,
+    conv_moments,
+    linear_moments,
+    sample_moments,
+)
 from .layers.sparse import SparseStructure, sparse_linear
 
 __all__ = [
@@ -94,7 +99,7 @@ def scale_kl(
 
 
 # ----------------------------------------------------------------------- LRT
-_CONVS = {torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
+_CONVS = {f: d for d, f in CONV_FUNCTIONS.items()}
 _CONV_ARGS = ("stride", "padding", "dilation", "groups")
 # Tensor metadata that the placeholder answers itself (no sample needed).
 _METADATA = {
@@ -207,7 +212,7 @@ class LazyWeight(torch.Tensor):
         cls, func: Any, types: Any, args: Any = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
-        if func is F.linear or func in _CONVS:
+        if func is LINEAR or func in _CONVS:
             result = _layer_call(func, args, kwargs)
             if result is not None:
                 return result
@@ -264,7 +269,7 @@ def _layer_call(func: Any, args: Any, kwargs: Any) -> torch.Tensor | None:
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     if not isinstance(weight, LazyWeight) or isinstance(x, LazyWeight):
         return None
-    if not weight._handler.lrt and func is not F.linear and not weight.background:
+    if not weight._handler.lrt and func is not LINEAR and not weight.background:
         return None  # weight sampling of a convolution: the exact dense sample
     if isinstance(bias, LazyWeight):
         bias = bias.sample()
@@ -272,20 +277,20 @@ def _layer_call(func: Any, args: Any, kwargs: Any) -> torch.Tensor | None:
     extra.update({k: v for k, v in kwargs.items() if k in _CONV_ARGS})
     with disable_torch_function_subclass():
         if not weight._handler.lrt:
-            if func is F.linear:
+            if func is LINEAR:
                 out = weight._handler.sampled_linear(weight, x)
                 return out if bias is None else out + bias
             out = func(x, weight.active_sample(), bias, **extra)
             var = conv_background_variance(x, weight.posterior, extra)
             return out + noise_std(var) * torch.randn_like(out)
-        if func is F.linear:
+        if func is LINEAR:
             mean, var = weight._handler.linear_moments(weight, x)
         else:
             mean, var = weight._handler.conv_moments(weight, x, extra)
         out = sample_moments(mean, var)
         if bias is None:
             return out
-        if func is not F.linear:  # (C_out,) over (N, C_out, *spatial)
+        if func is not LINEAR:  # (C_out,) over (N, C_out, *spatial)
             bias = bias.reshape(-1, *([1] * _CONVS[func]))
         return out + bias
 
@@ -429,7 +434,7 @@ class LazyWeightMessenger(Messenger):
             product = _product(structure)
         else:
             self.decisions[weight.site] = "dense"
-            out = F.linear(x, weight.active_sample())
+            out = LINEAR(x, weight.active_sample())
         if weight.background:  # the active pattern's share: on the layer's path
             var = linear_background_variance(x, weight.posterior, product)
             out = out + noise_std(var) * torch.randn_like(out)
@@ -507,9 +512,9 @@ def _time_paths(
     structure = handler.structure(post)
 
     def dense() -> None:
-        out = F.linear(x, post.scatter(loc))
+        out = LINEAR(x, post.scatter(loc))
         if lrt:
-            out = out + F.linear(x * x, post.scatter(scale**2))
+            out = out + LINEAR(x * x, post.scatter(scale**2))
         out.sum().backward()
 
     def sparse() -> None:

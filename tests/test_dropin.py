@@ -27,6 +27,7 @@ from pyro.infer import (
 from pyro.nn import PyroModule, PyroParam, PyroSample
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI
+from pyro_ssvi.initialization import init_gives_values
 
 X, Y = classification_data(n=48, in_features=6)
 
@@ -402,7 +403,38 @@ def test_pretrained_values_start_on_their_largest_coordinates():
         assert torch.equal(
             guide.site_posterior(name).loc, flat[guide.active_indices()[name]]
         )
-    from pyro_ssvi.initialization import init_gives_values, init_to_kaiming
+    from pyro_ssvi.initialization import init_to_kaiming
 
     assert not init_gives_values(init_to_kaiming, "net.0.weight")
     assert init_gives_values(init_to_value(values=values), "net.0.weight")
+    assert init_gives_values(model.init_loc_fn(keep=True), "net.0.weight")
+
+
+def test_a_random_initialiser_of_the_users_gets_a_random_active_set():
+    """A user's (or TyXe's) random initialiser is not given values: the
+    active set is random, so the initial means are a plain sample of the draw.
+    (Taken for given values, the set was the largest 10% of the draw: every
+    initial mean beyond about 1.6 sigma, 2.1x too large on average.)"""
+    pyro.set_rng_seed(0)
+    sigma = 0.1
+
+    def random_init(site):
+        return torch.randn(site["fn"].shape()) * sigma
+
+    model = tiny_classifier(in_features=40, hidden=50, num_data=len(X))
+    guide = AutoSparseNormal(model, density=0.1, init_loc_fn=random_init)
+    guide.setup(torch.randn(8, 40), Y[:8])
+    locs = torch.cat([guide.site_posterior(n).loc for n in guide.sparse_site_names()])
+    # |N(0, s^2)| > 1.645 s with probability 0.1: about 10% of a random set
+    # (n >= 200, standard error 0.021), every coordinate of a top-10% set.
+    beyond = (locs.abs() > 1.645 * sigma).double().mean().item()
+    assert locs.numel() >= 200 and beyond < 0.25
+    assert not init_gives_values(random_init, "net.0.weight")
+    pyro.clear_param_store()
+    largest = AutoSparseNormal(
+        model, density=0.1, init_loc_fn=random_init, init_active="largest"
+    ).setup(torch.randn(8, 40), Y[:8])
+    locs = torch.cat(
+        [largest.site_posterior(n).loc for n in largest.sparse_site_names()]
+    )
+    assert (locs.abs() > 1.2 * sigma).all()

@@ -13,8 +13,8 @@ from pyro.infer import TraceMeanField_ELBO
 from torch import nn
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI, TraceSparseMeanField_ELBO
-from pyro_ssvi.layers import conv_moments, linear_moments, sample_moments
 from pyro_ssvi.app.models import BayesianClassifier, make_bayesian
+from pyro_ssvi.layers import conv_moments, linear_moments, sample_moments
 from pyro_ssvi.poutine import (
     LazyWeight,
     local_reparameterization,
@@ -280,3 +280,35 @@ def test_timed_path_choices_are_checkpointed():
     )
     other.load_state_dict(state)
     assert other.lazy_weights._timed == svi.lazy_weights._timed
+
+
+def test_lrt_stays_on_when_another_library_wraps_f_linear(monkeypatch):
+    """TyXe's local reparameterisation replaces ``F.linear`` by a wrapper of
+    it (``functools.update_wrapper``). Ours must still see the layer call:
+    the same draws as without the wrapper, and not a weight sample's."""
+    import functools
+
+    x, y = DATA
+    model = BayesianClassifier(
+        nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)), num_data=len(x)
+    )
+    guide = AutoSparseNormal(model, density=0.5).setup(x, y)
+
+    def logits(weights) -> torch.Tensor:
+        pyro.set_rng_seed(3)
+        with weights(), torch.no_grad():
+            trace = poutine.trace(guide).get_trace(x, y)
+            return poutine.replay(model, trace=trace)(x)
+
+    expected = logits(local_reparameterization)
+    sampled = logits(sparse_weight_sampling)
+    original = torch.nn.functional.linear
+
+    def wrapper(*args, **kwargs):
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(
+        torch.nn.functional, "linear", functools.update_wrapper(wrapper, original)
+    )
+    assert torch.equal(logits(local_reparameterization), expected)
+    assert not torch.allclose(expected, sampled)

@@ -10,6 +10,7 @@ from sklearn.metrics import log_loss
 
 from pyro_ssvi.app import metrics
 from pyro_ssvi.app.metrics import (
+    _calibration,
     accuracy,
     aupr,
     auroc,
@@ -170,7 +171,7 @@ def test_marginal_ce_chunking_does_not_change_the_result(monkeypatch, discrete):
     if discrete:  # 3 distinct rows: at most 3 < 40 / 4 values per column
         probs = probs[torch.arange(40) % 3]
     expected = marginal_calibration_error(probs, labels, num_bins=4)
-    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 80)  # 2 classes per chunk
+    monkeypatch.setattr(_calibration, "_CHUNK_ELEMENTS", 80)  # 2 classes per chunk
     assert marginal_calibration_error(probs, labels, num_bins=4) == expected
 
 

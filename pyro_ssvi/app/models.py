@@ -334,6 +334,10 @@ class _BayesianNet(PyroModule):
                 raise ValueError(f"no initial value for site {name!r}")
             return fallback(site)
 
+        def gives_values(name: str) -> bool:  # see init_gives_values
+            return name in values or name in released
+
+        init.gives_values = gives_values  # type: ignore[attr-defined]
         return init
 
     def _subsample(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ gradients. These are plain functions of tensors::
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -38,11 +39,17 @@ __all__ = [
 #: so that the gradient stays finite where the variance is 0.
 JITTER = 1e-8
 
-#: Convolution functions by number of spatial dimensions.
+#: torch's own linear and convolutions (by number of spatial dimensions),
+#: also where another library has replaced ``F.linear``/``F.conv*`` by
+#: wrappers (TyXe's local reparameterisation does): our layer maths never
+#: goes through them.
+LINEAR: Callable[..., torch.Tensor] = inspect.unwrap(F.linear)
+#: torch's own convolutions by number of spatial dimensions (as ``LINEAR``:
+#: never another library's wrappers).
 CONV_FUNCTIONS: dict[int, Callable[..., torch.Tensor]] = {
-    1: F.conv1d,
-    2: F.conv2d,
-    3: F.conv3d,
+    1: torch.conv1d,
+    2: torch.conv2d,
+    3: torch.conv3d,
 }
 
 
@@ -59,7 +66,7 @@ def linear_moments(
     Returns:
         ``(mean, var)``, each of shape ``(..., out)``.
     """
-    return F.linear(x, w_mean), F.linear(x * x, w_var)
+    return LINEAR(x, w_mean), LINEAR(x * x, w_var)
 
 
 def conv_moments(

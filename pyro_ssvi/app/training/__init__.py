@@ -27,19 +27,14 @@ Example::
     metrics["test_rmse"], metrics["test_log_likelihood"], metrics["test_coverage_90"]
 """
 
-from ._config import (
-    MODELS,
-    PLOTS,
-    PLOTS_BY_TASK,
-    RECIPES,
-    RUN_FILES,
+from ._choices import MODELS, dataset_tasks
+from ._config import TrainConfig
+from ._errors import (
     ConfigError,
     RunDirError,
     RunInterrupted,
     RunStopped,
-    TrainConfig,
     TrainingDiverged,
-    dataset_tasks,
 )
 from ._evaluate import (
     evaluate_predictions,
@@ -49,8 +44,16 @@ from ._evaluate import (
 )
 from ._lock import LOCK_FILE, RunDirInUse, own_directory, own_output_file
 from ._loop import train, train_step
+from ._recipes import RECIPES
 from ._run import FixedSubspace, Run, build_run, resolve_device
-from ._rundir import prepare_run_dir, resume_config, saved_config
+from ._rundir import (
+    PLOTS,
+    PLOTS_BY_TASK,
+    RUN_FILES,
+    prepare_run_dir,
+    resume_config,
+    saved_config,
+)
 
 __all__ = [
     "ConfigError",

@@ -34,9 +34,9 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..checkpoint import WriteError, remove_stale_temp_files, write_json
 from ...distributed import broadcast_object, is_main_process
-from ._config import RunDirError
+from ..checkpoint import WriteError, remove_stale_temp_files, write_json
+from ._errors import RunDirError
 
 #: The lock file of a run or comparison directory (empty; never removed).
 LOCK_FILE = ".pyro-ssvi.lock"

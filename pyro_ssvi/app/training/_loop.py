@@ -15,13 +15,6 @@ import torch
 import torch.distributed as dist
 
 from ..._pyro_compat import is_invalid_values_error
-from ..checkpoint import (
-    WriteError,
-    atomic_write,
-    save_checkpoint,
-    signals_deferred,
-    write_json,
-)
 from ...distributed import (
     all_reduce_mean_,
     is_distributed,
@@ -31,12 +24,15 @@ from ...distributed import (
     world_size,
 )
 from ...poutine import LatentScaleMessenger
-from ._config import (
-    RunInterrupted,
-    RunStopped,
-    TrainConfig,
-    TrainingDiverged,
+from ..checkpoint import (
+    WriteError,
+    atomic_write,
+    save_checkpoint,
+    signals_deferred,
+    write_json,
 )
+from ._config import TrainConfig
+from ._errors import RunInterrupted, RunStopped, TrainingDiverged
 from ._evaluate import final_evaluation, quick_eval
 from ._lock import own_on_rank_0
 from ._run import (

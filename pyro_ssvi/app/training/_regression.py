@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..checkpoint import CheckpointError
-from ._config import DEFAULT_HIDDEN, TrainConfig
+from ._choices import DEFAULT_HIDDEN
+from ._config import TrainConfig
 
 #: The split's statistics, as saved in the checkpoint (float64 tensors).
 STATISTICS = ("x_mean", "x_std", "y_mean", "y_std")

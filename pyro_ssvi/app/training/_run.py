@@ -12,12 +12,11 @@ import numpy as np
 import pyro
 import torch
 
-from ..checkpoint import CheckpointError
 from ...distributed import is_distributed, wrap_ddp
+from ..checkpoint import CheckpointError
 from . import _regression as regression
+from ._choices import MODELS, SPARSE_COMPUTE
 from ._config import (
-    MODELS,
-    SPARSE_COMPUTE,
     TrainConfig,
     family_options,
     initial_scale,

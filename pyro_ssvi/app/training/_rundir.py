@@ -26,9 +26,38 @@ from ..checkpoint import (
     load_checkpoint,
     remove_stale_temp_files,
 )
-from ._config import PLOTS, RUN_FILES, ConfigError, RunDirError, TrainConfig
+from ._config import TrainConfig
+from ._errors import ConfigError, RunDirError
 from ._lock import LOCK_FILE, LOCK_FILES, holds, own_directory
 
+#: Files a run directory holds besides ``plots/`` (``metrics.json`` last).
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "metrics.json",
+    "checkpoint.pt",
+    "subspace_updates.json",
+)
+#: Files under ``plots/`` that a run writes, by task (``ood_entropy.png`` only
+#: with an OOD set).
+PLOTS_BY_TASK = {
+    "classification": (
+        "training_curves.png",
+        "reliability.png",
+        "ood_entropy.png",
+        "layer_density.png",
+        "swap_fraction.png",
+    ),
+    "regression": (
+        "training_curves.png",
+        "calibration.png",
+        "predictions.png",
+        "layer_density.png",
+        "swap_fraction.png",
+    ),
+}
+#: Every file under ``plots/`` that a run may write.
+PLOTS = tuple(dict.fromkeys(name for v in PLOTS_BY_TASK.values() for name in v))
 #: Configuration fields that may differ when resuming or re-evaluating.
 RUNTIME_FIELDS = frozenset({"device", "num_workers", "eval_batch_size", "download"})
 _COMMON_KEYS = {"config", "epoch", "num_data", "history", "elapsed_s"}
