@@ -13,7 +13,7 @@ scheduler's ``regrow_scale`` rule, as without a background).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection
 
 import pyro
 import torch
@@ -32,8 +32,16 @@ from .background import BACKGROUNDS, BackgroundSparseNormal, background_shape
 __all__ = ["BackgroundParams", "check_background", "drop_background_store_entries"]
 
 
-def check_background(background: Any, init: Any) -> None:
-    """The guide's ``background`` and ``background_init`` arguments."""
+def check_background(background: Any, init: Any, sites: Any = None) -> None:
+    """The guide's ``background``, ``background_init`` and
+    ``background_sites`` arguments."""
+    if sites is not None and (
+        isinstance(sites, str) or not isinstance(sites, Collection)
+    ):
+        raise TypeError(
+            "AutoSparseNormal: background_sites must be a collection of site "
+            f"names, got {sites!r}; e.g. background_sites=['net.1.weight']."
+        )
     if background is not None and background not in BACKGROUNDS:
         raise ValueError(
             f"AutoSparseNormal: background must be None or one of {BACKGROUNDS}, "
@@ -50,6 +58,7 @@ class BackgroundParams(GuideLoading):
 
     background: str | None
     background_init: float
+    background_sites: frozenset[str] | None
 
     def _new_trees(self) -> None:
         super()._new_trees()
@@ -67,18 +76,21 @@ class BackgroundParams(GuideLoading):
         param = PyroParam(init, self.scale_constraint, 1)
         deep_setattr(self.backgrounds, name, param)
 
+    def _wants_background(self, name: str) -> bool:
+        return self.background is not None and (
+            self.background_sites is None or name in self.background_sites
+        )
+
     def _has_background(self, name: str) -> bool:
-        return self.background is not None and self._sites[name].sparse
+        return self._sites[name].sparse and self._wants_background(name)
 
     def _background_leaf(self, name: str) -> tuple[Any, str]:
         return self._leaf("backgrounds", name)
 
     def background_scales(self) -> dict[str, torch.Tensor]:
         """``{sparse site: its background scales s}`` (detached copies)."""
-        if self.background is None:
-            return {}
         out = {}
-        for name in self.sparse_site_names():
+        for name in filter(self._has_background, self.sparse_site_names()):
             module, leaf = self._background_leaf(name)
             raw = getattr(module, unconstrained_name(leaf))
             out[name] = self._scale_transform(raw).detach().clone()
@@ -92,7 +104,7 @@ class BackgroundParams(GuideLoading):
         detach: bool = False,
         background: torch.Tensor | None = None,
     ) -> Distribution:
-        post = super()._posterior(name, loc, scale, detach)  # type: ignore[misc]
+        post: Any = super()._posterior(name, loc, scale, detach)  # type: ignore[misc]
         if not self._has_background(name):
             return post
         if background is None:  # a pyro.param read, as Pyro reads
@@ -103,13 +115,12 @@ class BackgroundParams(GuideLoading):
             post.loc, post.scale, post.indices, post.event_shape, background, False
         )
 
-    def _posteriors(
-        self, detach: bool = False
-    ) -> list[tuple[Distribution, tuple[torch.Tensor, ...]]]:
-        out = super()._posteriors(detach)  # type: ignore[misc]
+    def _posteriors(self, detach: bool = False) -> Any:
+        """As the storage's, a background site's leaves with its raw scales."""
+        out: Any = super()._posteriors(detach)
         if self.background is None:
             return out
-        result = []
+        result: list[tuple[Any, tuple[torch.Tensor, ...]]] = []
         for name, (post, leaves) in zip(self._sites, out):
             if not self._has_background(name):
                 result.append((post, leaves))
@@ -129,14 +140,13 @@ class BackgroundParams(GuideLoading):
         self, sites: Any, state_dict: dict[str, Any], prefix: str
     ) -> None:
         super()._build_from_state(sites, state_dict, prefix)
-        if self.background is None:
-            return
-        for name in self.sparse_site_names():
+        for name in filter(self._has_background, self.sparse_site_names()):
             key = f"{prefix}backgrounds.{unconstrained_name(name)}"
             like = self._stored("locs", name)
             self._new_background(name, self._sites[name].shape, like)
+            kind = str(self.background)
             if key in state_dict and state_dict[key].shape != torch.Size(
-                background_shape(self.background, self._sites[name].shape)
+                background_shape(kind, self._sites[name].shape)
             ):
                 raise ValueError(
                     f"AutoSparseNormal.load_state_dict: site {name!r} has background "
@@ -152,7 +162,8 @@ def drop_background_store_entries(module: Any, incompatible: Any) -> None:
     if getattr(module, "background", None) is None or is_module_local_param_enabled():
         return
     store = pyro.get_param_store()
-    for name in module.sparse_site_names() if module._sites else []:
+    names = module.sparse_site_names() if module._sites else []
+    for name in filter(module._has_background, names):
         fullname = param_store_name(module, f"backgrounds.{name}")
         if fullname in store:
             del store[fullname]

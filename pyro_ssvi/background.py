@@ -53,8 +53,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import register_kl
 from pyro.distributions import Independent, Normal
+from torch.distributions import register_kl
 
 from .distributions import SparseNormal, constant_prior_kl, scalar_normal_prior
 from .layers.lrt import CONV_FUNCTIONS, JITTER
@@ -172,7 +172,9 @@ class BackgroundSparseNormal(SparseNormal):
         return dense.reshape(shape)
 
     # ------------------------------------------------------------ draws
-    def rsample_background(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def rsample_background(
+        self, sample_shape: torch.Size = torch.Size()
+    ) -> torch.Tensor:
         """A dense draw of the background (zeros on the active set)."""
         std = self.background_variance().sqrt()
         shape = torch.Size(sample_shape) + self.event_shape
@@ -195,9 +197,9 @@ class BackgroundSparseNormal(SparseNormal):
             off, Normal(0.0, safe.sqrt(), validate_args=False).log_prob(value), 0.0
         )
         n = len(self.event_shape)
-        return super().log_prob(value) + bg.reshape(bg.shape[: bg.dim() - n] + (-1,)).sum(
-            -1
-        )
+        return super().log_prob(value) + bg.reshape(
+            bg.shape[: bg.dim() - n] + (-1,)
+        ).sum(-1)
 
     @property
     def variance(self) -> torch.Tensor:
@@ -294,5 +296,7 @@ def conv_background_variance(
     total = conv(x2, box.contiguous(), None, **conv_kwargs)
     if groups != 1:
         total = total.repeat_interleave(shape[0] // groups, dim=-len(shape) + 1)
-    share = conv(x2, post.scatter(post.active_background_variance()), None, **conv_kwargs)
+    share = conv(
+        x2, post.scatter(post.active_background_variance()), None, **conv_kwargs
+    )
     return (total - share).clamp_min(0.0)

@@ -48,7 +48,6 @@ from ._softplus import softplus_positive
 from ._storage import SubspaceParams, after_load, compact_indices
 from .background import BackgroundSparseNormal
 from .distributions import SparseNormal
-from .poutine import LazyWeightMessenger, background_sampling
 from .initialization import (
     ALLOCATIONS,
     DEFAULT_INIT_SCALE,
@@ -61,6 +60,7 @@ from .initialization import (
     initial_scales,
     num_active,
 )
+from .poutine import LazyWeightMessenger, background_sampling
 
 __all__ = [
     "AutoSparseNormal",
@@ -148,6 +148,8 @@ class AutoSparseNormal(BackgroundParams, AutoGuide):
         background_init: The background scales' start (default 0.01, the
             weights' initial posterior scale: every coordinate then starts
             with the same uncertainty).
+        background_sites: The sparse sites that get a background (default:
+            all), e.g. only a network's first layer.
         create_plates: As in :class:`~pyro.infer.autoguide.AutoNormal`.
 
     Raises:
@@ -179,9 +181,13 @@ class AutoSparseNormal(BackgroundParams, AutoGuide):
         dense_below: int = 0,
         background: str | None = None,
         background_init: float = DEFAULT_WEIGHT_INIT_SCALE,
+        background_sites: Collection[str] | None = None,
     ) -> None:
         _validate(density, init_loc_fn, init_scale, init_active, sparse_sites)
-        check_background(background, background_init)
+        check_background(background, background_init, background_sites)
+        self.background_sites = (
+            None if background_sites is None else frozenset(background_sites)
+        )
         self.background = background
         self.background_init = float(background_init)
         if allocation not in ALLOCATIONS:
@@ -262,6 +268,8 @@ class AutoSparseNormal(BackgroundParams, AutoGuide):
         super()._setup_prototype(*args, **kwargs)
         sites = dict(self.prototype_trace.iter_stochastic_nodes())
         named = {"dense_sites": self.dense_sites}
+        if self.background_sites is not None:
+            named["background_sites"] = self.background_sites
         if self._sparse_sites is not None and not callable(self._sparse_sites):
             named["sparse_sites"] = frozenset(self._sparse_sites)
         for arg, names in named.items():
@@ -330,7 +338,7 @@ class AutoSparseNormal(BackgroundParams, AutoGuide):
             self._new_params(
                 name, info, loc, initial_scales(loc, scale), idx, encode(info)
             )
-            if self.background is not None:
+            if self._wants_background(name):
                 self._new_background(name, value.shape, loc)
             return
         loc = unconstrained

@@ -417,7 +417,9 @@ class LazyWeightMessenger(Messenger):
             return mean, var
         self.decisions[weight.site] = "dense"
         if weight.background:
-            mean, var = linear_moments(x, _probed_mean(weight), post.scatter(post.scale**2))
+            mean, var = linear_moments(
+                x, _probed_mean(weight), post.scatter(post.scale**2)
+            )
             return mean, var + linear_background_variance(x, post)
         return linear_moments(x, _probed_mean(weight), post.variance)
 

@@ -34,6 +34,7 @@ FINAL_KEYS = {
     "test_nll",
     "test_ece",
     "ood_auroc",
+    "ood_auroc_mi",
     "density",
     "num_variational_params",
     "wall_time_s",
@@ -259,9 +260,11 @@ def test_evaluate_reproduces_mean_weight_metrics(tmp_path, capsys):
     assert main([*argv, "--output", str(report)]) == 0
     metrics = json.loads(report.read_text())
     assert metrics["num_samples"] == 2
+    assert 0 <= metrics["ood_auroc_mi"] <= 1
     for key in ("test_accuracy_mean_weights", "test_nll_mean_weights"):
         assert metrics[key] == pytest.approx(saved[key], abs=1e-6)
-    assert "test_accuracy:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test_accuracy:" in printed and "ood_auroc_mi:" in printed
     assert main(["evaluate", str(out), "--dataset", "cifar10"]) == 1
     assert "does not fit a model trained on mnist" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nope")]) == 1
@@ -289,6 +292,7 @@ def test_compare_writes_a_side_by_side_table(tmp_path, capsys):
     assert d01 < d05 < dense and d01 / dense < 0.12
     table = (out / "comparison.md").read_text()
     assert table.count("\n") == 5 and "| SSVI d=0.1 | 0.10 |" in table
+    assert "| OOD AUROC (entropy) | OOD AUROC (MI) |" in table
     assert (out / "density_tradeoff.png").exists()
     # As if interrupted in the last variant's final evaluation: without
     # --resume, it says which runs are finished and advises --resume (not

@@ -8,6 +8,8 @@ traced ELBOs (same random numbers, float rounding only).
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -18,6 +20,7 @@ from test_step import ELBOS, HANDLERS, _assert_same, _case, _grads
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI
 from pyro_ssvi._step import direct_step
+from pyro_ssvi.app.predict import Prediction
 from pyro_ssvi.background import (
     BackgroundSparseNormal,
     background_kl,
@@ -107,7 +110,9 @@ def _dense_kl(q, m, sp):
     mean = q.scatter(q.loc).reshape(-1)
     var = q.variance.reshape(-1)
     p = torch.distributions.Normal(torch.full_like(mean, m), torch.full_like(mean, sp))
-    each = torch.distributions.kl_divergence(torch.distributions.Normal(mean, var.sqrt()), p)
+    each = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean, var.sqrt()), p
+    )
     return each.sum()
 
 
@@ -148,11 +153,15 @@ def test_conv_background_variance_is_the_box_sum_minus_the_active_share(groups):
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize(
-    "handler", [sparse_weight_sampling(sparse=False), sparse_weight_sampling(sparse=True),
-                local_reparameterization(sparse=False), local_reparameterization(sparse=True)],
-    ids=["sampling", "sampling_sparse", "lrt", "lrt_sparse"],
-)  # fmt: skip
+LAYER_HANDLERS = {
+    "sampling": sparse_weight_sampling(sparse=False),
+    "sampling_sparse": sparse_weight_sampling(sparse=True),
+    "lrt": local_reparameterization(sparse=False),
+    "lrt_sparse": local_reparameterization(sparse=True),
+}
+
+
+@pytest.mark.parametrize("handler", LAYER_HANDLERS.values(), ids=list(LAYER_HANDLERS))
 def test_at_zero_background_a_linear_layer_is_exactly_ssvi(handler):
     shape = torch.Size([6, 9])
     plain, bg = _posteriors(shape, 12, torch.zeros(9, dtype=torch.float64))
@@ -239,9 +248,11 @@ def test_background_kl_stays_exact_across_a_reselection():
         assert isinstance(q, BackgroundSparseNormal)
         prior = pyro.poutine.trace(model).get_trace(x, y).nodes[name]["fn"]
         base = prior.base_dist
-        dense = _dense_kl(q.__class__(q.loc.double(), q.scale.double(), q.indices,
-                          q.event_shape, q.background.double()),
-                          float(base.loc.flatten()[0]), float(base.scale.flatten()[0]))  # fmt: skip
+        q64 = BackgroundSparseNormal(
+            q.loc.double(), q.scale.double(), q.indices, q.event_shape, q.background
+        )
+        m, sp = float(base.loc.flatten()[0]), float(base.scale.flatten()[0])
+        dense = _dense_kl(q64, m, sp)
         got = torch.distributions.kl_divergence(q, prior)
         assert got.item() == pytest.approx(dense.item(), rel=1e-5)
 
@@ -263,3 +274,59 @@ def test_background_guide_state_round_trip_and_options():
         AutoSparseNormal(model, background="row")
     with pytest.raises(ValueError, match="background_init must be a float > 0"):
         AutoSparseNormal(model, background="column", background_init=0.0)
+
+
+# ------------------------------------------------------------- MI-based AUROC
+def _two_samples(qs):
+    """Inputs whose two posterior samples predict [q, 1-q] and [1-q, q]:
+    mean [0.5, 0.5], so H[mean] = log 2 and MI = log 2 - H(q)."""
+    q = torch.tensor(qs, dtype=torch.float64)
+    h = -(q * q.log() + (1 - q) * (1 - q).log())
+    return Prediction(torch.full((len(qs), 2), 0.5, dtype=torch.float64), h, None)
+
+
+def test_mi_auroc_ranks_by_mutual_information_exactly():
+    from pyro_ssvi.app.metrics import mutual_information
+    from pyro_ssvi.app.training._evaluate import mi_auroc
+
+    h = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+    mi = mutual_information(*_two_samples([0.9])[:2])
+    assert mi.item() == pytest.approx(math.log(2) - h, rel=1e-12)
+    # In-distribution MI {0, 0.368}, OOD {0.082, 0.637}: 3 of 4 pairs ranked right.
+    assert mi_auroc(_two_samples([0.5, 0.9]), _two_samples([0.7, 0.99])) == 0.75
+    assert mi_auroc(_two_samples([0.5, 0.6]), _two_samples([0.9, 0.99])) == 1.0
+    # Entropy of the mean is log 2 everywhere: it cannot tell them apart.
+    from pyro_ssvi.app.metrics import ood_metrics
+
+    same = ood_metrics(_two_samples([0.5, 0.9]).probs, _two_samples([0.7, 0.99]).probs)
+    assert same["ood_auroc"] == 0.5
+
+
+def test_compare_table_has_both_ood_aurocs():
+    from pyro_ssvi.app.compare import markdown_table
+
+    row = {
+        "variant": "SSVI d=0.1",
+        "density": 0.1,
+        "ood_auroc": 0.96,
+        "ood_auroc_mi": 0.93,
+        "num_variational_params": 10,
+    }
+    table = markdown_table([row])
+    assert "| OOD AUROC (entropy) | OOD AUROC (MI) |" in table
+    assert "| 0.9600 | 0.9300 |" in table
+
+
+def test_background_on_named_sites_only():
+    model, x, y = _case("mlp")
+    first, second = AutoSparseNormal(model, density=0.3).setup(x, y).sparse_site_names()
+    guide = AutoSparseNormal(
+        model, density=0.3, background="column", background_sites=[first]
+    ).setup(x, y)
+    assert list(guide.background_scales()) == [first]
+    assert isinstance(guide.site_posterior(first), BackgroundSparseNormal)
+    assert not isinstance(guide.site_posterior(second), BackgroundSparseNormal)
+    with pytest.raises(ValueError, match="background_sites names"):
+        AutoSparseNormal(model, background="column", background_sites=["x"]).setup(x, y)
+    with pytest.raises(TypeError, match="background_sites must be a collection"):
+        AutoSparseNormal(model, background="column", background_sites=first)

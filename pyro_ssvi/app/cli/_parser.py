@@ -60,6 +60,22 @@ _TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
         "fraction of each weight tensor that is active, in (0, 1]; at least one "
         "weight per output unit (a warning says when that floor applies)",
     ),
+    "allocation": (
+        str,
+        "SSVI: how the density budget is shared between weight tensors (erk: "
+        "Erdos-Renyi-kernel, as in RigL)",
+    ),
+    "dense_below": (
+        int,
+        "SSVI: weight tensors of at most this many elements get a dense "
+        "posterior, charged to the density budget (0: none)",
+    ),
+    "background": (
+        str,
+        "SSVI: a learnt N(0, s^2) on the inactive coordinates, s per input unit "
+        "(column) or per weight tensor (layer)",
+    ),
+    "background_init": (float, "SSVI: the background scales' initial value"),
     "removal": (str, "removal criterion"),
     "addition": (str, "addition rule"),
     "update_every": (int, "steps between subspace updates"),
@@ -119,7 +135,9 @@ _BOOL_FLAGS = {
 
 def _options() -> dict[str, Sequence[str]]:
     """The names each option flag accepts, from the registries."""
+    from ...background import BACKGROUNDS
     from ...criteria import CRITERIA
+    from ...initialization import ALLOCATIONS
     from ...schedules import SCHEDULES
     from ...svi import ADDITIONS
     from ..training import MODELS, dataset_tasks
@@ -134,6 +152,8 @@ def _options() -> dict[str, Sequence[str]]:
         "optimizer": OPTIMIZERS,
         "lr_schedule": LR_SCHEDULES,
         "sparse_compute": list(SPARSE_COMPUTE),
+        "allocation": ALLOCATIONS,
+        "background": ["none", *BACKGROUNDS],
     }
 
 

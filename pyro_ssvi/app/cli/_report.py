@@ -45,6 +45,7 @@ _PAIRED = {
         ("test ECE (top-label, 15 bins)", "test_ece"),
         ("test marginal CE (reference ECE)", "test_marginal_ce"),
         ("OOD AUROC (entropy)", "ood_auroc"),
+        ("OOD AUROC (mutual information)", "ood_auroc_mi"),
     ),
     "regression": (
         ("test RMSE", "test_rmse"),

@@ -40,6 +40,7 @@ from ._evaluate import (
     evaluate_predictions,
     evaluate_run,
     load_run,
+    mi_auroc,
     num_variational_params,
 )
 from ._lock import LOCK_FILE, RunDirInUse, own_directory, own_output_file
@@ -76,6 +77,7 @@ __all__ = [
     "evaluate_predictions",
     "evaluate_run",
     "load_run",
+    "mi_auroc",
     "num_variational_params",
     "own_directory",
     "own_output_file",

@@ -69,12 +69,14 @@ class TrainConfig:
             (Pyro's ``AutoNormal``, the dense-VI baseline); both train by
             the same loop (:func:`~pyro_ssvi.app.training.train_step`).
         density: Active fraction per sparse site; 1.0 runs SSVI densely.
-        allocation, dense_below, background, background_init: SSVI's
+        allocation, dense_below, background, background_init,
+        background_sites: SSVI's
             posterior family, as in :class:`~pyro_ssvi.AutoSparseNormal`
             (``background="none"`` is None): the budget's allocation
             (``"uniform"`` or ``"erk"``), sites kept dense (and charged) up
             to this many elements, and a learnt background variance on the
-            inactive coordinates (``"column"`` or ``"layer"``).
+            inactive coordinates (``"column"`` or ``"layer"``; on the
+            named sites only, or all).
         removal, addition, update_every, drop_fraction, drop_schedule:
             Subspace reselection, as in :class:`~pyro_ssvi.SubspaceScheduler`.
         stop_updates_fraction: Fraction of the training steps after which the
@@ -131,6 +133,7 @@ class TrainConfig:
     dense_below: int = 0
     background: str = "none"
     background_init: float = 0.01
+    background_sites: tuple[str, ...] | None = None
     removal: str = "snr_abs"
     addition: str = "grad"
     update_every: int = 100
@@ -163,8 +166,9 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.hidden, list):  # from JSON
-            object.__setattr__(self, "hidden", tuple(self.hidden))
+        for name in ("hidden", "background_sites"):
+            if isinstance(getattr(self, name), list):  # from JSON
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         _validate(self)
 
     @property
@@ -225,6 +229,7 @@ def family_options(c: TrainConfig) -> dict[str, Any]:
         dense_below=c.dense_below,
         background=None if c.background == "none" else c.background,
         background_init=c.background_init,
+        background_sites=c.background_sites,
     )
 
 
