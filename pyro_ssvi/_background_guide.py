@@ -60,6 +60,13 @@ class BackgroundParams(GuideLoading):
     background_init: float
     background_sites: frozenset[str] | None
 
+    def _init_background(self, background: Any, init: Any, sites: Any) -> None:
+        """Check and keep the guide's background arguments."""
+        check_background(background, init, sites)
+        self.background_sites = None if sites is None else frozenset(sites)
+        self.background = background
+        self.background_init = float(init)
+
     def _new_trees(self) -> None:
         super()._new_trees()
         self.backgrounds = PyroModule()

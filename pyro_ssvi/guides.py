@@ -29,11 +29,8 @@ from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoGuide
 from torch.distributions import Distribution, transform_to
 
-from ._background_guide import (
-    BackgroundParams,
-    check_background,
-    drop_background_store_entries,
-)
+from ._allocation import BudgetAllocation
+from ._background_guide import BackgroundParams, drop_background_store_entries
 from ._guide_state import encode
 from ._pyro_compat import (
     InitMessenger,
@@ -49,12 +46,10 @@ from ._storage import SubspaceParams, after_load, compact_indices
 from .background import BackgroundSparseNormal
 from .distributions import SparseNormal
 from .initialization import (
-    ALLOCATIONS,
     DEFAULT_INIT_SCALE,
     DEFAULT_WEIGHT_INIT_SCALE,
     INIT_ACTIVE,
     active_floor,
-    allocate_densities,
     init_to_kaiming,
     initial_active_set,
     initial_scales,
@@ -76,7 +71,7 @@ __all__ = [
 DEFAULT_MIN_SPARSE_NUMEL = 4096
 
 
-class AutoSparseNormal(BackgroundParams, AutoGuide):
+class AutoSparseNormal(BackgroundParams, BudgetAllocation, AutoGuide):
     r"""Mean-field Normal guide restricted to a fixed-size sparse subspace per site.
 
     Every *sparse* site keeps exactly
@@ -184,30 +179,8 @@ class AutoSparseNormal(BackgroundParams, AutoGuide):
         background_sites: Collection[str] | None = None,
     ) -> None:
         _validate(density, init_loc_fn, init_scale, init_active, sparse_sites)
-        check_background(background, background_init, background_sites)
-        self.background_sites = (
-            None if background_sites is None else frozenset(background_sites)
-        )
-        self.background = background
-        self.background_init = float(background_init)
-        if allocation not in ALLOCATIONS:
-            raise ValueError(
-                f"AutoSparseNormal: allocation must be one of {ALLOCATIONS}, got "
-                f"{allocation!r}."
-            )
-        if isinstance(dense_below, bool) or not isinstance(dense_below, int):
-            raise TypeError(
-                "AutoSparseNormal: dense_below must be an int >= 0 (a number of "
-                f"elements), got {dense_below!r}."
-            )
-        if dense_below < 0:
-            raise ValueError(
-                f"AutoSparseNormal: dense_below must be >= 0, got {dense_below}."
-            )
-        self.allocation = allocation
-        self.dense_below = dense_below
-        self._site_density: dict[str, float] = {}
-        self._charged: set[str] = set()
+        self._init_background(background, background_init, background_sites)
+        self._init_allocation(allocation, dense_below)
         if not isinstance(min_sparse_numel, int) or min_sparse_numel < 1:
             raise ValueError(
                 "AutoSparseNormal: min_sparse_numel must be a positive int, "
@@ -300,23 +273,6 @@ class AutoSparseNormal(BackgroundParams, AutoGuide):
                 UserWarning,
                 stacklevel=4,
             )
-
-    def _allocate(self, sites: dict[str, Any]) -> None:
-        """Each sparse site's density under ``allocation`` and ``dense_below``;
-        the sites it makes dense (density 1) are charged to the budget."""
-        rule = self._sparse_sites
-        shapes = {
-            name: site["value"].shape
-            for name, site in sites.items()
-            if is_sparse(name, site, rule, self.dense_sites, self.min_sparse_numel)
-        }
-        small = [n for n, shape in shapes.items() if shape.numel() <= self.dense_below]
-        self._site_density = allocate_densities(
-            shapes, self.target_density, self.allocation, small
-        )
-        self._charged = set()
-        if self.allocation != "uniform" or small:
-            self._charged = {n for n, d in self._site_density.items() if d >= 1.0}
 
     def _add_site(self, name: str, site: dict[str, Any]) -> None:
         value = site["value"].detach()
@@ -456,22 +412,6 @@ class AutoSparseNormal(BackgroundParams, AutoGuide):
             return math.nan
         full = sum(self._sites[n].shape.numel() for n in charged)
         return (sum(self.num_active().values()) + full) / total
-
-    def charged_site_names(self) -> list[str]:
-        """Dense sites charged to the density budget (``allocation`` or
-        ``dense_below`` made them dense). After loading a state dict into a
-        never-called guide: its dense weight sites (at least two dimensions)
-        not in ``dense_sites``, when either option is set."""
-        self._require_params()
-        if self._charged:
-            return [n for n in self._sites if n in self._charged]
-        if self.allocation == "uniform" and not self.dense_below:
-            return []
-        return [
-            n
-            for n, s in self._sites.items()
-            if not s.sparse and len(s.shape) >= 2 and n not in self.dense_sites
-        ]
 
     def num_variational_params(self) -> int:
         """Number of variational parameters (means plus scales) of all sites."""
