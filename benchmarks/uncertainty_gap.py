@@ -117,6 +117,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "background": "column",
         "background_sites": ("net.1.weight",),
     },
+    # (d): s_jc = r_j c_c, so that units that need precision can get it.
+    "background per row x column": {"background": "rowcol"},
 }
 #: The families stage's check that the stored SSVI d=0.1 runs reproduce.
 REPRO = "SSVI d=0.1 (repro)"

@@ -74,9 +74,10 @@ class BackgroundParams(GuideLoading):
     def _new_background(self, name: str, shape: torch.Size, like: torch.Tensor) -> None:
         """A sparse site's background scales, all ``background_init``."""
         assert self.background is not None
+        start = float(self.background_init)  # "rowcol": r c starts there
         init = torch.full(
             background_shape(self.background, shape),
-            float(self.background_init),
+            start**0.5 if self.background == "rowcol" else start,
             dtype=like.dtype,
             device=like.device,
         )

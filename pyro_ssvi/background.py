@@ -69,15 +69,21 @@ __all__ = [
     "noise_std",
 ]
 
-#: The background's sharing: one scale per input unit (column) or per layer.
-BACKGROUNDS = ("column", "layer")
+#: The background's sharing: one scale per input unit (column), per layer, or
+#: a product :math:`s_{jc} = r_j c_c` of a row (output unit) and a column scale.
+BACKGROUNDS = ("column", "layer", "rowcol")
 
 
 def background_shape(kind: str, shape: torch.Size) -> torch.Size:
     """Shape of a site's background scales: ``(in,)`` per column of an
-    ``(out, in, *kernel)`` weight, ``(1,)`` per layer."""
+    ``(out, in, *kernel)`` weight, ``(1,)`` per layer, ``(out + in,)`` for
+    ``"rowcol"`` (the row scales, then the column scales)."""
+    if len(shape) < 2:
+        return torch.Size([1])
     if kind == "column":
-        return torch.Size([shape[1]]) if len(shape) >= 2 else torch.Size([1])
+        return torch.Size([shape[1]])
+    if kind == "rowcol":
+        return torch.Size([shape[0] + shape[1]])
     return torch.Size([1])
 
 
@@ -96,8 +102,9 @@ class BackgroundSparseNormal(SparseNormal):
     Args:
         loc, scale, indices, shape, validate_args: As :class:`SparseNormal`.
         background: The background scales, shape ``(in,)`` (per column of a
-            weight of ``shape`` ``(out, in, *kernel)``) or ``(1,)`` (per
-            layer); non-negative.
+            weight of ``shape`` ``(out, in, *kernel)``), ``(1,)`` (per
+            layer) or ``(out + in,)`` (row scales ``r`` then column scales
+            ``c``: :math:`s_{jc} = r_j c_c`); non-negative.
     """
 
     def __init__(
@@ -111,20 +118,21 @@ class BackgroundSparseNormal(SparseNormal):
     ) -> None:
         super().__init__(loc, scale, indices, shape, validate_args=validate_args)
         event = torch.Size(shape)
-        if validate_args is not False and background.shape not in (
-            torch.Size([1]),
-            torch.Size([event[1] if len(event) >= 2 else 1]),
-        ):
+        if validate_args is not False and background.shape not in {
+            background_shape(kind, event) for kind in BACKGROUNDS
+        }:
             raise ValueError(
-                f"BackgroundSparseNormal: background must have shape (in,) or (1,) "
-                f"for a site of shape {tuple(event)}, got {tuple(background.shape)}."
+                "BackgroundSparseNormal: background must have shape (in,), (1,) or "
+                f"(out + in,) for a site of shape {tuple(event)}, got "
+                f"{tuple(background.shape)}."
             )
         self.background = background
+        self.rowcol = len(event) >= 2 and background.numel() == event[0] + event[1]
 
     def expand(self, batch_shape, _instance=None):  # type: ignore[no-untyped-def]
         new = self._get_checked_instance(BackgroundSparseNormal, _instance)
         new = super().expand(batch_shape, new)
-        new.background = self.background
+        new.background, new.rowcol = self.background, self.rowcol
         return new
 
     def with_loc(self, loc: torch.Tensor) -> "BackgroundSparseNormal":
@@ -142,15 +150,31 @@ class BackgroundSparseNormal(SparseNormal):
         inner = shape[2:].numel()
         return torch.div(self.indices, inner, rounding_mode="floor") % shape[1]
 
+    def rows(self) -> torch.Tensor:
+        """The row (output unit) of every active coordinate, shape ``(k,)``."""
+        inner = self.event_shape[1:].numel()
+        return torch.div(self.indices, inner, rounding_mode="floor")
+
     def column_variance(self) -> torch.Tensor:
-        """:math:`s_c^2` per column, shape ``(in,)`` (broadcast per layer)."""
+        """:math:`s_c^2` (``"rowcol"``: :math:`c_c^2`) per column, shape
+        ``(in,)`` (broadcast per layer)."""
         width = self.event_shape[1] if len(self.event_shape) >= 2 else 1
+        if self.rowcol:
+            return self.background[self.event_shape[0] :] ** 2
         return (self.background**2).expand(width)
 
+    def row_variance(self) -> torch.Tensor | None:
+        """``"rowcol"``: :math:`r_j^2` per row, shape ``(out,)``; else None."""
+        return self.background[: self.event_shape[0]] ** 2 if self.rowcol else None
+
     def active_background_variance(self) -> torch.Tensor:
-        """:math:`s_{c(j)}^2` of each active coordinate's column, shape ``(k,)``."""
-        s2 = self.background**2
-        return s2.expand(self.indices.shape) if s2.numel() == 1 else s2[self.columns()]
+        """:math:`s^2` of each active coordinate, shape ``(k,)``."""
+        s2 = self.column_variance()
+        values = (
+            s2.expand(self.indices.shape) if s2.numel() == 1 else s2[self.columns()]
+        )
+        rows = self.row_variance()
+        return values if rows is None else values * rows[self.rows()]
 
     def inactive_counts(self) -> torch.Tensor:
         """:math:`n_c - k_c`, the inactive coordinates per column, in ``O(k)``."""
@@ -167,7 +191,11 @@ class BackgroundSparseNormal(SparseNormal):
         shape = self.event_shape
         s2 = self.column_variance()
         view = [1, -1] + [1] * (len(shape) - 2) if len(shape) >= 2 else [-1]
-        dense = s2.reshape(view).expand(shape).reshape(-1).clone()
+        dense = s2.reshape(view).expand(shape)
+        rows = self.row_variance()
+        if rows is not None:
+            dense = dense * rows.reshape([-1] + [1] * (len(shape) - 1))
+        dense = dense.reshape(-1).clone()
         dense = dense.index_fill(0, self.indices, 0.0)
         return dense.reshape(shape)
 
@@ -205,12 +233,35 @@ class BackgroundSparseNormal(SparseNormal):
     def variance(self) -> torch.Tensor:
         return self.scatter(self.scale**2) + self.background_variance()
 
+    def inactive_log_scale(self) -> torch.Tensor:
+        r""":math:`\sum_{j \notin A} \log s_j` in ``O(k + \text{in})``: from the
+        inactive counts per column (and, ``"rowcol"``, per row)."""
+        if not self.rowcol:
+            return (self.inactive_counts() * self.background.log()).sum()
+        out = self.event_shape[0]
+        per_row = self.event_shape[1:].numel()
+        rows = per_row - torch.bincount(self.rows(), minlength=out).to(self.loc.dtype)
+        logs = self.background.log()
+        return (rows * logs[:out]).sum() + (self.inactive_counts() * logs[out:]).sum()
+
+    def inactive_square_scale(self) -> torch.Tensor:
+        r""":math:`\sum_{j \notin A} s_j^2` in ``O(k + \text{in})``; for
+        ``"rowcol"`` :math:`\sum_r r_r^2 (\kappa \sum_c c_c^2 - \sum_{c \in
+        A_r} c_c^2)`, :math:`\kappa` the kernel size."""
+        rows = self.row_variance()
+        if rows is None:
+            return (self.inactive_counts() * self.background**2).sum()
+        c2 = self.column_variance()
+        kernel = self.event_shape[2:].numel()
+        active = torch.zeros_like(rows).index_add(0, self.rows(), c2[self.columns()])
+        return (rows * (kernel * c2.sum() - active)).sum()
+
     def entropy(self) -> torch.Tensor:
-        r"""Active entropy plus :math:`\sum_c (n_c - k_c)(\frac12 + \frac12\log
-        2\pi + \log s_c)`."""
-        counts = self.inactive_counts()
-        bg = counts * (0.5 + 0.5 * math.log(2 * math.pi) + self.background.log())
-        return super().entropy() + bg.sum()
+        r"""Active entropy plus :math:`\sum_{j \notin A} (\frac12 +
+        \frac12\log 2\pi + \log s_j)`."""
+        free = self.event_shape.numel() - self.indices.numel()
+        bg = free * (0.5 + 0.5 * math.log(2 * math.pi)) + self.inactive_log_scale()
+        return super().entropy() + bg
 
 
 def background_kl(
@@ -231,10 +282,11 @@ def background_kl(
         raise NotImplementedError
     m, sp = scalar
     active = constant_prior_kl(q.loc, q.scale, m, sp, q.loc.shape[-1])
-    s = q.background
+    free = q.event_shape.numel() - q.indices.numel()
     log_sp = math.log(sp) if isinstance(sp, float) else sp.log()
-    per = log_sp - s.log() + (s * s + m * m) / (2 * sp * sp) - 0.5
-    return active + (q.inactive_counts() * per).sum()
+    const = free * (log_sp + m * m / (2 * sp * sp) - 0.5)
+    squares = q.inactive_square_scale() / (2 * sp * sp)
+    return active + const - q.inactive_log_scale() + squares
 
 
 @register_kl(BackgroundSparseNormal, Independent)
@@ -269,13 +321,15 @@ def linear_background_variance(
             layer's path); default: a dense product of the scattered values.
     """
     x2 = x * x
-    total = x2 @ post.column_variance()
+    total = (x2 @ post.column_variance()).unsqueeze(-1)
+    rows = post.row_variance()  # "rowcol": r_j^2 times the column sum
+    total = total if rows is None else total * rows
     values = post.active_background_variance()
     if pattern_product is None:
         share = F.linear(x2, post.scatter(values))
     else:
         share = pattern_product(x2, values)
-    return (total.unsqueeze(-1) - share).clamp_min(0.0)
+    return (total - share).clamp_min(0.0)
 
 
 def conv_background_variance(
@@ -296,6 +350,9 @@ def conv_background_variance(
     total = conv(x2, box.contiguous(), None, **conv_kwargs)
     if groups != 1:
         total = total.repeat_interleave(shape[0] // groups, dim=-len(shape) + 1)
+    rows = post.row_variance()
+    if rows is not None:  # "rowcol": r^2 per output channel
+        total = total * rows.reshape(-1, *([1] * (len(shape) - 2)))
     share = conv(
         x2, post.scatter(post.active_background_variance()), None, **conv_kwargs
     )

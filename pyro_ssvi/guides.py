@@ -136,9 +136,10 @@ class AutoSparseNormal(BackgroundParams, BudgetAllocation, AutoGuide):
             MNIST MLP), charged to the budget: the other sites share what is
             left. 0 (default): none.
         background: ``None`` (default: SSVI, inactive coordinates are exact
-            zeros), ``"column"`` or ``"layer"``: inactive coordinates are
-            :math:`\mathcal{N}(0, s^2)` with a learnt ``s`` per input unit or
-            per site (:class:`~pyro_ssvi.background.BackgroundSparseNormal`;
+            zeros), ``"column"``, ``"layer"`` or ``"rowcol"``: inactive
+            coordinates are :math:`\mathcal{N}(0, s^2)` with a learnt ``s`` per
+            input unit, per site, or :math:`s_{jc} = r_j c_c` per output unit
+            and input unit (:class:`~pyro_ssvi.background.BackgroundSparseNormal`;
             its layers never draw the background densely).
         background_init: The background scales' start (default 0.01, the
             weights' initial posterior scale: every coordinate then starts

@@ -116,17 +116,22 @@ def _dense_kl(q, m, sp):
     return each.sum()
 
 
-@pytest.mark.parametrize("per", ["column", "layer"])
+@pytest.mark.parametrize("per", ["column", "layer", "rowcol"])
 def test_background_variance_and_kl_equal_dense_references(per):
     shape = torch.Size([5, 7])
-    s = torch.rand(7 if per == "column" else 1, dtype=torch.float64) + 0.05
+    size = {"column": 7, "layer": 1, "rowcol": 12}[per]
+    s = torch.rand(size, dtype=torch.float64) + 0.05
     _, q = _posteriors(shape, 11, s)
     x = torch.randn(3, 7, dtype=torch.float64)
     mask = q.scatter(torch.ones_like(q.loc)) == 0
-    dense_var = torch.where(mask, s.expand(7) ** 2, 0.0)
+    if per == "rowcol":  # s_jc = r_j c_c
+        each = torch.outer(s[:5], s[5:]) ** 2
+    else:
+        each = (s.expand(7) ** 2).expand(shape)
+    dense_var = torch.where(mask, each, 0.0)
     expected = (x * x) @ dense_var.T
     assert torch.allclose(linear_background_variance(x, q), expected, rtol=1e-12)
-    assert torch.equal(q.background_variance(), dense_var)
+    assert torch.allclose(q.background_variance(), dense_var, rtol=1e-14, atol=0)
     m, sp = 0.3, 1.7
     f64 = dict(dtype=torch.float64)
     kl = background_kl(
@@ -140,10 +145,11 @@ def test_background_variance_and_kl_equal_dense_references(per):
     )
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_conv_background_variance_is_the_box_sum_minus_the_active_share(groups):
+@pytest.mark.parametrize("groups, rowcol", [(1, False), (2, False), (1, True)])
+def test_conv_background_variance_is_the_box_sum_minus_the_active_share(groups, rowcol):
     shape = torch.Size([4, 6 // groups, 3, 3])
-    s = torch.rand(shape[1], dtype=torch.float64) + 0.05
+    size = shape[0] + shape[1] if rowcol else shape[1]
+    s = torch.rand(size, dtype=torch.float64) + 0.05
     _, q = _posteriors(shape, 20, s)
     x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
     kw = {"padding": 1, "stride": 2, "groups": groups}
@@ -151,6 +157,8 @@ def test_conv_background_variance_is_the_box_sum_minus_the_active_share(groups):
     got = conv_background_variance(x, q, kw)
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
+    entropy = torch.distributions.Normal(0, q.variance.sqrt()).entropy()
+    assert q.entropy().item() == pytest.approx(entropy.sum().item(), rel=1e-12)
 
 
 LAYER_HANDLERS = {
@@ -211,16 +219,18 @@ def _background_pair(kind, per="column"):
     return model, guide, x, y
 
 
-CASES = [(e, k, "none") for e in sorted(ELBOS) for k in ("mlp", "cnn")] + [
-    ("TraceSparseMeanField_ELBO", k, h)
+CASES = [(e, k, "none", "column") for e in sorted(ELBOS) for k in ("mlp", "cnn")]
+CASES += [
+    ("TraceSparseMeanField_ELBO", k, h, "column")
     for k in ("mlp", "cnn")
     for h in ("lrt", "lrt_sparse", "sparse_sampling")
 ]
+CASES += [("TraceSparseMeanField_ELBO", k, "none", "rowcol") for k in ("mlp", "cnn")]
 
 
-@pytest.mark.parametrize("elbo_name, kind, handler", CASES)
-def test_background_direct_step_equals_the_traced_elbo(elbo_name, kind, handler):
-    model, guide, x, y = _background_pair(kind)
+@pytest.mark.parametrize("elbo_name, kind, handler, per", CASES)
+def test_background_direct_step_equals_the_traced_elbo(elbo_name, kind, handler, per):
+    model, guide, x, y = _background_pair(kind, per)
     elbo = ELBOS[elbo_name]()
     fast = TraceSparseMeanField_ELBO() if elbo_name.startswith("TraceSparse") else elbo
     step = direct_step(model, guide, fast)

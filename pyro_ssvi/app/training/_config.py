@@ -75,7 +75,7 @@ class TrainConfig:
             (``background="none"`` is None): the budget's allocation
             (``"uniform"`` or ``"erk"``), sites kept dense (and charged) up
             to this many elements, and a learnt background variance on the
-            inactive coordinates (``"column"`` or ``"layer"``; on the
+            inactive coordinates (``"column"``, ``"layer"`` or ``"rowcol"``; on the
             named sites only, or all).
         removal, addition, update_every, drop_fraction, drop_schedule:
             Subspace reselection, as in :class:`~pyro_ssvi.SubspaceScheduler`.
