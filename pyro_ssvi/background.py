@@ -3,7 +3,9 @@ r"""A sparse posterior with a learnable background variance on its inactive coor
 :class:`BackgroundSparseNormal` is :class:`~pyro_ssvi.distributions.SparseNormal`
 whose inactive coordinates are not fixed at zero but drawn from
 :math:`\mathcal{N}(0, s_c^2)`, with :math:`s_c` shared per input unit (the
-*column* ``c`` of a weight ``(out, in, *kernel)``) or per layer (one ``s``):
+*column* ``c`` of a weight ``(out, in, *kernel)``) or per layer (one ``s``), or
+the product :math:`s_{jc} = r_j c_c` of a row and a column scale (``"rowcol"``,
+``out + in`` scales; every formula below then carries :math:`r_j^2` per row):
 
 .. math::
 
