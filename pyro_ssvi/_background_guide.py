@@ -104,28 +104,21 @@ class BackgroundParams(GuideLoading):
             out[name] = self._scale_transform(raw).detach().clone()
         return out
 
-    def _posterior(
-        self,
-        name: str,
-        loc: torch.Tensor | None = None,
-        scale: torch.Tensor | None = None,
-        detach: bool = False,
-        background: torch.Tensor | None = None,
-    ) -> Distribution:
-        post: Any = super()._posterior(name, loc, scale, detach)  # type: ignore[misc]
+    def _full_posterior(self, name: str) -> Distribution:
+        """A site's posterior with its background, if it has one (parameters
+        read as Pyro reads them: ``pyro.param`` statements)."""
+        post: Any = self._posterior(name)  # type: ignore[attr-defined]
         if not self._has_background(name):
             return post
-        if background is None:  # a pyro.param read, as Pyro reads
-            background = getattr(*self._background_leaf(name))
-        if detach:
-            background = background.detach()
+        background = getattr(*self._background_leaf(name))
         return BackgroundSparseNormal(
             post.loc, post.scale, post.indices, post.event_shape, background, False
         )
 
-    def _posteriors(self, detach: bool = False) -> Any:
-        """As the storage's, a background site's leaves with its raw scales."""
-        out: Any = super()._posteriors(detach)
+    def _full_posteriors(self, detach: bool = False) -> Any:
+        """The storage's ``_posteriors`` (for the direct step) with the
+        backgrounds: a background site's leaves end with its raw scales."""
+        out: Any = self._posteriors(detach)  # type: ignore[attr-defined]
         if self.background is None:
             return out
         result: list[tuple[Any, tuple[torch.Tensor, ...]]] = []

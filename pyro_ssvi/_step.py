@@ -250,7 +250,7 @@ class DirectStep:
         if context is None:
             return None
         kl_weight, lazy = context
-        posteriors = self.guide._posteriors(detach=growth)
+        posteriors = self.guide._full_posteriors(detach=growth)
         draws = [
             self._draw(b, q, lazy, probes)
             for b, (q, _) in zip(self.bindings, posteriors)

@@ -326,7 +326,7 @@ class AutoSparseNormal(BackgroundParams, BudgetAllocation, AutoGuide):
                 for frame in site["cond_indep_stack"]:
                     if frame.vectorized:
                         stack.enter_context(plates[frame.name])
-                posterior: Any = self._posterior(name)  # params read inside plates
+                posterior: Any = self._full_posterior(name)  # read inside plates
                 infer: Any = self._infer(name)
                 if isinstance(posterior, BackgroundSparseNormal) and not any(
                     isinstance(h, LazyWeightMessenger) for h in handler_stack()
@@ -345,7 +345,7 @@ class AutoSparseNormal(BackgroundParams, BudgetAllocation, AutoGuide):
         sparse site, a (transformed) mean-field Normal for a dense one."""
         self._require_site(name)
         with module_context(self):
-            return self._posterior(name)
+            return self._full_posterior(name)
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> SparseNormal:
         """The joint posterior of the whole unconstrained latent vector.
