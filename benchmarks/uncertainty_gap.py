@@ -1019,7 +1019,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPU cores, {args.jobs} runs at a time, "
         f"{args.threads} torch thread(s) each"
     )
-    if not args.smoke:  # the stored runs of the other stages stay
+    stored = args.out / "summary.json"
+    if not args.smoke and stored.exists():  # the stored runs of other stages stay
+        before = json.loads(stored.read_text()).get("machine", "")
+        first = before.split("; ")[0]
+        if first and first != machine:
+            machine = f"{first}; {', '.join(args.stages)}: {machine}"
         results = merge_stored(args.out, results)
     write_summary(args.out, results, machine, smoke=args.smoke)
     if args.timing:
