@@ -340,3 +340,21 @@ def test_background_on_named_sites_only():
         AutoSparseNormal(model, background="column", background_sites=["x"]).setup(x, y)
     with pytest.raises(TypeError, match="background_sites must be a collection"):
         AutoSparseNormal(model, background="column", background_sites=first)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("background", "row", "--background must be one of"),
+        ("allocation", "rigl", "allocation must be one of ('uniform', 'erk')"),
+        ("dense_below", -3, "dense_below must be >= 0"),
+    ],
+)
+def test_bad_family_settings_fail_in_one_line(field, value, message):
+    from pyro_ssvi.app.training import ConfigError, TrainConfig
+
+    with pytest.raises(
+        ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
+    ) as e:
+        TrainConfig(**{field: value})
+    assert "\n" not in str(e.value)

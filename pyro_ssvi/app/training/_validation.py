@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ...background import BACKGROUNDS
 from ._choices import (
     GUIDES,
     LR_SCHEDULES,
@@ -56,6 +57,7 @@ def _validate(c: TrainConfig) -> None:
     _choice("optimizer", c.optimizer, OPTIMIZERS)
     _choice("lr-schedule", c.lr_schedule, LR_SCHEDULES)
     _choice("sparse-compute", c.sparse_compute, SPARSE_COMPUTE)
+    _choice("background", c.background, ("none", *BACKGROUNDS))
     stop = c.stop_updates_fraction
     if (
         isinstance(stop, bool)
