@@ -461,7 +461,8 @@ class AutoSparseNormal(BackgroundParams, BudgetAllocation, AutoGuide):
         self, quantiles: list[float] | torch.Tensor, *args: Any, **kwargs: Any
     ) -> dict[str, torch.Tensor]:
         """Posterior quantiles of every site, with a leading quantile dimension
-        (inactive coordinates are zero for every quantile: a point mass)."""
+        (inactive coordinates are zero for every quantile, a point mass, or
+        their background's quantiles)."""
         self._require_params()
         self._check_verified(args, kwargs, "quantiles")
         result = {}
@@ -473,8 +474,14 @@ class AutoSparseNormal(BackgroundParams, BudgetAllocation, AutoGuide):
                     q.reshape((-1,) + (1,) * loc.dim())
                 )
                 if info.sparse:
-                    post: Any = self._posterior(name)
+                    post: Any = self._full_posterior(name)
                     result[name] = post.scatter(values)
+                    if isinstance(post, BackgroundSparseNormal):
+                        z = dist.Normal(0.0, 1.0).icdf(q)
+                        std = post.background_variance().detach().sqrt()
+                        result[name] = (
+                            result[name] + z.reshape((-1,) + (1,) * std.dim()) * std
+                        )
                 else:
                     result[name] = biject_to(info.support)(values)
         return result

@@ -358,3 +358,16 @@ def test_bad_family_settings_fail_in_one_line(field, value, message):
     ) as e:
         TrainConfig(**{field: value})
     assert "\n" not in str(e.value)
+
+
+def test_background_quantiles_are_its_normal_quantiles_off_the_active_set():
+    model, guide, x, y = _background_pair("mlp", per="rowcol")
+    name = guide.sparse_site_names()[0]
+    q = guide.site_posterior(name)
+    got = guide.quantiles([0.1, 0.5, 0.9])[name]
+    mean = q.mean.detach()
+    std = q.variance.detach().sqrt()
+    expected = torch.distributions.Normal(mean, std).icdf(
+        torch.tensor([0.1, 0.5, 0.9]).reshape(3, 1, 1)
+    )
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
