@@ -46,6 +46,7 @@ class BudgetAllocation:
         self.dense_below = dense_below
         self._site_density: dict[str, float] = {}
         self._charged: set[str] = set()
+        self._sparse_names: set[str] = set()
 
     def _allocate(self, sites: dict[str, Any]) -> None:
         """Each sparse site's density under ``allocation`` and ``dense_below``;
@@ -63,6 +64,8 @@ class BudgetAllocation:
         self._charged = set()
         if self.allocation != "uniform" or small:
             self._charged = {n for n, d in self._site_density.items() if d >= 1.0}
+        # The sites that get a subspace (the sparse_sites rule asked once each).
+        self._sparse_names = set(shapes) - self._charged
 
     def charged_site_names(self) -> list[str]:
         """Dense sites charged to the density budget (``allocation`` or

@@ -40,7 +40,7 @@ from ._pyro_compat import (
     module_context,
     periodic_repeat,
 )
-from ._sites import Site, is_sparse, is_weight, lrt_weight
+from ._sites import Site, is_weight, lrt_weight
 from ._softplus import softplus_positive
 from ._storage import SubspaceParams, after_load, compact_indices
 from .background import BackgroundSparseNormal
@@ -283,10 +283,7 @@ class AutoSparseNormal(BackgroundParams, BudgetAllocation, AutoGuide):
         scale = self._init_scale
         if scale is None:
             scale = DEFAULT_WEIGHT_INIT_SCALE if is_weight(site) else DEFAULT_INIT_SCALE
-        rule = self._sparse_sites
-        if name not in self._charged and is_sparse(
-            name, site, rule, self.dense_sites, self.min_sparse_numel
-        ):
+        if name in self._sparse_names:  # decided by _allocate
             density = self._site_density.get(name, self.target_density)
             k = num_active(name, value.shape, density)
             idx = initial_active_set(self.init_active, self.init_loc_fn, name, value, k)
