@@ -14,6 +14,7 @@ MODULES = [
     "pyro_ssvi.app.checkpoint",
     "pyro_ssvi.app.cli",
     "pyro_ssvi.app.compare",
+    "pyro_ssvi.background",
     "pyro_ssvi.criteria",
     "pyro_ssvi.app.data",
     "pyro_ssvi.distributed",
