@@ -29,7 +29,7 @@ active pattern's share (:func:`conv_background_variance`). The layers of
 or :math:`v` to the variance (local reparameterisation): per example, the
 same distribution as a dense weight draw, since the rows of a weight are
 independent. Any other use of the weight gets an exact dense draw
-(:meth:`BackgroundSparseNormal.rsample`).
+(``BackgroundSparseNormal.rsample``).
 
 At :math:`s = 0` every draw and every layer output is exactly SSVI's. The
 KL term against a Normal prior :math:`\mathcal{N}(m, \sigma_p^2)` (one value

@@ -69,9 +69,8 @@ class TrainConfig:
             (Pyro's ``AutoNormal``, the dense-VI baseline); both train by
             the same loop (:func:`~pyro_ssvi.app.training.train_step`).
         density: Active fraction per sparse site; 1.0 runs SSVI densely.
-        allocation, dense_below, background, background_init,
-        background_sites: SSVI's
-            posterior family, as in :class:`~pyro_ssvi.AutoSparseNormal`
+        allocation, dense_below, background, background_init, background_sites:
+            SSVI's posterior family, as in :class:`~pyro_ssvi.AutoSparseNormal`
             (``background="none"`` is None): the budget's allocation
             (``"uniform"`` or ``"erk"``), sites kept dense (and charged) up
             to this many elements, and a learnt background variance on the
