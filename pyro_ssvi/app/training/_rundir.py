@@ -36,6 +36,7 @@ RUN_FILES = (
     "metrics.json",
     "checkpoint.pt",
     "subspace_updates.json",
+    "active_start.pt",
 )
 #: Files under ``plots/`` that a run writes, by task (``ood_entropy.png`` only
 #: with an OOD set).
@@ -46,6 +47,7 @@ PLOTS_BY_TASK = {
         "ood_entropy.png",
         "layer_density.png",
         "swap_fraction.png",
+        "active_set.png",
     ),
     "regression": (
         "training_curves.png",
@@ -53,6 +55,7 @@ PLOTS_BY_TASK = {
         "predictions.png",
         "layer_density.png",
         "swap_fraction.png",
+        "active_set.png",
     ),
 }
 #: Every file under ``plots/`` that a run may write.
