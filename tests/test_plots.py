@@ -4,6 +4,8 @@ written whole (no temporary file left)."""
 
 from __future__ import annotations
 
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +99,58 @@ def test_training_curves_use_one_row_up_to_three_panels(tmp_path, count, grid):
     assert len(fig.axes) == count
     assert fig.get_size_inches().tolist() == [4.0 * grid[1], 3.0 * grid[0]]
     assert [ax.lines[0].get_ydata().tolist() for ax in fig.axes] == [[1, 2]] * count
+
+
+def _assert_plain_ticks(fig) -> None:
+    """No axis of ``fig`` has an offset ("+9.32e-1") or scientific tick labels."""
+    fig.canvas.draw()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            assert axis.get_offset_text().get_text() == "", ax.get_title()
+            for label in axis.get_ticklabels():
+                text = label.get_text()
+                assert not re.search(r"\d[eE][-+−]?\d|\\times|×", text), text
+
+
+@pytest.mark.parametrize("each_epoch, final_mc", [(0.932, 0.9321), (0.93212, 0.93218)])
+def test_one_epoch_training_curves_label_ticks_plainly(tmp_path, each_epoch, final_mc):
+    # One epoch, accuracies 0.9320 and 0.9321: matplotlib labelled the axis
+    # with an offset "+9.32e-1" over ticks from -0.00002 to 0.00012 (and
+    # 0.93212, 0.93218 with "1e-5+9.321e-1" over ticks 1 to 9).
+    history = [{"epoch": 1, "train_loss": 0.25, "test_accuracy": each_epoch}]
+    final = {"test_accuracy": final_mc, "num_samples": 10}
+    fig = plots.plot_training_curves(history, tmp_path / "c.png", final=final)
+    _assert_plain_ticks(fig)
+    accuracy = fig.axes[1]
+    labels = [t.get_text() for t in accuracy.yaxis.get_ticklabels()]
+    values = [float(t.replace("\u2212", "-")) for t in labels]
+    assert np.allclose(values, accuracy.get_yticks(), rtol=0, atol=1e-9)
+    low, high = accuracy.get_ylim()
+    assert low <= min(each_epoch, final_mc) and max(each_epoch, final_mc) <= high
+
+
+def test_every_plot_labels_ticks_plainly(tmp_path):
+    """Near-constant and large values: no offset or scientific labels anywhere."""
+    big = torch.tensor([1e6 + 0.01, 1e6 + 0.02, 1e6 + 0.03], dtype=torch.float64)
+    figures = [
+        plots.plot_predictions(big, torch.full((3,), 1e-6), big, tmp_path / "p.png"),
+        plots.plot_regression_calibration(
+            big, torch.full((3,), 1e-4), big, tmp_path / "c.png"
+        ),
+        plots.plot_ood_entropy([1e-5, 1.1e-5], [1.2e-5, 1.3e-5], tmp_path / "o.png"),
+        plots.plot_layer_density({"a": 1}, {"a": 10**7}, tmp_path / "d.png"),
+        plots.plot_swap_fraction(
+            [{"step": 10**7 + s, "num_swapped": {"a": 1}} for s in (1, 2)],
+            {"a": 10**6},
+            tmp_path / "s.png",
+        ),
+        plots.plot_density_tradeoff(
+            [{"density": d, "test_accuracy": 0.93 + d * 1e-4} for d in (0.1, 0.5)],
+            tmp_path / "t.png",
+        ),
+    ]
+    for fig in figures:
+        _assert_plain_ticks(fig)
 
 
 # ------------------------------------------------------------------ calibration
@@ -209,6 +263,76 @@ def test_swap_fraction_without_updates_says_so(tmp_path):
         fig = plots.plot_swap_fraction([], sizes, tmp_path / "s.png")
         assert [t.get_text() for t in fig.axes[0].texts] == ["no subspace updates"]
         assert len(fig.axes[0].lines) == 0
+
+
+# ------------------------------------------------------------------ active set
+def test_column_fractions_by_hand_and_by_a_reference():
+    # (3, 4): row 0 has columns 0 and 1, row 1 column 1, row 2 columns 1 and 3.
+    linear = plots.column_fractions(torch.tensor([0, 1, 5, 9, 11]), (3, 4))
+    assert linear.dtype == torch.float64
+    assert linear.tolist() == [1 / 3, 1.0, 0.0, 1 / 3]
+    # (2, 3, 1, 2): index i is in column (i // 2) % 3; a column holds 2 * 2.
+    conv = plots.column_fractions(torch.tensor([0, 1, 2, 7, 10]), (2, 3, 1, 2))
+    assert conv.tolist() == [0.75, 0.25, 0.25]
+    assert plots.column_fractions([1, 3], (8,)).tolist() == [0.25]  # one column
+    empty = torch.tensor([], dtype=torch.int64)
+    assert plots.column_fractions(empty, (2, 2)).tolist() == [0.0, 0.0]
+    # Reference: the mask with the input axis first, averaged per input unit.
+    g = torch.Generator().manual_seed(0)
+    shape = (5, 7, 3, 2)
+    active = torch.randperm(210, generator=g)[:61]
+    mask = torch.zeros(210, dtype=torch.float64)
+    mask[active] = 1
+    reference = mask.view(shape).transpose(0, 1).reshape(7, -1).mean(1)
+    assert torch.allclose(plots.column_fractions(active, shape), reference)
+
+
+def test_kept_fraction_is_the_share_of_the_start_still_active():
+    assert (
+        plots.kept_fraction(torch.tensor([0, 1, 2, 3]), torch.tensor([2, 3, 4])) == 0.5
+    )
+    assert plots.kept_fraction(torch.tensor([], dtype=torch.int64), [1]) == 1.0
+
+
+def test_active_set_plot_draws_start_and_end_per_input_unit(tmp_path):
+    shapes = {"net.0.weight": (3, 4), "net.2.weight": (2, 3, 1, 2)}
+    start = {"net.0.weight": [0, 1, 5, 9, 11], "net.2.weight": [0, 1, 2, 7, 10]}
+    end = {"net.0.weight": [1, 5, 8, 9, 10], "net.2.weight": [0, 4, 6, 8, 11]}
+    fig = plots.plot_active_set(
+        {k: torch.tensor(v) for k, v in start.items()},
+        {k: torch.tensor(v) for k, v in end.items()},
+        shapes,
+        tmp_path / "a.png",
+    )
+    _check_png(tmp_path / "a.png", fig)
+    _assert_plain_ticks(fig)
+    expected = {  # (start, end, kept) by hand
+        "net.0.weight": ([1 / 3, 1, 0, 1 / 3], [1 / 3, 1, 1 / 3, 0], "60.0%"),
+        "net.2.weight": ([0.75, 0.25, 0.25], [0.5, 0.25, 0.5], "20.0%"),
+    }
+    assert len(fig.axes) == 2
+    for ax, (site, (first, last, kept)) in zip(fig.axes, expected.items()):
+        lines = {line.get_label(): line for line in ax.lines}
+        assert list(lines) == ["start", "end", "density"]
+        assert lines["start"].get_xdata().tolist() == list(range(len(first)))
+        assert lines["start"].get_ydata().tolist() == pytest.approx(first, abs=0)
+        assert lines["end"].get_ydata().tolist() == pytest.approx(last, abs=0)
+        numel = math.prod(shapes[site])
+        assert list(lines["density"].get_ydata()) == [5 / numel] * 2
+        assert ax.get_title() == (
+            f"{site} {shapes[site]}\n{kept} of the start still active"
+        )
+        assert _legend(ax) == ["start", "end", "density"]
+
+
+def test_active_set_plot_without_a_start_or_without_sparse_sites(tmp_path):
+    fig = plots.plot_active_set(None, {"w": [0, 3]}, {"w": (2, 2)}, tmp_path / "a.png")
+    (ax,) = fig.axes
+    assert [line.get_label() for line in ax.lines] == ["end", "density"]
+    assert ax.lines[0].get_ydata().tolist() == [0.5, 0.5]
+    assert ax.get_title().endswith("start not recorded")
+    fig = plots.plot_active_set({}, {}, {}, tmp_path / "b.png")
+    assert fig.axes[0].texts[0].get_text() == "no sparse site: every weight is active"
 
 
 # ---------------------------------------------------------- density trade-off
@@ -353,6 +477,17 @@ def test_failed_write_leaves_no_temporary_file(tmp_path):
             ),
             "'criterion'",
         ),
+        (lambda p: plots.plot_active_set({}, {"a": [0]}, {}, p), "same sites"),
+        (
+            lambda p: plots.plot_active_set(None, {"a": [4]}, {"a": (2, 2)}, p),
+            r"must lie in \[0, 4\)",
+        ),
+        (lambda p: plots.plot_active_set(None, {"a": [1, 1]}, {"a": (4,)}, p), "twice"),
+        (
+            lambda p: plots.plot_active_set(None, {"a": [0.5]}, {"a": (4,)}, p),
+            "integer indices",
+        ),
+        (lambda p: plots.plot_active_set(None, {"a": [0]}, {"a": (0, 2)}, p), "shape"),
     ],
 )
 def test_invalid_input_raises_and_writes_nothing(tmp_path, call, match):

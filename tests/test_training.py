@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pyro
 import pytest
 import torch
 from common import TINY_REGRESSION, TINY_TRAINING
 
+from pyro_ssvi.app import plots
 from pyro_ssvi.app.compare import compare
 from pyro_ssvi.app.training import (
     ConfigError,
@@ -23,9 +25,11 @@ from pyro_ssvi.app.training import (
     TrainingDiverged,
     build_run,
     evaluate_run,
+    load_run,
     train,
     train_step,
 )
+from pyro_ssvi.app.training._active import active_sets, load_active_start
 from pyro_ssvi.app.training._loop import _check_finite
 from pyro_ssvi.guides import AutoSparseNormal
 from pyro_ssvi.poutine import scale_kl
@@ -148,6 +152,41 @@ def test_evaluate_checks_the_number_of_samples(tmp_path):
     train(TrainConfig(epochs=1, **TINY_TRAINING), out, progress=False)
     with pytest.raises(ValueError, match="num_samples must be a positive int, got 0"):
         evaluate_run(out, num_samples=0)
+
+
+def test_a_run_records_its_starting_active_set_and_plots_where_it_moved(tmp_path):
+    """active_start.pt holds the guide's active sets as built (same seed, same
+    sets), and plots/active_set.png is exactly the figure of the per-column
+    fractions at start and at end (the checkpoint's guide)."""
+    config = TrainConfig(epochs=1, **TINY_TRAINING)  # updates at steps 3 and 6
+    out = tmp_path / "run"
+    train(config, out, progress=False)
+    with pyro.settings.context(module_local_params=True):
+        built = build_run(config).guide.active_indices()
+    start = load_active_start(out)
+    assert list(start) == list(built) and len(built) == 3
+    for name, indices in built.items():
+        assert torch.equal(start[name], indices)
+    run, _ = load_run(out)
+    end, shapes = active_sets(run.guide)
+    assert shapes == {n: run.guide.site_shape(n) for n in built}
+    assert all(not torch.equal(start[n], end[n]) for n in end)  # it moved
+    again = plots.plot_active_set(start, end, shapes, tmp_path / "again.png")
+    written = (out / "plots" / "active_set.png").read_bytes()
+    assert (tmp_path / "again.png").read_bytes() == written
+    for ax, name in zip(again.axes, shapes):
+        lines = {line.get_label(): line.get_ydata() for line in ax.lines}
+        assert np.array_equal(
+            lines["start"], plots.column_fractions(start[name], shapes[name]).numpy()
+        )
+        assert np.array_equal(
+            lines["end"], plots.column_fractions(end[name], shapes[name]).numpy()
+        )
+        kept = torch.isin(start[name], end[name]).double().mean().item()
+        assert f"{kept:.1%} of the start still active" in ax.get_title()
+    # Packed masks: about numel / 8 bytes, less than the int64 indices.
+    size = (out / "active_start.pt").stat().st_size
+    assert size < sum(s.numel() for s in shapes.values()) / 8 + 4096
 
 
 # ------------------------------------------- the reference's optional rules

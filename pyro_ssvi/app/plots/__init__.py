@@ -17,6 +17,7 @@ imported only when a function is called::
 
 from __future__ import annotations
 
+from ._active_set import column_fractions, kept_fraction, plot_active_set
 from ._classification import plot_ood_entropy, plot_reliability
 from ._comparison import METRIC_LABELS, plot_density_tradeoff  # noqa: F401
 from ._figure import DPI  # noqa: F401 (constants, as before)
@@ -25,6 +26,9 @@ from ._sparsity import plot_layer_density, plot_swap_fraction
 from ._training import TRAINING_CURVES, plot_training_curves  # noqa: F401
 
 __all__ = [
+    "column_fractions",
+    "kept_fraction",
+    "plot_active_set",
     "plot_density_tradeoff",
     "plot_layer_density",
     "plot_ood_entropy",

@@ -37,8 +37,29 @@ def _figure(
     return fig, [ax for row in axes for ax in row]
 
 
+def _plain_ticks(fig: Figure) -> None:
+    """Label the ticks of every axis of ``fig`` with their plain values.
+
+    matplotlib's :class:`~matplotlib.ticker.ScalarFormatter` otherwise moves
+    a common offset or power of ten into a corner label (``+9.32e-1`` over
+    ticks ``0.00000 ... 0.00012`` when values span ``0.9320 ... 0.9321``);
+    without either, each tick reads as its value. Other formatters (log
+    axes, custom labels) are left alone.
+    """
+    from matplotlib.ticker import ScalarFormatter
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            formatter = axis.get_major_formatter()
+            if isinstance(formatter, ScalarFormatter):
+                formatter.set_useOffset(False)
+                formatter.set_scientific(False)
+
+
 def _save(fig: Figure, path: _PathLike) -> Figure:
-    """Write ``fig`` as a PNG at ``path`` atomically, creating its directory."""
+    """Write ``fig`` as a PNG at ``path`` atomically, creating its directory;
+    every axis labels its ticks plainly (:func:`_plain_ticks`)."""
+    _plain_ticks(fig)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI))

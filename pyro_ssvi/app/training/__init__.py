@@ -10,8 +10,10 @@ flags. A run writes one directory::
                            RNG state
                            (written before the epoch's line in metrics.jsonl)
     subspace_updates.json  per-update record of swapped coordinates
-    plots/*.png            training curves, reliability, OOD entropy, density
-                           (regression: calibration, predictions; PLOTS_BY_TASK)
+    active_start.pt        the active sets at the start (packed masks)
+    plots/*.png            training curves, reliability, OOD entropy, density,
+                           swaps, active sets at start and end (regression:
+                           calibration, predictions; PLOTS_BY_TASK)
     .pyro-ssvi.lock        the lock of the process that owns the directory
                            while it runs (empty; see RunDirInUse), and beside
                            it, while one runs, its record (.pyro-ssvi.lock.owner)

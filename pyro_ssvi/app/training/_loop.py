@@ -31,6 +31,7 @@ from ..checkpoint import (
     signals_deferred,
     write_json,
 )
+from ._active import save_active_start, write_active_set_plot
 from ._config import TrainConfig
 from ._errors import RunInterrupted, RunStopped, TrainingDiverged
 from ._evaluate import final_evaluation, quick_eval
@@ -319,6 +320,7 @@ def _train(
     elif is_main_process():
         env = {**_environment(run), "world_size": world_size()}
         write_json(out / "config.json", {**config.to_dict(), "env": env})
+        save_active_start(run.guide, out)
     try:
         return _epochs_and_evaluation(run, out, start, progress, stop_after_epoch)
     except KeyboardInterrupt as e:
@@ -392,5 +394,6 @@ def _epochs_and_evaluation(
     metrics["wall_time_s"] = elapsed0 + time.perf_counter() - start
     metrics["world_size"] = world_size()
     if is_main_process():
+        write_active_set_plot(run.guide, out)
         write_json(out / "metrics.json", metrics)
     return metrics

@@ -37,6 +37,7 @@ RUN_FILES = (
     "metrics.json",
     "checkpoint.pt",
     "subspace_updates.json",
+    "active_start.pt",
 )
 #: Files under ``plots/`` that a run writes, by task (``ood_entropy.png`` only
 #: with an OOD set).
@@ -47,6 +48,7 @@ PLOTS_BY_TASK = {
         "ood_entropy.png",
         "layer_density.png",
         "swap_fraction.png",
+        "active_set.png",
     ),
     "regression": (
         "training_curves.png",
@@ -54,6 +56,7 @@ PLOTS_BY_TASK = {
         "predictions.png",
         "layer_density.png",
         "swap_fraction.png",
+        "active_set.png",
     ),
 }
 #: Every file under ``plots/`` that a run may write.
