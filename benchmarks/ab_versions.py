@@ -71,13 +71,15 @@ def main(argv: list[str] | None = None) -> None:
     import pyro_ssvi.app.models
 
     base = load_base(args.base)
-    importlib.import_module("pyro_ssvi_base.models")
+    # The experiment models: pyro_ssvi.app.models (pyro_ssvi.models before 0.1.0).
+    has_app = (args.base / "pyro_ssvi" / "app").is_dir()
+    base_models = importlib.import_module(
+        "pyro_ssvi_base.app.models" if has_app else "pyro_ssvi_base.models"
+    )
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(128, 784, generator=g), torch.randint(0, 10, (128,), generator=g)
     steps = {
-        "base": ssvi_step(
-            base, sys.modules["pyro_ssvi_base.models"], args.density, x, y
-        ),
+        "base": ssvi_step(base, base_models, args.density, x, y),
         "this": ssvi_step(pyro_ssvi, pyro_ssvi.app.models, args.density, x, y),
     }
     times: dict[str, list[float]] = {k: [] for k in steps}

@@ -102,7 +102,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "bench_args": ["--reps", "1", "--steps", "1", "--no-update-cost"],
     },
 }
-#: The paper-scale recipe's flags (README, "Paper-scale recipe"), without
+#: The paper-scale recipe's flags (docs/guide/cifar.md), without
 #: data, length, batch size, device and output.
 RECIPE_FLAGS = ["--recipe", "reference-cifar"]
 

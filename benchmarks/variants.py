@@ -49,8 +49,8 @@ from torch import nn
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI
 from pyro_ssvi._pyro_compat import pyro_optim_optimizers
-from pyro_ssvi.layers.sparse import SparseStructure, sparse_linear
 from pyro_ssvi.app.models import BayesianClassifier, mlp, resnet18_cifar
+from pyro_ssvi.layers.sparse import SparseStructure, sparse_linear
 
 VARIANTS = (
     "pyro_dense",

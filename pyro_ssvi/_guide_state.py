@@ -1,21 +1,17 @@
 """How :class:`~pyro_ssvi.AutoSparseNormal` describes its sites in a state dict.
 
-A guide's ``state_dict()`` holds tensors only (safetensors and
-``{k: v.clone()}`` work on it). Besides the parameters and the indices, every
-site has a buffer ``meta.<site>``, an int64 vector
+A guide's ``state_dict()`` holds tensors only. Every site has a buffer
+``meta.<site>``, an int64 vector
 
 ``[FORMAT, sparse, event_dim, support_code, support_event_dim, ndim, *shape]``
 
 where ``shape`` is the site's (constrained) value shape, ``event_dim`` the
 event dimension of its unconstrained parameters, and the support is the
 named Pyro constraint ``SUPPORTS[support_code]`` wrapped in
-``support_event_dim`` ``independent`` layers (``-1``: a support that has no
-name here; such a site needs one call with the model's arguments after
-loading). ``SUPPORTS`` is append-only, so old files keep their meaning.
-
-:class:`GuideLoading` loads such a state into a guide: one that was set up
-(the state must fit it), or one never called (its sites are built from the
-state, and checked against the model at the first call or ``setup``).
+``support_event_dim`` ``independent`` layers (``-1``: unnamed; the site then
+needs one call with the model's arguments). :class:`GuideLoading` loads a
+state into a set-up guide (it must fit) or a never-called one (built from the
+state, checked against the model at the first call or ``setup``).
 """
 
 from __future__ import annotations
@@ -30,27 +26,13 @@ from ._pyro_compat import adopt_prototype, prototype_hide_fn, unconstrained_name
 from ._sites import Site
 from ._storage import GuideStorage
 
-__all__ = ["FORMAT", "GuideLoading", "SUPPORTS", "decode", "encode"]
-
 FORMAT = 1
 
-#: Supports by code (append only).
-SUPPORTS = (
-    "real",
-    "positive",
-    "nonnegative",
-    "unit_interval",
-    "simplex",
-    "lower_cholesky",
-    "corr_cholesky",
-    "positive_definite",
-    "corr_matrix",
-    "ordered_vector",
-    "positive_ordered_vector",
-    "softplus_positive",
-    "softplus_lower_cholesky",
-    "sphere",
-    "positive_semidefinite",
+#: Supports by code (append only: old files keep their meaning).
+SUPPORTS = tuple(
+    "real positive nonnegative unit_interval simplex lower_cholesky corr_cholesky "
+    "positive_definite corr_matrix ordered_vector positive_ordered_vector "
+    "softplus_positive softplus_lower_cholesky sphere positive_semidefinite".split()
 )
 
 
@@ -96,14 +78,7 @@ class GuideLoading(GuideStorage):
     prototype_trace: Any
 
     def _load_from_state_dict(  # type: ignore[override]
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
+        self, state_dict: dict[str, Any], prefix: str, *args: Any
     ) -> None:
         """Build a never-called guide from the state, or check the state fits."""
         start = len(prefix) + len("meta.")
@@ -128,15 +103,7 @@ class GuideLoading(GuideStorage):
                     state_dict[f"{prefix}indices.{name}"] = state_dict.pop(key).long()
                 else:
                     state_dict[key] = state_dict[key].to(torch.float64)
-        super()._load_from_state_dict(
-            state_dict,
-            prefix,
-            local_metadata,
-            strict,
-            missing_keys,
-            unexpected_keys,
-            error_msgs,
-        )
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _state_k(self, state_dict: dict[str, Any], prefix: str, name: str) -> int:
         loc = state_dict.get(f"{prefix}locs.{unconstrained_name(name)}")
@@ -189,12 +156,8 @@ class GuideLoading(GuideStorage):
         self._verified = False
 
     def _check_against_model(self, *args: Any, **kwargs: Any) -> None:
-        """Trace the model to check loaded sites and to learn plates and supports.
-
-        The model runs without initialisation (its own prior draws); sites it
-        has beyond the loaded ones (e.g. an unobserved likelihood under
-        ``Predictive``) are left to the model.
-        """
+        """Trace the model (its own prior draws) to check loaded sites and learn
+        plates and supports; sites beyond the loaded ones are left to the model."""
         model = poutine.block(self._raw_model[0], prototype_hide_fn(self))
         devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
         with torch.random.fork_rng(devices=devices):  # the model's prior draws

@@ -1,14 +1,8 @@
 """Optimisers: one multi-tensor step for a ``PyroOptim``, and moving their state.
 
-Pyro's ``PyroOptim`` keeps one torch optimiser per parameter tensor and steps
-them one by one: for a network with a dozen guide tensors that is a dozen
-Python-level ``Adam.step()`` calls, several times the cost of one
-multi-tensor (``foreach``) step over the same tensors. :class:`GroupedStep`
-steps them together while keeping Pyro's structure intact: every parameter
-keeps its own torch optimiser in the ``PyroOptim`` (so ``get_state()``,
-``save()``, LR schedulers and the moment moves of subspace reselection see
-the usual per-parameter state), and a shared optimiser of the same class and
-hyperparameters performs the update on those very state dictionaries.
+``PyroOptim`` steps one torch optimiser per tensor, several times the cost of
+one ``foreach`` step; :class:`GroupedStep` runs a shared optimiser on those
+optimisers' own state dicts, so Pyro's per-parameter state stays as it is.
 """
 
 from __future__ import annotations
@@ -25,8 +19,6 @@ from ._pyro_compat import (
 )
 from .selection import move
 
-__all__ = ["GroupedStep", "check_optimizer", "move_optimizer_state", "torch_optimizers"]
-
 #: Optimisers whose update depends only on their hyperparameters and the
 #: per-parameter state (not, e.g., ClippedAdam, which decays its own lr).
 _GROUPABLE = (
@@ -39,11 +31,7 @@ _GROUPABLE = (
 
 
 class GroupedStep:
-    """Steps a ``PyroOptim``'s parameters with one optimiser call per optimiser class.
-
-    Args:
-        optim: The ``pyro.optim.PyroOptim``.
-    """
+    """Steps a ``PyroOptim``'s parameters, one optimiser call per optimiser class."""
 
     def __init__(self, optim: Any) -> None:
         self.optim = optim
@@ -79,12 +67,8 @@ class GroupedStep:
             self.optim(single)
 
     def _step(self, cls: type, members: list[tuple[torch.Tensor, Any]]) -> None:
-        """One step of a shared ``cls`` optimiser on the members' own state.
-
-        Its parameter groups are the members' hyperparameters (read afresh, so
-        LR schedules apply), and its state maps each parameter to the very
-        dictionary its own optimiser holds, which the step updates in place.
-        """
+        """One step of a shared ``cls`` optimiser on the members' own state dicts,
+        with their hyperparameters read afresh (so LR schedules apply)."""
         groups: dict[tuple, dict[str, Any]] = {}
         for p, opt in members:
             group = dict(opt.param_groups[0])
@@ -136,6 +120,7 @@ def move_optimizer_state(
 
 
 def check_optimizer(optimizer: Any) -> None:
+    """Raise ``TypeError`` unless every optimiser behind ``optimizer`` has state."""
     for opt in torch_optimizers(optimizer):
         if not (isinstance(opt, PyroOptim) or hasattr(opt, "state")):
             raise TypeError(

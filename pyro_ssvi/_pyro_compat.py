@@ -1,20 +1,11 @@
 """The one place where ``pyro_ssvi`` touches Pyro's and torch's private internals.
 
-Everything below is either private (an underscore name) or undocumented
-internal API of Pyro or torch. It is imported or accessed here and nowhere
-else, so a release that moves it breaks this file only, and
-``tests/test_pyro_compat.py`` checks each item's behaviour so that such a
-change fails loudly there.
-
-Checked against pyro-ppl 1.9.1 (commit ff6ae1c) and 1.9.2, and torch 2.14.1.
-
-One more place depends on Pyro's design rather than its documented API:
-:class:`pyro_ssvi.elbo.TraceSparseMeanField_ELBO` overrides the two hooks
-every Pyro ELBO implements, ``_get_trace`` and
-``_differentiable_loss_particle`` (as ``TraceMeanField_ELBO`` does);
-``tests/test_elbo.py`` compares its loss and gradients with
-``TraceMeanField_ELBO`` on models with plates, subsampling and
-``poutine.scale``.
+Each private or undocumented name is used here only, and
+``tests/test_pyro_compat.py`` checks its behaviour, so a release that changes
+it fails loudly there. Checked against pyro-ppl 1.9.1 (commit ff6ae1c) and
+1.9.2, and torch 2.14.1. Beyond this file, ``TraceSparseMeanField_ELBO``
+overrides the ELBO hooks ``_get_trace`` and ``_differentiable_loss_particle``
+(as ``TraceMeanField_ELBO`` does); ``tests/test_elbo.py`` checks it.
 """
 
 from __future__ import annotations
@@ -27,42 +18,20 @@ from pyro.distributions import constraints
 
 # pyro 1.9.2: public module, undocumented helpers of the autoguides.
 from pyro.infer.autoguide.guides import prototype_hide_fn as _prototype_hide_fn
-from pyro.infer.autoguide.initialization import InitMessenger
-from pyro.infer.autoguide.utils import deep_setattr, helpful_support_errors
+from pyro.infer.autoguide.initialization import InitMessenger  # noqa: F401
+from pyro.infer.autoguide.utils import (  # noqa: F401
+    deep_setattr,
+    helpful_support_errors,
+)
 
 # pyro 1.9.2: private helper of TraceMeanField_ELBO (model/guide order check).
 from pyro.infer.trace_mean_field_elbo import _check_mean_field_requirement
 
 # pyro 1.9.2: private switch behind pyro.settings "module_local_params".
 from pyro.nn.module import _is_module_local_param_enabled
-from pyro.ops.tensor_utils import periodic_repeat
+from pyro.ops.tensor_utils import periodic_repeat  # noqa: F401
 from pyro.poutine import runtime as _runtime
-from pyro.poutine.util import prune_subsample_sites
-
-__all__ = [
-    "InitMessenger",
-    "adopt_prototype",
-    "create_plates",
-    "SoftplusPositive",
-    "check_mean_field_requirement",
-    "deep_setattr",
-    "disable_torch_function_subclass",
-    "handler_stack",
-    "helpful_support_errors",
-    "is_invalid_values_error",
-    "is_module_local_param_enabled",
-    "module_context",
-    "param_store_name",
-    "periodic_repeat",
-    "prototype_hide_fn",
-    "prune_subsample_sites",
-    "pyro_optim_grad_clip",
-    "pyro_optim_objects",
-    "pyro_optim_optimizers",
-    "pyro_samples",
-    "tensor_version",
-    "unconstrained_name",
-]
+from pyro.poutine.util import prune_subsample_sites  # noqa: F401
 
 check_mean_field_requirement = _check_mean_field_requirement
 
@@ -84,21 +53,14 @@ def is_module_local_param_enabled() -> bool:
 
 
 def module_context(module: Any) -> AbstractContextManager:
-    """The context a ``PyroModule`` enters in ``__call__`` (pyro 1.9.2).
-
-    Inside it, reading a ``PyroParam`` attribute synchronises the module with
-    Pyro's global param store, as it does during a call: after
-    ``pyro.get_param_store().set_state(...)`` or ``.load(...)`` the module
-    then reads the restored tensors.
-    """
+    """The context a ``PyroModule`` enters in ``__call__`` (pyro 1.9.2): reading
+    a ``PyroParam`` inside it synchronises with Pyro's param store."""
     return module._pyro_context
 
 
 def param_store_name(module: Any, attribute: str) -> str:
-    """Name of a ``PyroModule`` attribute in Pyro's global param store.
-
-    ``PyroModule._pyro_name`` (pyro 1.9.2) is the module's path from its root
-    PyroModule, e.g. ``"AutoGuideList.0"``.
+    """Name of a ``PyroModule`` attribute in Pyro's global param store
+    (pyro 1.9.2: ``_pyro_name`` is the path from the root, e.g. ``"AutoGuideList.0"``).
     """
     prefix = module._pyro_name
     return f"{prefix}.{attribute}" if prefix else attribute
@@ -111,33 +73,22 @@ def handler_stack() -> list[Any]:
 
 
 def pyro_samples(module: Any) -> dict[str, Any]:
-    """A ``PyroModule``'s ``PyroSample`` attributes: ``{name: prior}``.
-
-    pyro 1.9.2 keeps them in ``PyroModule._pyro_samples``; a prior is a
-    distribution or a callable of the module.
-    """
+    """A ``PyroModule``'s ``PyroSample`` attributes, ``{name: prior}``
+    (pyro 1.9.2: ``PyroModule._pyro_samples``)."""
     return dict(getattr(module, "__dict__", {}).get("_pyro_samples", {}))
 
 
 def pyro_optim_optimizers(optim: Any) -> dict[torch.Tensor, torch.optim.Optimizer]:
-    """The torch optimisers a ``PyroOptim`` has created, by parameter.
-
-    Pyro 1.9.2 creates one torch optimiser (or LR scheduler, unwrapped here
-    through its public ``optimizer`` attribute) per parameter tensor, in the
-    undocumented dict ``PyroOptim.optim_objs``.
-    """
+    """The torch optimisers a ``PyroOptim`` has created, by parameter (pyro
+    1.9.2: ``PyroOptim.optim_objs``; LR schedulers unwrapped)."""
     return {
         param: getattr(opt, "optimizer", opt) for param, opt in optim.optim_objs.items()
     }
 
 
 def pyro_optim_grad_clip(optim: Any) -> dict[torch.Tensor, Any]:
-    """A ``PyroOptim``'s gradient-clipping functions by parameter (None: none).
-
-    Pyro 1.9.2 keeps them in the undocumented dict ``PyroOptim.grad_clip``
-    (from ``clip_args``), applied before each parameter's step. The live
-    dict: read it, don't change it.
-    """
+    """A ``PyroOptim``'s gradient-clipping functions by parameter (None: none;
+    pyro 1.9.2: the live dict ``PyroOptim.grad_clip``, read only)."""
     return optim.grad_clip
 
 

@@ -1,9 +1,5 @@
-"""The rules of :class:`~pyro_ssvi.AutoSparseNormal`'s sites, as pure functions.
-
-Which latent sites may be sparse, which are network weights, and what each
-site's posterior is: the guide's ``forward`` and the direct step of
-:mod:`pyro_ssvi._step` both build posteriors with :func:`posterior`.
-"""
+"""The rules of :class:`~pyro_ssvi.AutoSparseNormal`'s sites, as pure functions:
+which may be sparse, which are weights, and each one's :func:`posterior`."""
 
 from __future__ import annotations
 
@@ -17,27 +13,11 @@ from torch.distributions import Distribution
 
 from .distributions import SparseNormal
 
-__all__ = [
-    "Site",
-    "base_support",
-    "eligibility",
-    "is_sparse",
-    "is_weight",
-    "lrt_weight",
-    "posterior",
-]
-
 
 class Site(NamedTuple):
-    """Static description of one latent site of the guide.
-
-    Attributes:
-        sparse: Whether the site has a sparse subspace.
-        shape: Shape of the site's (constrained) value.
-        event_dim: Event dimension of the unconstrained parameters (1 for a
-            sparse site: its ``(k,)`` vector).
-        support: The site's support, or None if it could not be recorded.
-    """
+    """Static description of one latent site of the guide: ``shape`` of its
+    value, ``event_dim`` of its unconstrained parameters (1 if sparse), and
+    ``support`` (None if not recorded)."""
 
     sparse: bool
     shape: torch.Size
@@ -135,13 +115,8 @@ def posterior(
     scale: torch.Tensor,
     indices: torch.Tensor | None,
 ) -> Distribution:
-    """A site's variational distribution from its parameters.
-
-    A :class:`~pyro_ssvi.distributions.SparseNormal` on the active set of a
-    sparse site; a mean-field Normal in unconstrained space, transformed to
-    the support, for a dense one. The tensors were checked when the guide
-    made them, so the distributions do not check them again.
-    """
+    """A site's variational distribution: a ``SparseNormal`` on the active set,
+    or a mean-field Normal transformed to the support (checked at creation)."""
     if info.sparse:
         assert indices is not None
         return SparseNormal(loc, scale, indices, info.shape, validate_args=False)

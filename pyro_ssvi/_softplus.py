@@ -1,17 +1,14 @@
 """A faster softplus for the guide's scales on CPU.
 
-``torch.nn.functional.softplus`` on CPU spends most of its time in a scalar
-``log1p``: for the 31,360 active scales of a density-0.1 MLP layer it takes
-about 330 us, a tenth of a whole SSVI step, while ``exp`` and ``log`` take
-about 10 us each. :func:`softplus` computes the same function from ``exp`` and
+``F.softplus`` on CPU spends most of its time in a scalar ``log1p`` (330 us for
+31,360 scales, against 10 us for ``exp``). :func:`softplus` uses ``exp`` and
 ``log`` with Goldberg's exact ``log1p`` formula,
 
 .. math:: \\operatorname{softplus}(x) = \\max(x, 0) + \\log 1p(e^{-|x|}),
    \\qquad \\log 1p(u) = \\frac{u \\log w}{w - 1},\\ w = 1 + u,
 
 accurate to a few units in the last place, with the exact derivative
-``sigmoid(x)``. :data:`softplus_positive` is Pyro's ``softplus_positive``
-constraint with this transform registered for it.
+``sigmoid(x)``. :data:`softplus_positive` is Pyro's constraint with it registered.
 """
 
 from __future__ import annotations
@@ -26,14 +23,11 @@ from torch.distributions import biject_to, transform_to
 
 from ._pyro_compat import SoftplusPositive
 
-__all__ = ["FastSoftplusTransform", "softplus", "softplus_positive"]
-
 
 def _softplus_values(x: torch.Tensor) -> torch.Tensor:
     u = torch.exp(-x.abs())
     w = 1 + u
-    d = w - 1
-    # where w rounds to 1, log1p(u) = u to working precision
+    d = w - 1  # where w rounds to 1, log1p(u) = u to working precision
     log1p_u = torch.where(d == 0, u, torch.log(w) * (u / d))
     return x.clamp(min=0) + log1p_u
 

@@ -452,7 +452,8 @@ def log_choice(who: str, loss: Any, reason: str | None) -> None:
         logger.info("%s: direct step (%s, no tracing).", who, name)
     else:
         logger.warning(
-            "%s: traced step (%s), because %s; see the README's 'Which step'.",
+            "%s: traced step (%s), because %s; see 'Which step runs' in the "
+            "user guide (docs/guide/python.md).",
             who,
             name,
             reason,

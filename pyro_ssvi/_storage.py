@@ -1,17 +1,13 @@
 """Where :class:`~pyro_ssvi.AutoSparseNormal` keeps its tensors, and how it reads them.
 
-Three trees of the guide module hold every site's tensors: ``locs.<site>``
-and ``scales.<site>`` (Pyro ``PyroParam`` s, the variational parameters) and,
-for a sparse site, ``indices.<site>``, the sorted flat indices of its ``k``
-active coordinates. The indices are never trained. With Pyro's global param
-store they are a float64 ``PyroParam`` holding exact integers (the store holds
-floating-point tensors only), so that every way of saving, restoring or
-rolling back a Pyro guide keeps them with their parameters; under
-``pyro.settings.set(module_local_params=True)``, where the store is not used,
-they are an int64 buffer. Either way they are no parameter: not in
-``guide.parameters()``, never given to an optimiser, and in a state dict as
-``indices.<site>_unconstrained``, int32 where it fits. Their memory is 8 bytes
-per active coordinate (plus an int64 copy, cached, for float64 storage).
+Trees ``locs.<site>`` and ``scales.<site>`` hold the ``PyroParam`` s;
+``indices.<site>`` the sorted flat indices of a sparse site's ``k`` active
+coordinates, never trained: a float64 ``PyroParam`` of exact integers in
+Pyro's param store (so every way of saving or restoring it keeps them), an
+int64 buffer under ``module_local_params``. They are not in
+``guide.parameters()`` nor any optimiser, and go into a state dict as int32
+where they fit. Memory: 8 bytes per active coordinate (plus a cached int64
+copy of float64 storage).
 """
 
 from __future__ import annotations
@@ -35,21 +31,13 @@ from ._pyro_compat import (
 )
 from ._sites import Site, posterior
 
-__all__ = ["GuideStorage", "SubspaceParams", "TREES"]
-
 #: The guide's trees of per-site tensors.
 TREES = ("locs", "scales", "indices")
 
 
 class SubspaceParams(NamedTuple):
-    """The stored tensors of one sparse site, as the optimisers hold them.
-
-    Attributes:
-        loc: Active means, shape ``(k,)`` (a leaf ``Parameter``).
-        scale: Active scales in unconstrained space, shape ``(k,)``.
-        indices: Sorted flat indices of the active coordinates (exact
-            integers: a float64 tensor in Pyro's param store, else int64).
-    """
+    """The stored tensors of one sparse site, as the optimisers hold them: the
+    active ``loc`` and unconstrained ``scale`` (``(k,)`` leaves) and ``indices``."""
 
     loc: torch.nn.Parameter
     scale: torch.nn.Parameter
@@ -64,9 +52,8 @@ class GuideStorage(PyroModule):
     _scale_transform: Any
 
     def _reset_caches(self) -> None:
-        # (tree, site) -> (leaf module, attribute): the trees are static once
-        # built, and walking them through PyroModule.__getattr__ each step
-        # costs a third of a small network's step.
+        # (tree, site) -> (leaf module, attribute): walking the static trees by
+        # PyroModule.__getattr__ costs a third of a small network's step.
         self._leaves: dict[tuple[str, str], tuple[PyroModule, str]] = {}
         # site -> (loc read with it, float64 indices, their version, int64 indices)
         self._index_cache: dict[str, tuple[Any, torch.Tensor, int, torch.Tensor]] = {}
@@ -88,13 +75,8 @@ class GuideStorage(PyroModule):
         indices: torch.Tensor | None,
         meta: torch.Tensor,
     ) -> None:
-        """Create a site's tensors (reusing Pyro's param store entries, if any).
-
-        Like every Pyro module, a new guide picks up parameters of the same
-        name already in the global param store (e.g. after
-        ``pyro.get_param_store().load(path)``); for a sparse site its
-        ``locs``, ``scales`` and ``indices`` must then all be there.
-        """
+        """Create a site's tensors, reusing Pyro's param store entries (after
+        ``pyro.get_param_store().load(path)``): all three trees, or none."""
         local = is_module_local_param_enabled()
         if not local:
             self._check_store_entries(name, TREES if indices is not None else TREES[:2])
@@ -124,7 +106,6 @@ class GuideStorage(PyroModule):
                 "indices. Call pyro.clear_param_store() before building the guide."
             )
 
-    # -------------------------------------------------------------- reading
     def _leaf(self, tree: str, name: str) -> tuple[PyroModule, str]:
         """The module holding a site's entry in ``tree``, and its attribute."""
         key = (tree, name)
@@ -135,29 +116,23 @@ class GuideStorage(PyroModule):
         return self._leaves[key]
 
     def _stored(self, tree: str, name: str) -> torch.Tensor:
-        """A site's stored (unconstrained) tensor in ``tree``, as the module
-        holds it (no synchronisation with Pyro's param store)."""
+        """A site's stored (unconstrained) tensor in ``tree``, unsynchronised."""
         module, leaf = self._leaf(tree, name)
         if tree == "indices" and name in self._index_buffers:
             return getattr(module, leaf)  # module-local indices: a buffer
         return getattr(module, unconstrained_name(leaf))
 
     def _get_loc_and_scale(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The site's ``(loc, scale)`` read as Pyro reads them (length ``k`` for
-        sparse sites); inside the guide's module context this synchronises
-        with Pyro's param store."""
+        """The site's ``(loc, scale)`` read as Pyro reads them (synchronised
+        with the param store inside the module context)."""
         return tuple(getattr(*self._leaf(t, name)) for t in TREES[:2])  # type: ignore
 
     def _indices(self, name: str, loc: torch.Tensor | None = None) -> torch.Tensor:
-        """The site's active indices as int64.
+        """The site's active indices as int64 (cached from float64 storage).
 
-        From float64 storage the int64 copy is cached. Reading the stored
-        tensor is a ``pyro.param`` statement (it keeps the guide in step with
-        Pyro's param store); within a step ``loc`` (the site's loc as just
-        read) tells whether that is needed: the param store replaces a site's
-        tensors together, so while the loc and the stored indices are the
-        very tensors of the last read, and the indices were not edited since,
-        the cached int64 indices are current.
+        The store replaces a site's tensors together, so while ``loc`` (as just
+        read) and the stored indices are those of the last read, unedited, the
+        cache is current and no ``pyro.param`` read is needed.
         """
         module, leaf = self._leaf("indices", name)
         if name in self._index_buffers:
@@ -190,10 +165,8 @@ class GuideStorage(PyroModule):
     def subspace_params(self, name: str) -> SubspaceParams:
         """The stored tensors of a sparse site (those its optimisers hold).
 
-        Read through Pyro's param store, so that after
-        ``pyro.get_param_store().set_state(...)`` they are the restored ones.
-        Editing them in place (under ``torch.no_grad()``) keeps optimiser
-        state attached; :class:`~pyro_ssvi.SubspaceScheduler` does that.
+        Read through Pyro's param store (restored ones after ``set_state``);
+        edit them in place under ``torch.no_grad()`` to keep optimiser state.
         """
         self._require_site(name)
         if not self._sites[name].sparse:
@@ -248,12 +221,8 @@ class GuideStorage(PyroModule):
     def _posteriors(
         self, detach: bool = False
     ) -> list[tuple[Distribution, tuple[torch.Tensor, torch.Tensor]]]:
-        """Every site's posterior and its trained leaves ``(loc, raw scale)``.
-
-        The posteriors ``forward`` samples, read from the stored tensors
-        without ``pyro.param`` statements (for the direct step); ``detach``
-        builds them from detached parameters.
-        """
+        """Every site's posterior and its trained leaves ``(loc, raw scale)``,
+        read without ``pyro.param`` statements (for the direct step)."""
         if not is_module_local_param_enabled():
             self._sync_with_store()
         out = []
@@ -284,19 +253,14 @@ class GuideStorage(PyroModule):
     def named_parameters(  # type: ignore[override]
         self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
     ) -> Iterator[tuple[str, torch.nn.Parameter]]:
-        """The variational parameters: every site's loc and scale (the
-        integer indices stored beside them are no parameter)."""
+        """The variational parameters: every site's loc and scale, no indices."""
         for name, param in super().named_parameters(prefix, recurse, remove_duplicate):
             if not name[len(prefix) :].lstrip(".").startswith("indices."):
                 yield name, param
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Any:
-        """``.to(...)``, ``.float()``...: float64 indices move but stay float64.
-
-        Whether torch moves the data of the same ``Parameter`` objects or
-        replaces them, the module's (moved) tensors then win over the entries
-        of Pyro's param store.
-        """
+        """``.to(...)``, ``.float()``...: float64 indices move but stay float64,
+        and the module's moved tensors win over Pyro's param store."""
         sparse = [name for name, info in self._sites.items() if info.sparse]
         before = {name: self._stored("indices", name).data for name in sparse}
         result = super()._apply(fn, recurse)
@@ -309,12 +273,8 @@ class GuideStorage(PyroModule):
 
 
 def after_load(module: GuideStorage, incompatible: Any) -> None:
-    """Let the module's (loaded, moved) tensors win over Pyro's param store.
-
-    A PyroModule reads a parameter from the global store when the store has
-    one of the same name; drop ours from it, so the next call puts the
-    module's tensors there.
-    """
+    """Let the module's (loaded, moved) tensors win over Pyro's param store, by
+    dropping its entries (the next call puts the module's tensors there)."""
     module._index_cache.clear()
     if is_module_local_param_enabled():
         return
@@ -334,7 +294,7 @@ def compact_indices(
     for key in [k for k in state_dict if k.startswith(prefix + "indices.")]:
         value = state_dict.pop(key)
         small = value.numel() == 0 or float(value.max()) < 2**31
-        name = key if key.endswith("_unconstrained") else unconstrained_name(key)
+        name = key if key.endswith(unconstrained_name("")) else unconstrained_name(key)
         state_dict[name] = value.detach().to(torch.int32 if small else torch.int64)
 
 

@@ -1,30 +1,14 @@
-r"""Removal criteria for SSVI subspace reselection.
+r"""Removal criteria for SSVI subspace reselection (Li et al., 2024).
 
-At each subspace update SSVI keeps the active coordinates that score highest
-under a *removal criterion* and drops the rest (Li et al., 2024). A criterion
-is a plain function ``(loc, scale) -> Tensor`` of the mean :math:`\mu` and the
-standard deviation :math:`\sigma > 0` of independent Normal posteriors
-:math:`\theta \sim \mathcal{N}(\mu, \sigma^2)`, one per coordinate. It returns a
-float64 score of the same shape; a higher score means a more important
-coordinate. Most criteria are moments of the folded normal :math:`|\theta|`.
-
-Criteria are registered by name in :data:`CRITERIA`; :func:`removal_scores`
-validates a criterion's output and :func:`pyro_ssvi.selection.top_k` picks the
-kept positions with
-deterministic tie-breaking. ``scale == 0`` (a point mass, as for inactive
-entries in the reference code) gives the limiting score when :math:`\mu \ne 0`
-and NaN when :math:`\mu = \sigma = 0`; :func:`removal_scores` maps NaN to
-``-inf``, so such entries rank last. A negative ``scale`` raises ``ValueError``.
-
-Example::
-
-    from functools import partial
-    from pyro_ssvi.criteria import removal_scores, snr_exp_abs
-    from pyro_ssvi.selection import top_k
-
-    scores = removal_scores("snr_abs", loc, scale)      # float64, loc.shape
-    keep = top_k(scores.flatten(), num_keep)             # sorted positions
-    scores = removal_scores(partial(snr_exp_abs, lam=2.0), loc, scale)
+A criterion is a function ``(loc, scale) -> Tensor`` of the means :math:`\mu` and
+standard deviations :math:`\sigma \ge 0` of independent Normal posteriors
+:math:`\theta \sim \mathcal{N}(\mu, \sigma^2)`; it returns a float64 score of
+``loc.shape``, higher meaning more important. Most are moments of the folded
+normal :math:`|\theta|`. ``scale == 0`` gives the limiting score when
+:math:`\mu \ne 0` and NaN when :math:`\mu = \sigma = 0`; :func:`removal_scores`
+maps NaN to ``-inf`` (ranked last). A negative ``scale`` raises ``ValueError``.
+Use ``functools.partial(snr_exp_abs, lam=2.0)`` for another :math:`\lambda`.
+The addition rules (:data:`ADDITIONS`) are :mod:`pyro_ssvi.growth`'s, re-exported.
 
 References:
     Li, Miao, Qiu, Zhang. *Training Bayesian Neural Networks with Sparse
@@ -35,12 +19,20 @@ References:
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+from .growth import (
+    ADDITIONS,
+    addition_scores,
+    get_addition,
+    grad_abs,
+    needs_grad,
+    random_scores,
+)
 
 __all__ = [
     "ADDITIONS",
@@ -68,10 +60,8 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 # erfcx form would lose about log10(r^2) digits to cancellation there.
 _R_ASYM = 20.0
 _NUM_ASYM_TERMS = 12  # first omitted term: 25!! / 20**24 < 1e-18
-# g(r) and Phi(-r) underflow to 0 in float64 long before this ratio.
-_R_CLAMP = 64.0
-# Below lam * scale = _U_SERIES, snr_exp_abs uses its cumulant expansion.
-_U_SERIES = 1e-3
+_R_CLAMP = 64.0  # g(r) and Phi(-r) underflow to 0 in float64 long before
+_U_SERIES = 1e-3  # below lam * scale = _U_SERIES, snr_exp_abs uses its series
 
 
 def _prepare(loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
@@ -138,34 +128,17 @@ def _standard_var(r: Tensor, g: Tensor) -> Tensor:
 
 
 def mean_abs(loc: Tensor, scale: Tensor) -> Tensor:
-    r"""Magnitude of the mean, :math:`|\mu|`.
+    r"""Magnitude of the mean, :math:`|\mu|` (``scale`` is only validated).
 
-    Args:
-        loc: Posterior means :math:`\mu`.
-        scale: Posterior standard deviations :math:`\sigma` (validated only).
-
-    Returns:
-        Float64 tensor of ``loc.shape``.
-
-    References:
-        Li et al., 2024 (arXiv:2402.11025), reference-code name ``mean``.
+    References: Li et al., 2024, reference-code name ``mean``.
     """
-    a, _ = _prepare(loc, scale)
-    return a
+    return _prepare(loc, scale)[0]
 
 
 def snr(loc: Tensor, scale: Tensor) -> Tensor:
     r"""Signal-to-noise ratio of :math:`\theta`, :math:`|\mu| / \sigma`.
 
-    Args:
-        loc: Posterior means :math:`\mu`.
-        scale: Posterior standard deviations :math:`\sigma > 0`.
-
-    Returns:
-        Float64 tensor of ``loc.shape``.
-
-    References:
-        Li et al., 2024 (arXiv:2402.11025), reference-code name ``snr``.
+    References: Li et al., 2024, reference-code name ``snr``.
     """
     a, s = _prepare(loc, scale)
     return a / s
@@ -180,18 +153,8 @@ def expected_abs(loc: Tensor, scale: Tensor) -> Tensor:
             + \mu\,\mathrm{erf}\big(\mu/\sigma\sqrt2\big)
             = |\mu| + 2\sigma\, g(r),\qquad g(r) = \phi(r) - r\,\Phi(-r),
 
-    with :math:`r = |\mu|/\sigma`, evaluated in the cancellation-free second form.
-
-    Args:
-        loc: Posterior means :math:`\mu`.
-        scale: Posterior standard deviations :math:`\sigma > 0`.
-
-    Returns:
-        Float64 tensor of ``loc.shape``.
-
-    References:
-        Li et al., 2024 (arXiv:2402.11025), reference-code name
-        ``E_mean_abs``; the folded normal distribution (Leone et al., 1961).
+    with :math:`r = |\mu|/\sigma`, evaluated in the cancellation-free second
+    form. References: Li et al., 2024, code name ``E_mean_abs``.
     """
     a, s, _, g = _folded(loc, scale)
     return a + 2.0 * s * g
@@ -207,26 +170,10 @@ def snr_abs(loc: Tensor, scale: Tensor) -> Tensor:
 
     with :math:`r = |\mu|/\sigma` and :math:`g = g(r)` as in :func:`expected_abs`.
     The variance :math:`\mathrm{Var}|\theta| = \sigma^2 - 2\sigma g\,
-    (\mathbb{E}|\theta| + |\mu|)` avoids the cancellation of
-    :math:`\mu^2 + \sigma^2 - (\mathbb{E}|\theta|)^2`; it lies in
-    :math:`[(1 - 2/\pi)\sigma^2, \sigma^2]`. The score is
-    :math:`\sqrt{2/\pi}/\sqrt{1 - 2/\pi} \approx 1.3236` at :math:`\mu = 0` and
-    tends to :math:`|\mu|/\sigma` as :math:`r \to \infty`.
-
-    It is a strictly increasing function of :math:`r` alone, so it *ranks*
-    coordinates exactly as :func:`snr` does and removes the same ones; the
-    two differ only as scores.
-
-    Args:
-        loc: Posterior means :math:`\mu`.
-        scale: Posterior standard deviations :math:`\sigma > 0`.
-
-    Returns:
-        Float64 tensor of ``loc.shape``.
-
-    References:
-        Li et al., 2024 (arXiv:2402.11025), reference-code name
-        ``SNR_mean_abs``; the folded normal distribution (Leone et al., 1961).
+    (\mathbb{E}|\theta| + |\mu|)` avoids cancellation. The score is
+    :math:`\sqrt{2/\pi}/\sqrt{1 - 2/\pi} \approx 1.3236` at :math:`\mu = 0`,
+    tends to :math:`r`, and ranks exactly as :func:`snr` does.
+    References: Li et al., 2024, reference-code name ``SNR_mean_abs``.
     """
     _, _, r, g = _folded(loc, scale)
     return (r + 2.0 * g) / torch.sqrt(_standard_var(r, g))
@@ -251,26 +198,12 @@ def expected_exp_abs(loc: Tensor, scale: Tensor, lam: float = 1.0) -> Tensor:
             + e^{-\lambda\mu + \lambda^2\sigma^2/2}\,
                 \Phi(-\mu/\sigma + \lambda\sigma),
 
-    summed in log space (``log_ndtr`` and ``logaddexp``), so only the final
-    ``exp`` can overflow, to ``inf``, once
-    :math:`\lambda|\mu| + \lambda^2\sigma^2/2 \gtrsim 709`. :math:`M \ge 1`.
-    Use ``functools.partial(expected_exp_abs, lam=2.0)`` for another
-    :math:`\lambda`; the :data:`CRITERIA` entry uses :math:`\lambda = 1`.
-
-    Args:
-        loc: Posterior means :math:`\mu`.
-        scale: Posterior standard deviations :math:`\sigma > 0`.
-        lam: :math:`\lambda > 0` (reference flag ``--lambda_exp``).
-
-    Returns:
-        Float64 tensor of ``loc.shape``.
+    summed in log space (only the final ``exp`` can overflow, to ``inf``).
+    ``lam`` is :math:`\lambda > 0` (reference flag ``--lambda_exp``).
+    References: Li et al., 2024, reference-code name ``E_exp_mean_abs``.
 
     Raises:
         TypeError, ValueError: If ``lam`` is not a positive finite number.
-
-    References:
-        Li et al., 2024 (arXiv:2402.11025), reference-code name
-        ``E_exp_mean_abs``; the folded normal distribution (Leone et al., 1961).
     """
     lam = _check_lam(lam)
     a, s = _prepare(loc, scale)
@@ -298,26 +231,32 @@ def _folded_cumulants_34(r: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
     return k3, k4
 
 
-def _log_expm1_d_direct(r: Tensor, a: Tensor, u: Tensor, lam: float) -> Tensor:
-    """``log(exp(D) - 1)`` with ``D = u^2 + L(2u) - 2 L(u)`` evaluated directly."""
-    log_ndtr = torch.special.log_ndtr
-
-    def centered_log_mgf(v: Tensor, vr: Tensor) -> Tensor:  # L(v), vr = v * r
-        return torch.logaddexp(log_ndtr(r + v), log_ndtr(v - r) - 2.0 * vr)
-
-    # v * r = lam * |mu| for v = u: written so, it stays finite when sigma = 0.
-    d = u * u + centered_log_mgf(2 * u, 2 * lam * a) - 2 * centered_log_mgf(u, lam * a)
-    return torch.where(d > 1.0, d + torch.log1p(-torch.exp(-d)), d.expm1().log())
-
-
-def _log_expm1_d_series(r: Tensor, g: Tensor, u: Tensor) -> Tensor:
-    """``log(exp(D) - 1)`` with ``D`` from the cumulant series, for small ``u``."""
-    k3, k4 = _folded_cumulants_34(r, g)
-    log_d = 2.0 * torch.log(u) + torch.log(
-        _standard_var(r, g) + u * (k3 + (7.0 / 12.0) * k4 * u)
+def _log_expm1_d(r: Tensor, a: Tensor, g: Tensor, u: Tensor, lam: float) -> Tensor:
+    """``log(exp(D) - 1)``: from the cumulant series where ``u < _U_SERIES``,
+    else from ``D = u^2 + L(2u) - 2 L(u)`` directly (NaN goes there)."""
+    out = torch.empty_like(u)
+    series, direct = u < _U_SERIES, ~(u < _U_SERIES)
+    r_s, g_s, u_s = r[series], g[series], u[series]
+    k3, k4 = _folded_cumulants_34(r_s, g_s)
+    log_d = 2.0 * torch.log(u_s) + torch.log(
+        _standard_var(r_s, g_s) + u_s * (k3 + (7.0 / 12.0) * k4 * u_s)
     )
     d = torch.exp(log_d)  # log(expm1(d)) = log(d) + d/2 + d^2/24 + O(d^4)
-    return log_d + d * (0.5 + d / 24.0)
+    out[series] = log_d + d * (0.5 + d / 24.0)
+    r_d, a_d, u_d = r[direct], a[direct], u[direct]
+
+    def centered_log_mgf(v: Tensor, vr: Tensor) -> Tensor:  # L(v), vr = v * r
+        ndtr = torch.special.log_ndtr
+        return torch.logaddexp(ndtr(r_d + v), ndtr(v - r_d) - 2.0 * vr)
+
+    # v * r = lam * |mu| for v = u: written so, it stays finite when sigma = 0.
+    d = (
+        u_d * u_d
+        + centered_log_mgf(2 * u_d, 2 * lam * a_d)
+        - 2 * centered_log_mgf(u_d, lam * a_d)
+    )
+    out[direct] = torch.where(d > 1.0, d + torch.log1p(-torch.exp(-d)), d.expm1().log())
+    return out
 
 
 def snr_exp_abs(loc: Tensor, scale: Tensor, lam: float = 1.0) -> Tensor:
@@ -339,10 +278,8 @@ def snr_exp_abs(loc: Tensor, scale: Tensor, lam: float = 1.0) -> Tensor:
         D = u^2 + L(2u) - 2L(u),\qquad
         L(v) = \log\big[\Phi(r + v) + e^{-2vr}\,\Phi(v - r)\big].
 
-    This form is used for :math:`u \ge 10^{-3}`. Its relative error is about
-    :math:`10^{-16}/u^2` (:math:`2\cdot10^{-10}` at the switch), so for smaller
-    :math:`u` (e.g. :math:`\sigma = 10^{-9}`, where the direct difference keeps
-    no correct digit) the cumulant expansion of the CGF of :math:`Y` is used,
+    used for :math:`u \ge 10^{-3}` (relative error about :math:`10^{-16}/u^2`);
+    below, the cumulant expansion of the CGF of :math:`Y`,
 
     .. math::
 
@@ -350,42 +287,18 @@ def snr_exp_abs(loc: Tensor, scale: Tensor, lam: float = 1.0) -> Tensor:
           = u^2\big(\kappa_2 + \kappa_3 u + \tfrac{7}{12}\kappa_4 u^2\big)
             + O(u^5),
 
-    with :math:`\kappa_2 = \mathrm{Var}\,Y = 1 - 4g(r + g)` as in :func:`snr_abs`
-    (truncation error below :math:`10^{-10}` relative). Its leading term is the
-    delta method, :math:`\mathrm{SNR} \approx 1/(\lambda\sqrt{\mathrm{Var}|\theta|})`.
-    :math:`D` is carried as :math:`\log D` there, so the score is finite for any
-    :math:`\sigma > 0` down to about :math:`10^{-300}`; it underflows to 0 for
-    :math:`\lambda\sigma \gtrsim 38`. Because the score is close to
-    :math:`1/(\lambda\sigma)` for small :math:`\lambda\sigma`, it ranks mostly by
-    :math:`\sigma`; at fixed :math:`\sigma` it even falls, by up to a factor
-    :math:`\sqrt{1 - 2/\pi} \approx 0.60`, as :math:`|\mu|/\sigma` grows from 0
-    to :math:`\infty`, because :math:`\mathrm{Var}|\theta|` grows.
-    Use ``functools.partial(snr_exp_abs, lam=2.0)`` for another :math:`\lambda`;
-    the :data:`CRITERIA` entry uses :math:`\lambda = 1`.
-
-    Args:
-        loc: Posterior means :math:`\mu`.
-        scale: Posterior standard deviations :math:`\sigma > 0`.
-        lam: :math:`\lambda > 0` (reference flag ``--lambda_exp``).
-
-    Returns:
-        Float64 tensor of ``loc.shape``.
+    with :math:`\kappa_2 = \mathrm{Var}\,Y = 1 - 4g(r + g)` as in :func:`snr_abs`,
+    carried as :math:`\log D` (finite for :math:`\sigma` down to
+    :math:`10^{-300}`). Close to :math:`1/(\lambda\sigma)` for small
+    :math:`\lambda\sigma`, it ranks mostly by :math:`\sigma`.
+    References: Li et al., 2024, reference-code name ``SNR_exp_mean_abs``.
 
     Raises:
         TypeError, ValueError: If ``lam`` is not a positive finite number.
-
-    References:
-        Li et al., 2024 (arXiv:2402.11025), reference-code name
-        ``SNR_exp_mean_abs``; the folded normal distribution (Leone et al., 1961).
     """
     lam = _check_lam(lam)
     a, s, r, g = _folded(loc, scale)
-    u = lam * s
-    log_expm1_d = torch.empty_like(u)
-    series, direct = u < _U_SERIES, ~(u < _U_SERIES)  # NaN goes to direct
-    log_expm1_d[series] = _log_expm1_d_series(r[series], g[series], u[series])
-    log_expm1_d[direct] = _log_expm1_d_direct(r[direct], a[direct], u[direct], lam)
-    return torch.exp(-0.5 * log_expm1_d)
+    return torch.exp(-0.5 * _log_expm1_d(r, a, g, lam * s, lam))
 
 
 Criterion = Callable[[Tensor, Tensor], Tensor]
@@ -406,14 +319,6 @@ DEFAULT_CRITERION = "snr_abs"
 
 def get_criterion(criterion: str | Criterion) -> Criterion:
     """Resolves a criterion name or callable to a score function.
-
-    Args:
-        criterion: A key of :data:`CRITERIA`, or a callable
-            ``(loc, scale) -> Tensor`` returned as is, e.g.
-            ``functools.partial(snr_exp_abs, lam=2.0)``.
-
-    Returns:
-        The score function.
 
     Raises:
         ValueError: If ``criterion`` is an unknown name.
@@ -438,19 +343,8 @@ def get_criterion(criterion: str | Criterion) -> Criterion:
 def removal_scores(criterion: str | Criterion, loc: Tensor, scale: Tensor) -> Tensor:
     """Scores coordinates for removal with a validated criterion.
 
-    Calls the criterion under ``torch.no_grad()``, checks that it returns a
-    tensor of ``loc.shape``, casts it to float64 and maps NaN to ``-inf``, so
-    NaN scores rank lowest and are removed first (the reference code maps NaN
-    to 0).
-
-    Args:
-        criterion: A key of :data:`CRITERIA` or a callable, see
-            :func:`get_criterion`.
-        loc: Posterior means :math:`\\mu`.
-        scale: Posterior standard deviations :math:`\\sigma`, same shape.
-
-    Returns:
-        Float64 tensor of ``loc.shape``; higher means keep.
+    Runs the criterion under ``torch.no_grad()``, checks its shape, casts to
+    float64 and maps NaN to ``-inf`` (removed first; the reference maps it to 0).
 
     Raises:
         ValueError: If the criterion is unknown or returns the wrong shape.
@@ -469,91 +363,3 @@ def removal_scores(criterion: str | Criterion, loc: Tensor, scale: Tensor) -> Te
         )
     scores = scores.to(torch.float64)
     return torch.where(torch.isnan(scores), -math.inf, scores)
-
-
-# ------------------------------------------------------------ addition rules
-AdditionRule = Callable[..., Tensor]
-
-
-def grad_abs(name: str, posterior: object, grad: Tensor | None) -> Tensor:
-    r"""Addition score :math:`|\partial L / \partial \theta_j|`, the paper's rule.
-
-    ``grad`` is the gradient of the expected negative log-likelihood with
-    respect to every coordinate of the site's weight, active or not, on the
-    minibatch of the update (see :class:`~pyro_ssvi.SubspaceScheduler`).
-    """
-    if grad is None:
-        raise ValueError(f"addition 'grad' needs the gradient of site {name!r}")
-    return grad.reshape(-1).abs()
-
-
-grad_abs.needs_grad = True  # type: ignore[attr-defined]
-
-
-def random_scores(name: str, posterior: object, grad: Tensor | None) -> Tensor:
-    """Addition score drawn uniformly at random: random growth (an ablation)."""
-    n = posterior.event_shape.numel()  # type: ignore[attr-defined]
-    return torch.rand(n, device=posterior.loc.device)  # type: ignore[attr-defined]
-
-
-#: Addition rules by name: ``(site_name, posterior, grad) -> scores`` of all
-#: ``n`` coordinates (higher means add). Rules with ``needs_grad = True``
-#: receive the dense gradient; others get None.
-ADDITIONS: dict[str, AdditionRule] = {"grad": grad_abs, "random": random_scores}
-
-
-def get_addition(rule: str | AdditionRule) -> AdditionRule:
-    """Resolves an addition rule name or callable.
-
-    A callable is called as ``rule(site_name, posterior, grad)``, or as
-    ``rule(site_name, posterior)`` if it takes two arguments; it receives a
-    gradient only if it has an attribute ``needs_grad = True``.
-
-    Raises:
-        ValueError: For an unknown name. TypeError: for anything else.
-    """
-    if isinstance(rule, str):
-        if rule not in ADDITIONS:
-            raise ValueError(
-                f"unknown addition rule {rule!r}; valid names are {sorted(ADDITIONS)}, "
-                "or pass a callable (site_name, posterior, grad) -> scores"
-            )
-        return ADDITIONS[rule]
-    if not callable(rule):
-        raise TypeError(f"addition must be a name or a callable, got {type(rule)!r}")
-    if len(inspect.signature(rule).parameters) >= 3:
-        return rule
-    two = rule
-
-    def three(name: str, posterior: object, grad: Tensor | None) -> Tensor:
-        return two(name, posterior)
-
-    return three
-
-
-def needs_grad(rule: AdditionRule) -> bool:
-    """Whether an addition rule reads the dense gradient."""
-    return bool(getattr(rule, "needs_grad", False))
-
-
-def addition_scores(
-    rule: AdditionRule, name: str, posterior: object, grad: Tensor | None
-) -> Tensor:
-    """Scores all coordinates for addition with a rule from :func:`get_addition`.
-
-    Returns:
-        A 1-D tensor of length ``n`` (NaN counts as ``-inf`` in selection).
-
-    Raises:
-        ValueError: If the rule returns the wrong shape.
-    """
-    with torch.no_grad():
-        scores = rule(name, posterior, grad)
-    n = posterior.event_shape.numel()  # type: ignore[attr-defined]
-    if not isinstance(scores, Tensor) or scores.shape != (n,):
-        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores)
-        raise ValueError(
-            f"the addition rule returned {shape} for site {name!r}; expected a "
-            f"tensor of shape ({n},)"
-        )
-    return scores

@@ -4,22 +4,11 @@ Launch any script, or the CLI, with ``torchrun``::
 
     torchrun --standalone --nproc_per_node 2 -m pyro_ssvi train --epochs 1
 
-Inside, :func:`init_from_env` joins the process group that ``torchrun``
-describes (``nccl`` on GPUs, ``gloo`` on CPUs); :class:`~pyro_ssvi.SparseSVI`
-then wraps its loss in ``DistributedDataParallel`` (:class:`DataParallel`)
-and keeps the
-sparse subspaces identical on every rank (see :func:`check_indices_agree`).
-The helpers here reduce to no-ops in a single process::
-
-    info = init_from_env()                  # None when not under torchrun
-    local_x = shard(x)                      # this rank's rows of a global batch
-    everything = gather_rows(local_tensor)  # all ranks' rows, in rank order
-    shutdown()                              # leave the group before exiting
-
-Call :func:`shutdown` at the end of a script that trains with
-``SparseSVI`` under ``torchrun`` (:func:`pyro_ssvi.app.training.train` does):
-exiting with the process group alive can abort the process (``terminate
-called without an active exception``).
+:func:`init_from_env` joins ``torchrun``'s process group; ``SparseSVI`` then
+wraps its loss in ``DistributedDataParallel`` (:class:`DataParallel`) and
+checks that the active sets agree (:func:`check_indices_agree`). The helpers
+are no-ops in a single process. Call :func:`shutdown` before exiting: leaving
+with the group alive can abort the process.
 """
 
 from __future__ import annotations
@@ -62,14 +51,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Where this process stands in the job.
-
-    Attributes:
-        rank: Global rank.
-        world_size: Number of processes.
-        local_rank: Rank on this node (selects the GPU).
-        backend: ``"nccl"`` or ``"gloo"``.
-    """
+    """Where this process stands in the job (``local_rank`` selects the GPU)."""
 
     rank: int
     world_size: int
@@ -100,14 +82,8 @@ def is_main_process() -> bool:
 def init_from_env(device: str = "auto") -> DistInfo | None:
     """Join the process group described by ``torchrun``'s environment.
 
-    Uses ``nccl`` when the run is on CUDA and ``gloo`` otherwise, and sets
-    the current CUDA device to ``LOCAL_RANK``.
-
-    Args:
-        device: The run's device setting (``"auto"``, ``"cpu"``, ``"cuda"``).
-
-    Returns:
-        The :class:`DistInfo`, or None when ``WORLD_SIZE`` is unset or 1.
+    ``nccl`` on CUDA (the device ``LOCAL_RANK``), else ``gloo``. Returns the
+    :class:`DistInfo`, or None when ``WORLD_SIZE`` is unset or 1.
 
     Raises:
         RuntimeError: If the environment is incomplete (e.g. ``RANK`` missing).
@@ -131,10 +107,8 @@ def init_from_env(device: str = "auto") -> DistInfo | None:
     return DistInfo(global_rank, size, local_rank, backend)
 
 
-# Buffers (e.g. the active indices) are kept identical by construction and
-# checked after every subspace update; DDP need not broadcast them before every
-# forward. torch 2.14 renamed the switch (the old name warns); older releases
-# only have the old one.
+# Buffers (the active indices) are checked after every update, so DDP need not
+# broadcast them before every forward; torch 2.14 renamed the switch.
 _NO_FORWARD_BUFFER_SYNC: dict[str, Any] = (
     {"forward_sync_buffers": False}
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
@@ -143,12 +117,8 @@ _NO_FORWARD_BUFFER_SYNC: dict[str, Any] = (
 
 
 def wrap_ddp(module: torch.nn.Module) -> DistributedDataParallel:
-    """``module`` (e.g. Pyro's ``ELBOModule``) in ``DistributedDataParallel``.
-
-    Rank 0's parameters and buffers are broadcast at construction; gradients
-    are averaged over ranks in every backward pass; buffers are not re-synced
-    before each forward. The module's parameters must already exist.
-    """
+    """``module`` (e.g. Pyro's ``ELBOModule``, its parameters made) in
+    ``DistributedDataParallel``: rank 0's state broadcast, gradients averaged."""
     device = next(module.parameters()).device
     return DistributedDataParallel(
         module,
@@ -176,11 +146,8 @@ class _Loss(torch.nn.Module):
 class DataParallel:
     """``SparseSVI``'s loss under ``DistributedDataParallel``.
 
-    Built at the first step: the guides are set up and rank 0's parameters
-    and buffers broadcast, so every rank starts with the same values and
-    active sets. Each step's loss is :func:`pyro_ssvi._step.particles_loss`
-    (the direct step, or the ELBO's traced loss) on this rank's share of the
-    minibatch; gradients are averaged over ranks.
+    Built at the first step (guides set up, rank 0's state broadcast); each
+    step's loss is :func:`pyro_ssvi._step.particles_loss` on this rank's share.
 
     Raises:
         TypeError: If the loss is not a Pyro ELBO instance.
@@ -215,11 +182,9 @@ class DataParallel:
     def loss_and_grads(
         self, step: Any, probes: Any, args: tuple, kwargs: dict
     ) -> tuple[float, set[torch.Tensor]]:
-        """The loss averaged over ranks, and the trained parameters, whose
-        gradients it leaves averaged over ranks (NaN, and no gradient, when
-        the loss is not finite on some rank, or Pyro's validation rejected
-        NaN/inf parameters there: every rank learns it at once, so that all
-        raise together instead of waiting for each other)."""
+        """The loss and gradients averaged over ranks, and the trained
+        parameters; NaN and no gradient on every rank when any rank's loss is
+        not finite (so that all raise together)."""
         self.module.module.step, self.module.module.probes = step, probes
         try:
             loss: torch.Tensor | None = self.module(*args, **kwargs)
@@ -243,13 +208,9 @@ class DataParallel:
 def shutdown(wait: bool = True) -> None:
     """Leave and destroy the process group (a no-op without one).
 
-    Collects garbage first: ``SparseSVI``'s ``DistributedDataParallel`` sits in
-    reference cycles, and freeing it (with Gloo's pending work) after the
-    group is gone, at interpreter exit, aborts the process.
-
-    Args:
-        wait: Wait for every rank first (a barrier). Pass False when leaving
-            on an error that other ranks may not share, or they would hang.
+    Collects garbage first (a ``DistributedDataParallel`` in a reference cycle
+    freed after the group aborts the process). ``wait``: a barrier first; pass
+    False when leaving on an error other ranks may not share.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
@@ -263,10 +224,8 @@ def shutdown(wait: bool = True) -> None:
 def process_group(device: str = "auto") -> Iterator[DistInfo | None]:
     """Be in ``torchrun``'s process group for the ``with`` block.
 
-    Joins it (:func:`init_from_env`) unless already in one; when the block
-    succeeds, every rank waits for the others (so nobody goes on before rank
-    0 has written its files); afterwards, leaves the group if this call
-    joined it (without waiting, in case the block failed on one rank only).
+    Joins it unless already in one; after a successful block every rank waits
+    for the others; leaves it (without waiting) if this call joined it.
     Yields the :class:`DistInfo`, or None outside ``torchrun``.
     """
     created = not (dist.is_available() and dist.is_initialized())
@@ -305,10 +264,7 @@ def shard(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's rows, in rank order, on every rank.
-
-    Ranks may hold different numbers of rows (as :func:`shard` gives them).
-    """
+    """Concatenate every rank's rows (any number each), in rank order."""
     if not is_distributed():
         return tensor
     size = torch.tensor([tensor.shape[0]], device=tensor.device)
@@ -331,9 +287,8 @@ def _checksum(indices: Iterable[torch.Tensor]) -> torch.Tensor:
 
 
 def check_indices_agree(guides: Iterable[Any], step: int) -> None:
-    """Verify that every rank holds the same active indices; raise if not.
-
-    One all-gather of three integers per sparse site.
+    """Verify that every rank holds the same active indices (one all-gather of
+    three integers per sparse site).
 
     Raises:
         RuntimeError: Naming the step, if any rank differs from rank 0.

@@ -1,22 +1,9 @@
 """A mean-field ELBO that computes only what it uses, directly when it can.
 
-Pyro's :class:`~pyro.infer.TraceMeanField_ELBO` scores every site of the model
-and the guide (``compute_log_prob`` / ``compute_score_parts``) before it knows
-which of them the loss needs. For a Bayesian network whose weights all have an
-analytic KL, those scores are never used, yet the prior's ``log_prob`` of every
-dense weight tensor (and the support check of Pyro's validation) costs about
-as much as the network's forward pass. :class:`TraceSparseMeanField_ELBO`
-returns the same loss and gradients and scores only observed sites, plus the
-latent sites whose KL divergence is not available, when the loss reaches them.
-
-For an ``AutoSparseNormal`` over a ``PyroModule`` network it skips tracing
-altogether and takes the direct step of :mod:`pyro_ssvi._step`, as
-:class:`~pyro_ssvi.SparseSVI` does for every Pyro ELBO that allows it. This
-matters where the ELBO is called by itself, as in a training loop with a
-torch optimiser over Pyro's ``ELBOModule``::
-
-    loss_fn = TraceSparseMeanField_ELBO()(model, guide)   # an ELBOModule
-    loss_fn(x, y).backward()
+Pyro's ``TraceMeanField_ELBO`` scores every site before it knows which the loss
+needs; with analytic KLs the priors' ``log_prob`` costs about a forward pass
+and is never used. Where it applies, the direct step of :mod:`pyro_ssvi._step`
+skips tracing, also when the ELBO is called by itself (``ELBOModule``).
 """
 
 from __future__ import annotations
@@ -57,21 +44,11 @@ def _check_shape(site: Any, max_plate_nesting: float) -> None:
 class TraceSparseMeanField_ELBO(TraceMeanField_ELBO):
     """:class:`~pyro.infer.TraceMeanField_ELBO` without the unused log-densities.
 
-    The loss is identical: for each latent site the analytic
-    ``KL(q || p)`` when it is registered, else the Monte Carlo term
-    ``log p(z) - log q(z)``; plus the log-likelihood of observed sites. Only
-    the observed sites are scored up front; the Monte Carlo fallback scores
-    its site when it is reached. With Pyro's validation enabled the same
-    model/guide and shape checks run as in Pyro.
-
-    It accepts every argument of :class:`~pyro.infer.TraceMeanField_ELBO`
-    (``num_particles``, ``vectorize_particles``, ...), and is the default loss
-    of :class:`~pyro_ssvi.SparseSVI`.
-
-    Args:
-        *args, **kwargs: As for :class:`~pyro.infer.TraceMeanField_ELBO`.
-        fast: Take the direct step where it applies (see
-            :mod:`pyro_ssvi._step`). ``False`` always traces.
+    The same loss: per latent site the analytic ``KL(q || p)`` when
+    registered, else ``log p(z) - log q(z)`` (scored when reached); plus the
+    observed sites' log-likelihood. Pyro's validation checks run as in Pyro.
+    It takes every argument of ``TraceMeanField_ELBO``, and ``fast=False``
+    always traces. The default loss of :class:`~pyro_ssvi.SparseSVI`.
     """
 
     direct_kind = "analytic"
@@ -81,15 +58,10 @@ class TraceSparseMeanField_ELBO(TraceMeanField_ELBO):
         self.fast = fast
         self._paths: Any = weakref.WeakKeyDictionary()  # guide -> (model ref, path)
 
-    # ----------------------------------------------------------- direct step
     def fast_path(
         self, model: Any, guide: Any, *args: Any, **kwargs: Any
     ) -> DirectStep | None:
-        """The direct step for ``(model, guide)``, or None (traced).
-
-        Chosen on first use for a pair and cached; :meth:`why_traced` says
-        why a pair is traced.
-        """
+        """The direct step for ``(model, guide)`` (cached), or None (traced)."""
         return self._path(model, guide)[0]
 
     def why_traced(
@@ -160,7 +132,6 @@ class TraceSparseMeanField_ELBO(TraceMeanField_ELBO):
         result[0].backward()
         return torch_item(result[0])
 
-    # ----------------------------------------------------------- traced path
     def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> Any:
         guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
         model_trace = poutine.trace(

@@ -1,29 +1,118 @@
 r"""The growth score of SSVI's reselection: the loss's gradient at every coordinate.
 
-The ``"grad"`` addition rule ranks the inactive coordinates of a sparse
-weight by :math:`|\partial L / \partial \theta_j|`. A zero *probe*
-:math:`\delta` of the weight's full shape is added to the drawn weight; its
-gradient is that of every coordinate, active or not. :class:`~pyro_ssvi.SparseSVI`
-puts probes on the training step just before an update (:func:`make_probes`,
-:func:`probe_gradients`), as the reference implementation reads its backward
-pass; :func:`likelihood_gradients` runs a pass of its own, for a
-:class:`~pyro_ssvi.SubspaceScheduler` in any training loop.
+The addition rules (:data:`ADDITIONS`) score every coordinate for growth.
+The ``"grad"`` rule ranks coordinates by :math:`|\partial L / \partial
+\theta_j|`, read from a zero *probe* :math:`\delta` of the weight's full shape
+added to the drawn weight. ``SparseSVI`` puts probes on the step before an
+update (as the reference reads its backward pass); :func:`likelihood_gradients`
+runs a pass of its own, for a ``SubspaceScheduler`` in any training loop.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from torch import Tensor
 from torch.distributions import kl_divergence
 
 from ._step import DirectStep, Observer, Unsupported
 from .distributed import all_reduce_mean_
 from .distributions import ShiftedSparseNormal, SparseNormal
 
-__all__ = ["likelihood_gradients", "make_probes", "probe_gradients"]
+__all__ = [
+    "ADDITIONS",
+    "addition_scores",
+    "get_addition",
+    "grad_abs",
+    "likelihood_gradients",
+    "make_probes",
+    "needs_grad",
+    "probe_gradients",
+    "random_scores",
+]
+
+
+AdditionRule = Callable[..., Tensor]
+
+
+def grad_abs(name: str, posterior: object, grad: Tensor | None) -> Tensor:
+    r"""Addition score :math:`|\partial L / \partial \theta_j|`, the paper's rule.
+
+    ``grad``: the expected NLL's gradient at every coordinate of the site's
+    weight, on the update's minibatch (see :func:`likelihood_gradients`).
+    """
+    if grad is None:
+        raise ValueError(f"addition 'grad' needs the gradient of site {name!r}")
+    return grad.reshape(-1).abs()
+
+
+grad_abs.needs_grad = True  # type: ignore[attr-defined]
+
+
+def random_scores(name: str, posterior: object, grad: Tensor | None) -> Tensor:
+    """Addition score drawn uniformly at random: random growth (an ablation)."""
+    n = posterior.event_shape.numel()  # type: ignore[attr-defined]
+    return torch.rand(n, device=posterior.loc.device)  # type: ignore[attr-defined]
+
+
+#: Addition rules by name: ``(site_name, posterior, grad) -> scores`` of all
+#: ``n`` coordinates (higher means add). Rules with ``needs_grad = True``
+#: receive the dense gradient; others get None.
+ADDITIONS: dict[str, AdditionRule] = {"grad": grad_abs, "random": random_scores}
+
+
+def get_addition(rule: str | AdditionRule) -> AdditionRule:
+    """Resolves an addition rule name or callable.
+
+    A callable is called as ``rule(site_name, posterior, grad)``, or as
+    ``rule(site_name, posterior)`` if it takes two arguments; it receives a
+    gradient only if it has an attribute ``needs_grad = True``.
+
+    Raises:
+        ValueError: For an unknown name. TypeError: for anything else.
+    """
+    if isinstance(rule, str):
+        if rule not in ADDITIONS:
+            raise ValueError(
+                f"unknown addition rule {rule!r}; valid names are {sorted(ADDITIONS)}, "
+                "or pass a callable (site_name, posterior, grad) -> scores"
+            )
+        return ADDITIONS[rule]
+    if not callable(rule):
+        raise TypeError(f"addition must be a name or a callable, got {type(rule)!r}")
+    if len(inspect.signature(rule).parameters) >= 3:
+        return rule
+    two = rule
+    return lambda name, posterior, grad: two(name, posterior)
+
+
+def needs_grad(rule: AdditionRule) -> bool:
+    """Whether an addition rule reads the dense gradient."""
+    return bool(getattr(rule, "needs_grad", False))
+
+
+def addition_scores(
+    rule: AdditionRule, name: str, posterior: object, grad: Tensor | None
+) -> Tensor:
+    """Scores all ``n`` coordinates for addition with a rule from :func:`get_addition`.
+
+    Raises:
+        ValueError: If the rule returns the wrong shape.
+    """
+    with torch.no_grad():
+        scores = rule(name, posterior, grad)
+    n = posterior.event_shape.numel()  # type: ignore[attr-defined]
+    if not isinstance(scores, Tensor) or scores.shape != (n,):
+        shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores)
+        raise ValueError(
+            f"the addition rule returned {shape} for site {name!r}; expected a "
+            f"tensor of shape ({n},)"
+        )
+    return scores
 
 
 def make_probes(guide: Any) -> dict[str, torch.Tensor]:
@@ -70,20 +159,12 @@ def likelihood_gradients(
         \Big(-\sum_{\text{observed } i} \log p(y_i \mid \theta + \delta)
         + w\, s\, \mathrm{KL}(\mu + \delta_A)\Big),
 
-    each observed site weighted by its scale (plates, subsampling,
-    ``poutine.scale``) and mask, as in the ELBO. The KL term enters only with
-    ``kl_weight`` :math:`w > 0`: it adds :math:`w\, s\, \partial
-    \mathrm{KL} / \partial \mu_j` at the active coordinates :math:`j`
-    (zero at the others), with :math:`s` the guide site's scale
-    (:func:`~pyro_ssvi.poutine.scale_kl`); this is the SSVI reference
-    implementation's growth score. Under ``torch.distributed`` the gradients
-    are averaged over ranks. Works with any ELBO (JIT ones too: this pass is
-    not compiled), any handler-wrapped guide, LRT or not; with ``direct`` (a
-    :class:`~pyro_ssvi._step.DirectStep`) the pass is that step's forward,
-    on the same kernels as the loss.
-
-    Returns:
-        ``{site name: dense gradient of the site's shape}``.
+    each observed site weighted by its scale and mask, as in the ELBO. With
+    ``kl_weight`` :math:`w > 0` it adds :math:`w\, s\, \partial \mathrm{KL} /
+    \partial \mu_j` at the active coordinates (:math:`s`: the guide site's
+    scale), the reference implementation's growth score. Gradients are averaged
+    over ranks. With ``direct`` (a :class:`~pyro_ssvi._step.DirectStep`) the
+    pass is that step's forward. Returns ``{site: dense gradient}``.
     """
     result = None
     if direct is not None:
@@ -124,11 +205,7 @@ def _direct_gradients(
 
 
 class _Probes(Messenger):
-    """Samples every sparse guide site shifted by a zero probe that requires grad.
-
-    The gradient of the loss with respect to a probe is the gradient with
-    respect to every coordinate of the site's weight, active or not.
-    """
+    """Samples every sparse guide site shifted by a zero probe that requires grad."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,22 +1,7 @@
-r"""``SubspaceScheduler``: SSVI's subspace reselection, for any training loop.
+"""``SubspaceScheduler``: SSVI's subspace reselection, for any training loop.
 
-Like a torch learning-rate scheduler, it is stepped once after every
-optimisation step, and it edits the optimiser's state (the moments of the
-coordinates it moves) along with the guide::
-
-    pyro.settings.set(module_local_params=True)
-    guide = AutoSparseNormal(model, density=0.1).setup(x0, y0)
-    elbo = TraceMeanField_ELBO()(model, guide)        # Pyro's ELBOModule
-    optimizer = torch.optim.Adam(elbo.parameters(), lr=1e-3)
-    scheduler = SubspaceScheduler(model, guide, optimizer, num_steps=10_000)
-    for x, y in loader:
-        optimizer.zero_grad()
-        elbo(x, y).backward()
-        optimizer.step()
-        scheduler.step(x, y)          # reselects when an update is due
-
-:class:`~pyro_ssvi.SparseSVI` is ``pyro.infer.SVI`` plus one of these.
-"""
+Stepped after every optimiser step, like a torch LR scheduler, with the step's
+minibatch; it edits the guide and the optimiser's moments."""
 
 from __future__ import annotations
 
@@ -24,20 +9,20 @@ import warnings
 from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
+from torch import Tensor
 from torch.distributions import transform_to
 
 from ._optim import check_optimizer, move_optimizer_state
 from ._step import DirectStep, Unsupported, direct_step
-from .criteria import (
-    addition_scores,
-    get_addition,
-    get_criterion,
-    needs_grad,
-    removal_scores,
-)
+from .criteria import get_criterion, removal_scores
 from .distributed import check_indices_agree, is_distributed
 from .distributions import SparseNormal
-from .growth import likelihood_gradients
+from .growth import (
+    addition_scores,
+    get_addition,
+    likelihood_gradients,
+    needs_grad,
+)
 from .guides import AutoSparseNormal
 from .schedules import drop_fraction_at, get_schedule, needs_horizon, update_due
 from .selection import move, num_to_swap, regrown_scale, reselect
@@ -48,14 +33,9 @@ __all__ = ["SubspaceScheduler", "SubspaceUpdate", "find_sparse_guides"]
 class SubspaceUpdate(NamedTuple):
     """Record of one subspace reselection.
 
-    Attributes:
-        step: Number of optimisation steps taken when the update ran.
-        drop_fraction: The fraction ``r_t`` of each active set put up for
-            replacement.
-        num_dropped: ``{site: floor(r_t * k)}``, coordinates removed (some
-            may be re-added at once).
-        num_swapped: ``{site: n}``, coordinates that actually changed: newly
-            active ones (as many became inactive).
+    ``step``: optimisation steps taken; ``drop_fraction``: :math:`r_t`;
+    ``num_dropped``: ``{site: floor(r_t * k)}`` removed (some re-added at once);
+    ``num_swapped``: ``{site: n}`` newly active (as many became inactive).
     """
 
     step: int
@@ -65,13 +45,9 @@ class SubspaceUpdate(NamedTuple):
 
 
 def find_sparse_guides(guide: Any) -> list[AutoSparseNormal]:
-    """Every :class:`~pyro_ssvi.AutoSparseNormal` inside ``guide``.
-
-    Looks through ``nn.Module`` children (``AutoGuideList`` and any module
-    holding guides) and through Pyro's handler wrappers such as
-    ``poutine.scale(guide, 1/N)`` or ``poutine.block(guide, ...)`` (which are
-    ``functools.partial`` objects around the guide).
-    """
+    """Every :class:`~pyro_ssvi.AutoSparseNormal` inside ``guide``: in
+    ``nn.Module`` children and in handler wrappers such as
+    ``poutine.scale(guide, 1/N)`` (``functools.partial`` objects)."""
     found: list[AutoSparseNormal] = []
     seen: set[int] = set()
 
@@ -91,8 +67,7 @@ def find_sparse_guides(guide: Any) -> list[AutoSparseNormal]:
                     visit(item, depth + 1)
 
     visit(guide, 0)
-    unique = list(dict.fromkeys(found))
-    return unique
+    return list(dict.fromkeys(found))
 
 
 class SubspaceScheduler:
@@ -107,45 +82,19 @@ class SubspaceScheduler:
        the SNR of :math:`|\theta|` by default), :math:`r_t` from
        :func:`pyro_ssvi.schedules.drop_fraction_at`;
     2. adds :math:`s` coordinates, among all not kept, with the highest
-       ``addition`` score (``"grad"``: :math:`|\partial L/\partial\theta_j|`
-       on the step's minibatch, see :mod:`pyro_ssvi.growth`; ``"random"``);
-    3. moves the kept coordinates' means, scales and optimiser moments with
-       them (:mod:`pyro_ssvi.selection`); new ones start at mean 0, at the
-       scale of :func:`~pyro_ssvi.selection.regrown_scale` and with zero
-       moments; one removed and re-added keeps everything.
+       ``addition`` score (``"grad"``: :math:`|\partial L/\partial\theta_j|`,
+       see :mod:`pyro_ssvi.growth`; ``"random"``);
+    3. moves the kept coordinates' means, scales and optimiser moments in place
+       (:mod:`pyro_ssvi.selection`); new ones start at mean 0, the
+       :func:`~pyro_ssvi.selection.regrown_scale` and zero moments.
 
-    All edits are in place, so the optimiser keeps holding the same tensors.
-
-    Args:
-        model: The Pyro model.
-        guide: A guide containing :class:`~pyro_ssvi.AutoSparseNormal` (alone,
-            in an ``AutoGuideList``, or wrapped in Pyro handlers).
-        optimizer: The optimiser whose moments follow the coordinates: a
-            ``torch.optim.Optimizer``, a torch LR scheduler, a
-            ``pyro.optim.PyroOptim``, a list of these, or None.
-        update_every: Steps between updates.
-        removal: A name from :data:`~pyro_ssvi.criteria.CRITERIA` or a
-            callable ``(loc, scale) -> scores``.
-        addition: ``"grad"``, ``"random"`` or a callable
-            ``(site_name, posterior, grad) -> scores`` of all coordinates.
-        drop_fraction: Initial fraction :math:`\alpha \in [0, 1)`.
-        drop_schedule: ``"cosine"``, ``"linear"``, ``"constant"``,
-            ``"inverse"`` or a callable ``progress -> multiplier``; default
-            ``"cosine"`` (the reference's) with a stop step, else
-            ``"inverse"``, which needs none.
-        stop_updates_at: Step from which no update happens; default
-            ``floor(0.75 * num_steps)``, as the reference, or never.
-        num_steps: Planned number of training steps.
-        sparse_guides: The ``AutoSparseNormal`` guides to reselect, if they
-            cannot be found inside ``guide``.
-        regrow_scale: ``"mean"`` or a float > 0, see
-            :func:`~pyro_ssvi.selection.regrown_scale`.
-        kl_weight: The training loss's KL weight: a float, or a callable of
-            the 1-based step number.
-        growth_includes_kl: Add ``kl_weight`` times :math:`\partial
-            \mathrm{KL}/\partial\mu_j` of the active coordinates to the
-            ``"grad"`` score, as the reference implementation's growth score
-            (the gradient of its whole loss) does.
+    ``optimizer``: a torch optimiser or LR scheduler, a ``PyroOptim``, a list
+    of these, or None. ``drop_schedule``: a name from
+    :data:`~pyro_ssvi.schedules.SCHEDULES` or a callable, default ``"cosine"``
+    with a stop step (``stop_updates_at``, default ``floor(0.75 * num_steps)``),
+    else ``"inverse"``. ``growth_includes_kl``: add ``kl_weight`` (a float or a
+    callable of the step) times :math:`\partial\mathrm{KL}/\partial\mu_j` of
+    the active coordinates to the ``"grad"`` score, as the reference does.
 
     Raises:
         ValueError, TypeError: For invalid arguments, with the fix named.
@@ -158,8 +107,8 @@ class SubspaceScheduler:
         optimizer: Any = None,
         *,
         update_every: int = 100,
-        removal: str | Callable[..., torch.Tensor] = "snr_abs",
-        addition: str | Callable[..., torch.Tensor] = "grad",
+        removal: str | Callable[..., Tensor] = "snr_abs",
+        addition: str | Callable[..., Tensor] = "grad",
         drop_fraction: float = 0.3,
         drop_schedule: str | Callable[[float], float] | None = None,
         stop_updates_at: int | None = None,
@@ -228,25 +177,23 @@ class SubspaceScheduler:
         self._direct: tuple[Any, DirectStep | None] | None = None
 
     @property
-    def removal(self) -> Callable[..., torch.Tensor]:
+    def removal(self) -> Callable[..., Tensor]:
         """The removal criterion ``(loc, scale) -> scores`` (resolved when set)."""
         return self._removal
 
     @removal.setter
-    def removal(self, criterion: str | Callable[..., torch.Tensor]) -> None:
+    def removal(self, criterion: str | Callable[..., Tensor]) -> None:
         self._removal = get_criterion(criterion)
 
     @property
-    def addition(self) -> Callable[..., torch.Tensor]:
-        """The addition rule ``(site, posterior, grad) -> scores`` (resolved
-        when set)."""
+    def addition(self) -> Callable[..., Tensor]:
+        """The addition rule ``(site, posterior, grad) -> scores``, resolved."""
         return self._addition
 
     @addition.setter
-    def addition(self, rule: str | Callable[..., torch.Tensor]) -> None:
+    def addition(self, rule: str | Callable[..., Tensor]) -> None:
         self._addition = get_addition(rule)
 
-    # ------------------------------------------------------------ schedule
     @property
     def num_updates(self) -> int:
         """Number of subspace updates performed so far."""
@@ -271,8 +218,7 @@ class SubspaceScheduler:
         )
 
     def growth_kl_weight(self) -> float:
-        """The KL weight of the growth score now: ``kl_weight`` at the current
-        step with ``growth_includes_kl``, else 0."""
+        """The growth score's KL weight now (0 without ``growth_includes_kl``)."""
         if not self.growth_includes_kl:
             return 0.0
         weight = self.kl_weight
@@ -281,24 +227,19 @@ class SubspaceScheduler:
     def step(self, *args: Any, **kwargs: Any) -> SubspaceUpdate | None:
         """Count one optimisation step; reselect if an update is due.
 
-        Call it after each optimiser step, with that step's minibatch (the
-        model's ``*args, **kwargs``: the ``"grad"`` rule runs one forward and
-        backward pass on it when an update is due).
-
-        Returns:
-            The :class:`SubspaceUpdate` if one ran, else None.
+        Pass the step's minibatch (the ``"grad"`` rule runs a growth pass on it).
+        Returns the :class:`SubspaceUpdate` if one ran, else None.
         """
         return self._step(args, kwargs)
 
     def _step(
-        self, args: tuple, kwargs: dict, grads: dict[str, torch.Tensor] | None = None
+        self, args: tuple, kwargs: dict, grads: dict[str, Tensor] | None = None
     ) -> SubspaceUpdate | None:
         self.step_count += 1
         return self._update(args, kwargs, grads) if self.update_due() else None
 
     def wants_gradients(self) -> bool:
-        """Whether the next :meth:`step` runs an update that reads the growth
-        gradient (which the training step may then provide)."""
+        """Whether the next :meth:`step`'s update reads the growth gradient."""
         return (
             needs_grad(self.addition)
             and self.update_due(self.step_count + 1)
@@ -316,21 +257,35 @@ class SubspaceScheduler:
             self._direct = (key, step)
         return None if key is None or self._direct is None else self._direct[1]
 
-    # --------------------------------------------------------- reselection
     def update(self, *args: Any, **kwargs: Any) -> SubspaceUpdate:
         """Reselect every sparse site's subspace now, with the current fraction.
 
-        With ``addition="grad"`` the model's arguments are required (one
-        forward and backward pass on them gives the gradient). The update is
-        recorded in :attr:`updates`.
+        ``addition="grad"`` needs the model's arguments (for the growth pass).
         """
         return self._update(args, kwargs)
 
     def _update(
-        self, args: tuple, kwargs: dict, grads: dict[str, torch.Tensor] | None = None
+        self, args: tuple, kwargs: dict, grads: dict[str, Tensor] | None = None
     ) -> SubspaceUpdate:
-        if grads is None:
-            grads = self._growth_gradients(args, kwargs)
+        if grads is None and (not needs_grad(self.addition) or self._all_full()):
+            grads = {}
+        elif grads is None:  # the addition rule's gradients, by a growth pass
+            try:
+                grads = likelihood_gradients(
+                    self.model,
+                    self.guide,
+                    *args,
+                    kl_weight=self.growth_kl_weight(),
+                    direct=self._direct_step(),
+                    **kwargs,
+                )
+            except TypeError as e:
+                if args or kwargs:
+                    raise
+                raise ValueError(
+                    "SubspaceScheduler.update: addition='grad' needs a minibatch; "
+                    "call it with the model's arguments, e.g. update(x, y)."
+                ) from e
         fraction = self.drop_fraction_at()
         dropped: dict[str, int] = {}
         swapped: dict[str, int] = {}
@@ -340,7 +295,15 @@ class SubspaceScheduler:
                 key = f"{i}.{name}" if several else name
                 unseen = needs_grad(self.addition) and name not in grads
                 if unseen and not guide._is_full(name):
-                    self._warn_unseen(name)
+                    if name not in self._warned:
+                        self._warned.add(name)
+                        warnings.warn(
+                            f"SubspaceScheduler: sparse site {name!r} was not sampled "
+                            "by the guide as the loss sees it (hidden by "
+                            "poutine.block?), so its subspace is not reselected.",
+                            UserWarning,
+                            stacklevel=2,
+                        )
                     dropped[key] = swapped[key] = 0
                     continue
                 dropped[key], swapped[key] = self._reselect_site(
@@ -352,58 +315,19 @@ class SubspaceScheduler:
             check_indices_agree(self.sparse_guides, self.step_count)
         return record
 
-    def _growth_gradients(self, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
-        """The addition rule's gradients, by a growth pass on the minibatch."""
-        if not needs_grad(self.addition) or self._all_full():
-            return {}
-        try:
-            return likelihood_gradients(
-                self.model,
-                self.guide,
-                *args,
-                kl_weight=self.growth_kl_weight(),
-                direct=self._direct_step(),
-                **kwargs,
-            )
-        except TypeError as e:
-            if args or kwargs:
-                raise
-            raise ValueError(
-                "SubspaceScheduler.update: addition='grad' needs a minibatch; "
-                "call it with the model's arguments, e.g. update(x, y)."
-            ) from e
-
     def _all_full(self) -> bool:
-        """Whether every sparse site has all its coordinates active (density 1):
-        then no coordinate can enter, and an update changes nothing."""
+        """Whether every sparse site is full (an update changes nothing)."""
         return all(
             guide._sites and all(map(guide._is_full, guide.sparse_site_names()))
             for guide in self.sparse_guides
         )
 
-    def _warn_unseen(self, name: str) -> None:
-        if name not in self._warned:
-            self._warned.add(name)
-            warnings.warn(
-                f"SubspaceScheduler: sparse site {name!r} was not sampled by the "
-                "guide as the loss sees it (hidden by poutine.block?), so its "
-                "subspace is not reselected.",
-                UserWarning,
-                stacklevel=3,
-            )
-
     @torch.no_grad()
     def _reselect_site(
-        self,
-        guide: AutoSparseNormal,
-        name: str,
-        fraction: float,
-        grad: torch.Tensor | None,
+        self, guide: AutoSparseNormal, name: str, fraction: float, grad: Tensor | None
     ) -> tuple[int, int]:
         loc_u, scale_u, stored = guide.subspace_params(name)
-        if not (
-            bool(torch.isfinite(loc_u).all()) and bool(torch.isfinite(scale_u).all())
-        ):
+        if not bool(torch.isfinite(loc_u).all() & torch.isfinite(scale_u).all()):
             raise FloatingPointError(
                 f"SubspaceScheduler: the parameters of site {name!r} are not finite "
                 f"at step {self.step_count}; the subspace was not changed. Lower the "
@@ -414,8 +338,8 @@ class SubspaceScheduler:
             return num_swap, 0
         transform = transform_to(guide.scale_constraint)
         scale = transform(scale_u)
-        shape = guide.site_shape(name)
-        post = SparseNormal(loc_u, scale, guide._indices(name), shape, False)
+        shape, indices = guide.site_shape(name), guide._indices(name)
+        post = SparseNormal(loc_u, scale, indices, shape, False)
         result = reselect(
             post.indices,
             removal_scores(self.removal, loc_u, scale),
@@ -432,7 +356,6 @@ class SubspaceScheduler:
             move_optimizer_state(self.optimizer, param, result.source)
         return result.num_dropped, result.num_swapped
 
-    # --------------------------------------------------------- serialisation
     def state_dict(self) -> dict[str, Any]:
         """Progress of the schedule: step count and update history."""
         return {
@@ -455,14 +378,6 @@ class SubspaceScheduler:
         self.updates = [SubspaceUpdate(*u) for u in state["updates"]]
 
 
-def _describe(obj: Any) -> str:
-    """What a guide is, in words: its class, or the function it is."""
-    if isinstance(obj, torch.nn.Module):
-        return f"the {type(obj).__name__} given"
-    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
-    return f"the {type(obj).__name__} {name!r} given" if name else f"{obj!r}"
-
-
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"SubspaceScheduler: {name} must be an int, got {value!r}.")
@@ -471,3 +386,11 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
             f"SubspaceScheduler: {name} must be >= {minimum}, got {value!r}."
         )
     return value
+
+
+def _describe(obj: Any) -> str:
+    """What a guide is, in words: its class, or the function it is."""
+    if isinstance(obj, torch.nn.Module):
+        return f"the {type(obj).__name__} given"
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    return f"the {type(obj).__name__} {name!r} given" if name else f"{obj!r}"

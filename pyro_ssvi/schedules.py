@@ -17,15 +17,7 @@ multiplier :math:`m` given by the schedule:
 * the horizon-free ``"inverse"`` schedule, a function of the number
   :math:`u = t / \text{update\_every} - 1` of earlier updates:
   :math:`m = 1 / (1 + u / u_{1/2})` with :math:`u_{1/2}` =
-  :data:`INVERSE_HALF_LIFE` updates. It needs no stop step, decays towards 0
-  and is what :class:`~pyro_ssvi.SparseSVI` uses when it is given neither
-  ``num_steps`` nor ``stop_updates_at``.
-
-Example::
-
-    drop_fraction_at(300, alpha=0.3, schedule="cosine", update_every=100,
-                     stop_at=1000)            # 0.15 * (1 + cos(0.3 pi))
-    update_due(300, update_every=100, stop_at=1000)   # True
+  :data:`INVERSE_HALF_LIFE` updates, the default without a stop step.
 """
 
 from __future__ import annotations
@@ -109,11 +101,8 @@ def needs_horizon(schedule: str | Callable[[float], float]) -> bool:
 
 
 def update_due(step: int, *, update_every: int, stop_at: int | None) -> bool:
-    """Whether an update runs after optimisation step ``step`` (1-based).
-
-    True when ``step`` is a positive multiple of ``update_every`` and below
-    ``stop_at`` (never stops when ``stop_at`` is None).
-    """
+    """Whether an update runs after optimisation step ``step`` (1-based): a
+    positive multiple of ``update_every`` below ``stop_at`` (None: never stops)."""
     if step < 1 or step % update_every:
         return False
     return stop_at is None or step < stop_at
@@ -129,15 +118,8 @@ def drop_fraction_at(
 ) -> float:
     r"""The drop fraction :math:`r_t = \alpha\, m` of an update at ``step``.
 
-    Args:
-        step: The 1-based optimisation step of the update.
-        alpha: Initial drop fraction :math:`\alpha`.
-        schedule: A name from :data:`SCHEDULES` or a callable of progress.
-        update_every: Steps between updates.
-        stop_at: The stop step :math:`T`; required by horizon schedules.
-
-    Returns:
-        :math:`r_t \in [0, \alpha]`, clamped to ``[0, 1]``.
+    ``schedule`` is a name from :data:`SCHEDULES` or a callable of progress;
+    ``stop_at`` is :math:`T`. The result is clamped to ``[0, 1]``.
 
     Raises:
         ValueError: If a horizon schedule has no stop step.

@@ -1,10 +1,4 @@
-r"""Pure index arithmetic of SSVI's subspace reselection.
-
-Every function here is a function of tensors: no guide, no optimiser, no
-Pyro. :class:`~pyro_ssvi.SubspaceScheduler` (and through it
-:class:`~pyro_ssvi.SparseSVI`) calls them and applies the result to the
-guide's parameters and the optimiser's moments; nothing else in the library
-does index arithmetic.
+r"""Pure index arithmetic of SSVI's subspace reselection: functions of tensors.
 
 One reselection of a site with ``k`` active coordinates out of ``n``
 (Li et al., 2024, Algorithm 1)::
@@ -41,15 +35,10 @@ __all__ = [
 class Reselection(NamedTuple):
     """The outcome of :func:`reselect` for one site.
 
-    Attributes:
-        indices: The new active set, sorted flat indices, shape ``(k,)``.
-        source: For each new position ``i``, the position in the *old*
-            active set that coordinate ``indices[i]`` held, or ``-1`` if it
-            was inactive (newly active), shape ``(k,)``, int64.
-        num_dropped: Coordinates put up for replacement (``s``); some may
-            have been added straight back.
-        num_swapped: Coordinates that were inactive and are now active (as
-            many active ones became inactive).
+    ``indices``: the new active set, sorted, ``(k,)``; ``source``: for each new
+    position the position in the *old* active set of that coordinate, or -1 if
+    newly active (int64, ``(k,)``); ``num_dropped``: the ``s`` put up for
+    replacement; ``num_swapped``: coordinates newly active (as many left).
     """
 
     indices: Tensor
@@ -61,12 +50,8 @@ class Reselection(NamedTuple):
 def num_to_swap(k: int, drop_fraction: float) -> int:
     r"""Coordinates to replace at one update, :math:`s = \lfloor r k \rfloor`.
 
-    Args:
-        k: Active coordinates of the site.
-        drop_fraction: :math:`r \in [0, 1]`.
-
-    Returns:
-        An int in ``[0, k]``.
+    Raises:
+        ValueError: If ``drop_fraction`` :math:`r` is outside ``[0, 1]``.
     """
     if not 0.0 <= drop_fraction <= 1.0:
         raise ValueError(f"drop_fraction must be in [0, 1], got {drop_fraction!r}")
@@ -92,21 +77,8 @@ def reselect(
 
     :math:`G` may contain coordinates just removed: they come straight back
     (``source`` points at their old position, so they keep their values).
-    Ties follow :func:`top_k`: the lower position (for
-    :math:`r`) or the lower flat index (for :math:`a`) wins; NaN counts as
-    :math:`-\infty`. The result does not depend on how ties were stored.
-
-    Args:
-        indices: Sorted, unique flat indices of the active set, shape
-            ``(k,)``, an integer tensor.
-        removal_scores: Scores of the active coordinates, shape ``(k,)``
-            (higher means keep).
-        addition_scores: Scores of all ``n`` coordinates, shape ``(n,)``
-            (higher means add); the entries of kept coordinates are ignored.
-        num_swap: :math:`s`, in ``[0, k]``.
-
-    Returns:
-        A :class:`Reselection`.
+    Ties follow :func:`top_k` (the lower position or flat index wins); NaN
+    counts as :math:`-\infty`. ``indices`` are sorted and unique.
 
     Raises:
         ValueError: If the shapes disagree or ``num_swap`` is out of range.
@@ -159,13 +131,7 @@ def _grow(scores: Tensor, kept: Tensor, s: int) -> Tensor:
 def move(values: Tensor, source: Tensor, fill: float | Tensor) -> Tensor:
     r"""Values of the new active set: :math:`v'_i = v_{\text{source}_i}`, or ``fill``.
 
-    Args:
-        values: Values over the old active set, shape ``(k, ...)``.
-        source: From :attr:`Reselection.source`, shape ``(k,)``.
-        fill: Value of newly active coordinates (``source == -1``).
-
-    Returns:
-        A new tensor of ``values.shape``.
+    ``values`` has shape ``(k, ...)``; ``fill`` goes where ``source == -1``.
     """
     gathered = values.index_select(0, source.clamp(min=0))
     new = (source >= 0).reshape((-1,) + (1,) * (values.dim() - 1))
@@ -175,23 +141,11 @@ def move(values: Tensor, source: Tensor, fill: float | Tensor) -> Tensor:
 def regrown_scale(
     moved: Tensor, source: Tensor, rule: str | float, transform: Any
 ) -> Tensor:
-    r"""The unconstrained scale of newly active coordinates.
+    r"""The unconstrained scale of newly active coordinates (a 0-d tensor).
 
-    ``"mean"``: the mean over the coordinates that stay active (kept or
-    re-added) of the moved unconstrained scales, as in the reference
-    implementation (the mean :math:`\rho` of the layer's active entries after
-    the update, excluding the newly grown ones; 0 when none stays); a float
-    :math:`\sigma_0 > 0`: its unconstrained value ``transform.inv(sigma_0)``.
-
-    Args:
-        moved: Unconstrained scales after :func:`move` (new ones arbitrary).
-        source: From :attr:`Reselection.source`.
-        rule: ``"mean"`` or :math:`\sigma_0`.
-        transform: The scale's constraint transform (its inverse maps
-            :math:`\sigma_0`).
-
-    Returns:
-        A 0-d tensor.
+    ``rule="mean"``: the mean :math:`\rho` of the ``moved`` unconstrained scales
+    that stay active (kept or re-added), as the reference implementation (0
+    when none stays); a float :math:`\sigma_0 > 0`: ``transform.inv(sigma_0)``.
     """
     if rule != "mean":
         return transform.inv(
@@ -208,14 +162,8 @@ def top_k(scores: Tensor, k: int) -> Tensor:
 
     Among equal scores the lower position wins, so the selection is
     deterministic across runs and devices. NaN counts as ``-inf``, and ``-inf``
-    entries are chosen only when fewer than ``k`` finite ones exist.
-
-    Args:
-        scores: 1-D tensor of scores.
-        k: Number of positions to keep, an integer in ``[0, scores.numel()]``.
-
-    Returns:
-        LongTensor of shape ``(k,)``, sorted ascending.
+    entries are chosen only when fewer than ``k`` finite ones exist. Returns
+    the sorted int64 positions, shape ``(k,)``.
 
     Raises:
         TypeError: If ``k`` is not an int.
@@ -276,12 +224,8 @@ _PREFILTER_RATIO = 16
 
 
 def _candidates(scores: Tensor, k: int) -> Tensor | None:
-    """Sorted positions with score >= t, for a t that leaves about 2k of them.
-
-    Returns None when fewer than ``k`` scores reach ``t`` (the sample was
-    unlucky), or more than half of them (ties): then the caller selects from
-    all scores.
-    """
+    """Sorted positions with score >= t, for a t that leaves about 2k of them;
+    None when fewer than ``k`` or more than half reach ``t`` (search them all)."""
     n = scores.numel()
     sample = scores[:: max(1, n // 65536)]
     rank = int(sample.numel() * (1 - 2 * k / n))

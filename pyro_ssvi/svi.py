@@ -6,12 +6,10 @@ Constructed and used exactly like :class:`pyro.infer.SVI`::
     svi = SparseSVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), num_steps=5000)
     for step in range(5000):
         loss = svi.step(x, y)
-    svi.num_updates, svi.updates[-1]
 
-Each :meth:`SparseSVI.step` is one loss and gradient (the direct step of
-:mod:`pyro_ssvi._step` where it is exact, else Pyro's traced ELBO), one
-optimiser step, and a step of ``svi.subspace``, the
-:class:`~pyro_ssvi.SubspaceScheduler` that reselects the active sets.
+Each step is one loss and gradient (the direct step of :mod:`pyro_ssvi._step`
+where it is exact, else Pyro's traced ELBO), one optimiser step, and a step of
+``svi.subspace``, the :class:`~pyro_ssvi.SubspaceScheduler`.
 """
 
 from __future__ import annotations
@@ -36,11 +34,11 @@ from ._step import (
     elbo_kind,
     handler_context,
     log_choice,
+    particles_loss,
 )
-from .criteria import ADDITIONS
 from .distributed import DataParallel, is_distributed
 from .elbo import TraceSparseMeanField_ELBO
-from .growth import make_probes, probe_gradients
+from .growth import ADDITIONS, make_probes, probe_gradients
 from .guides import AutoSparseNormal
 from .poutine import (
     LatentScaleMessenger,
@@ -60,48 +58,31 @@ _SCHEDULER_OPTIONS = frozenset(
 class SparseSVI(SVI):
     r"""SVI that alternates gradient steps with reselection of sparse subspaces.
 
-    A drop-in replacement for :class:`pyro.infer.SVI`:
-    ``SparseSVI(model, guide, optim, loss)`` trains with no further argument.
-    ``guide`` must contain an :class:`~pyro_ssvi.AutoSparseNormal` (alone, in
-    an ``AutoGuideList``, or wrapped in handlers such as
-    ``poutine.scale(guide, 1/N)``). Any keyword argument of
-    :class:`~pyro_ssvi.SubspaceScheduler` (``update_every``, ``removal``,
-    ``addition``, ``drop_fraction``, ``drop_schedule``, ``stop_updates_at``,
-    ``num_steps``, ``sparse_guides``, ``regrow_scale``,
-    ``growth_includes_kl``) configures :attr:`subspace`, the scheduler; with
-    ``num_steps`` the drop fraction follows the reference's cosine decay and
-    updates stop at 75% of training, without it they never stop.
+    A drop-in for :class:`pyro.infer.SVI` whose ``guide`` contains an
+    :class:`~pyro_ssvi.AutoSparseNormal` (alone, in an ``AutoGuideList``, or in
+    handlers). Keyword arguments of :class:`~pyro_ssvi.SubspaceScheduler`
+    (``update_every``, ``removal``, ``addition``, ``drop_fraction``,
+    ``num_steps``, ...) configure :attr:`subspace`; others go to ``SVI``. With
+    ``num_steps`` the drop fraction decays as the reference's cosine and
+    updates stop at 75%.
 
     Args:
-        model: The Pyro model.
-        guide: A guide containing an ``AutoSparseNormal``.
-        optim: A :class:`pyro.optim.PyroOptim`.
-        loss: An ELBO or a loss callable; default
-            :class:`~pyro_ssvi.elbo.TraceSparseMeanField_ELBO`.
-            ``Trace_ELBO``, ``TraceMeanField_ELBO`` and it take the direct
-            step; :attr:`path` and :attr:`why_traced` say which path a step
-            took.
-        kl_weight: Weight of the KL term, a float >= 0 or a callable of the
-            1-based step number: the loss is ``-E[log p(y|theta)] +
-            kl_weight * KL(q || p)`` (every latent site of model and guide is
-            scaled). The reference SSVI runs use ``0.01 * min(2e/E, 1)``.
-        local_reparameterization: Compute weight sites' linear and
-            convolution layers by local reparameterisation
-            (:func:`pyro_ssvi.poutine.local_reparameterization`).
+        loss: Default :class:`~pyro_ssvi.elbo.TraceSparseMeanField_ELBO`;
+            it, ``Trace_ELBO`` and ``TraceMeanField_ELBO`` take the direct
+            step (:attr:`path` and :attr:`why_traced` say which a step took).
+        kl_weight: A float >= 0 or a callable of the 1-based step: the loss is
+            ``-E[log p(y|theta)] + kl_weight * KL(q || p)``. The reference
+            SSVI runs use ``0.01 * min(2e/E, 1)``.
+        local_reparameterization: Weight sites' layers by local
+            reparameterisation (:func:`pyro_ssvi.poutine.local_reparameterization`).
         sparse_compute: Sparse kernels for sparse linear layers (``True``),
-            dense ones (``False``) or whichever a one-time timing finds faster
-            (``"auto"``); default ``"auto"`` on the CPU and, with local
-            reparameterisation, everywhere (on an H200 it chose dense).
-        distributed: Data-parallel training under ``torchrun`` (``None`` or
-            ``True``; ``False`` ignores a process group): each rank passes its
-            share of the minibatch, gradients are averaged over ranks.
-        **options: The scheduler's options above; others go to
-            :class:`pyro.infer.SVI`.
+            dense ones (``False``) or the faster by a one-time timing
+            (``"auto"``, the default on the CPU and with local reparameterisation).
+        distributed: Data-parallel under ``torchrun``; ``False`` ignores it.
 
     Raises:
         ValueError, TypeError: For invalid arguments, with the fix named.
-        FloatingPointError: From :meth:`step` when the loss is NaN or
-            infinite; parameters and subspaces are left untouched.
+        FloatingPointError: From :meth:`step` for a NaN/inf loss (nothing changed).
     """
 
     def __init__(
@@ -131,22 +112,9 @@ class SparseSVI(SVI):
         self.distributed = distributed
         self._optimizer_step = GroupedStep(optim)
         self._parallel: DataParallel | None = None
-        self.lazy_weights: LazyWeightMessenger | None = None
-        jit = type(loss).__name__.startswith("Jit")
-        if local_reparameterization:
-            sparse = "auto" if sparse_compute is None else sparse_compute
-            self.lazy_weights = LocalReparameterizationMessenger(sparse=sparse)
-        elif sparse_compute is None and not jit:
-            self.lazy_weights = SparseWeightSamplingMessenger("auto", devices=("cpu",))
-        elif sparse_compute not in (None, False):
-            self.lazy_weights = SparseWeightSamplingMessenger(sparse=sparse_compute)
-        if jit and (self.lazy_weights is not None or callable(kl_weight)):
-            raise ValueError(
-                f"SparseSVI: {type(loss).__name__} compiles the loss once, so it "
-                "cannot follow local_reparameterization, sparse_compute or a "
-                "kl_weight schedule; use a constant kl_weight and plain weight "
-                "sampling with it, or its non-JIT version (e.g. TraceMeanField_ELBO)."
-            )
+        self.lazy_weights = _weight_handler(
+            loss, local_reparameterization, sparse_compute, kl_weight
+        )
         #: ``"direct"`` or ``"traced"``: the path the last step took.
         self.path: str | None = None
         #: Why the last step was traced (None when it was direct).
@@ -154,7 +122,6 @@ class SparseSVI(SVI):
         self._direct_step: DirectStep | None = None
         self._path_for: Any = None
         self._logged: tuple[Any, Any] = (None, None)
-        self._growth: dict[str, torch.Tensor] | None = None
 
     @property
     def step_count(self) -> int:
@@ -173,7 +140,7 @@ class SparseSVI(SVI):
 
     @property
     def stop_updates_at(self) -> int | None:
-        """Step from which no more updates happen (None: never)."""
+        """Step from which no more updates happen, or None (never)."""
         return self.subspace.stop_updates_at
 
     def current_drop_fraction(self, step: int | None = None) -> float:
@@ -182,22 +149,43 @@ class SparseSVI(SVI):
 
     def current_kl_weight(self, step: int | None = None) -> float:
         """The KL weight at ``step`` (default: the step about to be taken)."""
-        step = self.step_count + 1 if step is None else step
-        weight = self.kl_weight
-        return float(weight(step)) if callable(weight) else float(weight)
+        w, step = self.kl_weight, self.step_count + 1 if step is None else step
+        return float(w(step) if callable(w) else w)
 
-    # ----------------------------------------------------------------- step
     def step(self, *args: Any, **kwargs: Any) -> float:
         """Take one SVI step, then reselect the subspaces if an update is due.
-
-        Returns:
-            The loss (a float) before the step.
-        """
-        if self.distributed is not False and is_distributed():
-            loss, params = self._parallel_loss_and_grads(args, kwargs)
-        else:
-            loss, params = self._loss_and_grads(args, kwargs)
-        grads, self._growth = self._growth, None  # from this step's backward pass
+        Returns the loss (a float) before the step."""
+        parallel = self.distributed is not False and is_distributed()
+        if parallel and self._parallel is None:
+            guides = self.subspace.sparse_guides
+            self._parallel = DataParallel(
+                self.model, self.guide, self.elbo, guides, args, kwargs
+            )
+        with self._loss_context():
+            step = self._direct(args, kwargs)
+            direct = step is not None and handler_context() is not None
+            probes = None  # growth probes on the step before an update reading them
+            if step is not None and (parallel or direct):
+                if self.subspace.wants_gradients() and self.subspace.sparse_guides == [
+                    step.guide
+                ]:
+                    probes = make_probes(step.guide)
+            if self._parallel is not None and parallel:
+                loss, params = self._parallel.loss_and_grads(step, probes, args, kwargs)
+            elif direct and step is not None:
+                loss, params = self._direct_loss_and_grads(step, probes, args, kwargs)
+            else:
+                loss, params = self._traced_loss_and_grads(step, args, kwargs)
+        if not math.isfinite(loss):  # the other paths raise before
+            _raise_non_finite(
+                self.step_count, "not finite on at least one rank", params
+            )
+        grads = None  # the growth gradient, from this step's backward pass
+        if probes is not None and step is not None:
+            grads = probe_gradients(
+                step.guide, probes, self.subspace.growth_includes_kl
+            )
+            grads = self._parallel.mean(grads) if parallel else grads  # type: ignore
         self._optimizer_step(params)
         for p in params:  # as pyro's zero_grads, without allocating zeros
             p.grad = None
@@ -206,8 +194,7 @@ class SparseSVI(SVI):
         return loss
 
     def update_subspace(self, *args: Any, **kwargs: Any) -> SubspaceUpdate:
-        """Reselect every sparse site's subspace now, outside the schedule
-        (:meth:`SubspaceScheduler.update`)."""
+        """Reselect every sparse site's subspace now (``subspace.update``)."""
         return self.subspace.update(*args, **kwargs)
 
     def evaluate_loss(self, *args: Any, **kwargs: Any) -> float:
@@ -216,7 +203,8 @@ class SparseSVI(SVI):
             step = self._direct(args, kwargs)
             if step is None or handler_context() is None:
                 return super().evaluate_loss(*args, **kwargs)
-            return torch_item(self._particles(step, args, kwargs, None))
+            loss = particles_loss(step, self.elbo, self.model, self.guide, args, kwargs)
+            return torch_item(loss)
 
     @contextmanager
     def _loss_context(self) -> Iterator[None]:
@@ -237,9 +225,8 @@ class SparseSVI(SVI):
         return self.lazy_weights
 
     def _direct(self, args: tuple, kwargs: dict) -> DirectStep | None:
-        """The direct step of this model, guide and loss, or None (traced):
-        chosen at the first step (after setting the guide up, as its first
-        call would) and when the guide is set up anew; one log line."""
+        """The direct step (None: traced), chosen at the first step (after setting
+        the guide up) and whenever it is set up anew; one log line."""
         guide, key = self.guide, None
         if isinstance(guide, AutoSparseNormal):
             if guide.prototype_trace is None and _computes_directly(self.elbo):
@@ -252,61 +239,38 @@ class SparseSVI(SVI):
             except Unsupported as e:
                 step, reason = None, str(e)
             self._direct_step, self._path_for = step, key
-            self.path, self.why_traced = (
-                ("direct", None) if step else ("traced", reason)
-            )
+            self.path, self.why_traced = "direct" if step else "traced", reason
             if self._logged != (self.path, reason):
                 self._logged = (self.path, reason)
                 log_choice("SparseSVI", self.elbo, reason)
         return self._direct_step
 
-    def _probes(self, step: DirectStep) -> dict[str, torch.Tensor] | None:
-        """Growth probes on the step before an update that reads them."""
-        if self.subspace.wants_gradients() and self.subspace.sparse_guides == [
-            step.guide
-        ]:
-            return make_probes(step.guide)
-        return None
-
-    def _particles(
-        self, step: DirectStep, args: tuple, kwargs: dict, probes: Any
-    ) -> torch.Tensor:
-        """The loss averaged over the ELBO's particles, by the direct step."""
-        num, total = self.elbo.num_particles, None
-        for _ in range(num):
-            result = step(args, kwargs, probes)
-            assert result is not None  # no foreign handler: checked by the caller
-            total = result[0] if total is None else total + result[0]
-        return total / num  # type: ignore[operator]
-
-    def _loss_and_grads(
-        self, args: tuple, kwargs: dict
+    def _traced_loss_and_grads(
+        self, step: DirectStep | None, args: tuple, kwargs: dict
     ) -> tuple[float, set[torch.Tensor]]:
-        with self._loss_context():
-            step = self._direct(args, kwargs)
-            if step is not None and not handler_context() is None:
-                return self._direct_loss_and_grads(step, args, kwargs)
-            if step is not None:
-                self.path, self.why_traced = "traced", "a foreign handler is active"
-            with poutine.trace(param_only=True) as capture:
-                try:
-                    loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-                except ValueError as e:
-                    if not is_invalid_values_error(e):
-                        raise
-                    self._raise_non_finite("not finite", _trainable(capture.trace), e)
+        if step is not None:
+            self.path, self.why_traced = "traced", "a foreign handler is active"
+        with poutine.trace(param_only=True) as capture:
+            try:
+                loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            except ValueError as e:
+                if not is_invalid_values_error(e):
+                    raise
+                _raise_non_finite(
+                    self.step_count, "not finite", _trainable(capture.trace), e
+                )
         params = _trainable(capture.trace)
         loss = torch_item(loss)
         if not math.isfinite(loss):
-            self._raise_non_finite(loss, params)
+            _raise_non_finite(self.step_count, loss, params)
         return loss, params
 
     def _direct_loss_and_grads(
-        self, step: DirectStep, args: tuple, kwargs: dict
+        self, step: DirectStep, probes: Any, args: tuple, kwargs: dict
     ) -> tuple[float, set[torch.Tensor]]:
         """Particles one after the other, each backpropagated with weight
         ``1 / num_particles``, as Pyro's ELBOs do."""
-        probes, num = self._probes(step), self.elbo.num_particles
+        num = self.elbo.num_particles
         total, trained = 0.0, set[torch.Tensor]()
         for _ in range(num):
             try:
@@ -314,61 +278,20 @@ class SparseSVI(SVI):
             except ValueError as e:  # Pyro's validation saw NaN/inf
                 if not is_invalid_values_error(e):
                     raise
-                self._raise_non_finite("not finite", trained, e)
+                _raise_non_finite(self.step_count, "not finite", trained, e)
             assert result is not None
             loss_tensor, params = result
             trained.update(params)
             loss = torch_item(loss_tensor)
             if not math.isfinite(loss):
-                self._raise_non_finite(loss, trained)
+                _raise_non_finite(self.step_count, loss, trained)
             (loss_tensor / num if num > 1 else loss_tensor).backward()
             total += loss / num
         self.path, self.why_traced = "direct", None
-        if probes is not None:
-            self._growth = probe_gradients(
-                step.guide, probes, self.subspace.growth_includes_kl
-            )
         return total, trained
 
-    def _parallel_loss_and_grads(
-        self, args: tuple, kwargs: dict
-    ) -> tuple[float, set[torch.Tensor]]:
-        if self._parallel is None:
-            self._parallel = DataParallel(
-                self.model,
-                self.guide,
-                self.elbo,
-                self.subspace.sparse_guides,
-                args,
-                kwargs,
-            )
-        with self._loss_context():
-            step = self._direct(args, kwargs)
-            probes = None if step is None else self._probes(step)
-            loss, params = self._parallel.loss_and_grads(step, probes, args, kwargs)
-        if not math.isfinite(loss):
-            self._raise_non_finite("not finite on at least one rank", params)
-        if step is not None and probes is not None:
-            with_kl = self.subspace.growth_includes_kl
-            self._growth = self._parallel.mean(
-                probe_gradients(step.guide, probes, with_kl)
-            )
-        return loss, params
-
-    def _raise_non_finite(
-        self, loss: Any, params: set[torch.Tensor], cause: BaseException | None = None
-    ) -> None:
-        zero_grads(params)
-        raise FloatingPointError(
-            f"SparseSVI: the loss is {loss} at step {self.step_count + 1}; no "
-            "parameter or subspace was changed. Lower the learning rate, check "
-            "the data for NaN/inf, or use a smaller init_scale."
-        ) from cause
-
-    # --------------------------------------------------------- serialisation
     def state_dict(self) -> dict[str, Any]:
-        """Progress of the schedule (step count and update history) and the
-        timed kernel choices; the guide and optimiser have their own state."""
+        """The scheduler's progress and the timed kernel choices."""
         state = self.subspace.state_dict()
         if self.lazy_weights is not None:
             state["paths"] = self.lazy_weights.state_dict()
@@ -416,3 +339,37 @@ def _check_kl_weight(kl_weight: Any) -> Any:
             f"SparseSVI: kl_weight must be finite and >= 0, got {kl_weight!r}."
         )
     return kl_weight
+
+
+def _weight_handler(
+    loss: Any, local_reparameterization: bool, sparse_compute: Any, kl_weight: Any
+) -> LazyWeightMessenger | None:
+    """The weight handler for ``SparseSVI``'s options, checked against JIT ELBOs."""
+    handler: LazyWeightMessenger | None = None
+    jit = type(loss).__name__.startswith("Jit")
+    if local_reparameterization:
+        sparse = "auto" if sparse_compute is None else sparse_compute
+        handler = LocalReparameterizationMessenger(sparse=sparse)
+    elif sparse_compute is None and not jit:
+        handler = SparseWeightSamplingMessenger("auto", devices=("cpu",))
+    elif sparse_compute not in (None, False):
+        handler = SparseWeightSamplingMessenger(sparse=sparse_compute)
+    if jit and (handler is not None or callable(kl_weight)):
+        raise ValueError(
+            f"SparseSVI: {type(loss).__name__} compiles the loss once, so it "
+            "cannot follow local_reparameterization, sparse_compute or a "
+            "kl_weight schedule; use a constant kl_weight and plain weight "
+            "sampling with it, or its non-JIT version (e.g. TraceMeanField_ELBO)."
+        )
+    return handler
+
+
+def _raise_non_finite(
+    steps: int, loss: Any, params: set[torch.Tensor], cause: BaseException | None = None
+) -> None:
+    zero_grads(params)
+    raise FloatingPointError(
+        f"SparseSVI: the loss is {loss} at step {steps + 1}; no "
+        "parameter or subspace was changed. Lower the learning rate, check "
+        "the data for NaN/inf, or use a smaller init_scale."
+    ) from cause

@@ -23,8 +23,9 @@ import pyro_ssvi.poutine as ssvi_poutine
 from pyro_ssvi import AutoSparseNormal, SparseNormal
 from pyro_ssvi._softplus import MIN_NUMEL, softplus, softplus_positive
 from pyro_ssvi.app.flops import layer_costs
-from pyro_ssvi.layers import SparseStructure
 from pyro_ssvi.app.models import BayesianClassifier, lenet, mlp
+from pyro_ssvi.app.training import resolve_device
+from pyro_ssvi.layers import SparseStructure
 from pyro_ssvi.poutine import (
     LazyWeight,
     LocalReparameterizationMessenger,
@@ -33,7 +34,6 @@ from pyro_ssvi.poutine import (
 )
 from pyro_ssvi.reselection import likelihood_gradients
 from pyro_ssvi.selection import move
-from pyro_ssvi.app.training import resolve_device
 
 META = torch.device("meta")
 

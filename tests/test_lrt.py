@@ -13,8 +13,8 @@ from pyro.infer import TraceMeanField_ELBO
 from torch import nn
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI, TraceSparseMeanField_ELBO
-from pyro_ssvi.layers import conv_moments, linear_moments, sample_moments
 from pyro_ssvi.app.models import BayesianClassifier, make_bayesian
+from pyro_ssvi.layers import conv_moments, linear_moments, sample_moments
 from pyro_ssvi.poutine import (
     LazyWeight,
     local_reparameterization,

@@ -19,6 +19,7 @@ MODULES = [
     "pyro_ssvi.distributed",
     "pyro_ssvi.distributions",
     "pyro_ssvi.elbo",
+    "pyro_ssvi.growth",
     "pyro_ssvi.app.flops",
     "pyro_ssvi.guides",
     "pyro_ssvi.initialization",

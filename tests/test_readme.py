@@ -1,12 +1,15 @@
-"""The README's "Usage in Python" runs as written, in smoke size.
+"""The README's Python example and the user guide's examples run as written.
 
-Every fenced Python block of that section is taken from README.md and run, in
-order, in one namespace (as a reader pasting them would), with two edits that
-make it a smoke run: one epoch instead of five, and the first 256 training
-images (``load_dataset``'s documented ``limit=``, which the README's comment
-names). Each edit must match exactly once, so the example cannot drift from
-what runs here. The claims the README makes beside the code are checked on
-the objects the example built.
+The fenced Python block of the README's "Usage in Python" (the drop-in
+example, which ``docs/guide/python.md`` includes from the README) and the
+blocks of the guide's sections "Your own optimiser loop", "Starting from a
+pretrained network", "Saving and loading" and "Mixing sparse and dense parts"
+are run, in that order, in one namespace (as a reader pasting them would),
+with two edits that make it a smoke run: one epoch instead of five, and the
+first 256 training images (``load_dataset``'s documented ``limit=``, which the
+README's comment names). Each edit must match exactly once, so the examples
+cannot drift from what runs here. The claims the README and the guide make
+beside the code are checked on the objects the examples built.
 """
 
 from __future__ import annotations
@@ -21,17 +24,36 @@ import torch
 
 from pyro_ssvi.elbo import TraceSparseMeanField_ELBO
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "guide" / "python.md"
+GUIDE_SECTIONS = (
+    "Your own optimiser loop",
+    "Starting from a pretrained network",
+    "Saving and loading",
+    "Mixing sparse and dense parts",
+)
 SMOKE = {
     'load_dataset("mnist", "train")': 'load_dataset("mnist", "train", limit=256)',
     "num_epochs = 5": "num_epochs = 1",
 }
 
 
-def _python_blocks(title: str) -> list[str]:
-    text = README.read_text()
+def _python_blocks(path: Path, title: str) -> list[str]:
+    text = path.read_text()
     section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"^```python\n(.*?)^```$", section, re.M | re.S)
+
+
+def _example_blocks() -> list[str]:
+    """The README's drop-in example, then one block per guide section."""
+    blocks = _python_blocks(README, "Usage in Python")
+    assert len(blocks) == 1  # the drop-in example
+    for title in GUIDE_SECTIONS:
+        found = _python_blocks(GUIDE, title)
+        assert len(found) == 1, f"docs/guide/python.md, {title}: {len(found)} blocks"
+        blocks += found
+    return blocks
 
 
 def _run(blocks: list[str]) -> Iterator[dict]:
@@ -43,18 +65,23 @@ def _run(blocks: list[str]) -> Iterator[dict]:
     """
     joined = "\n".join(blocks)
     for old in SMOKE:
-        assert joined.count(old) == 1, f"the README example changed: {old!r}"
+        assert joined.count(old) == 1, f"the examples changed: {old!r}"
     ns: dict = {"__name__": "readme"}
     for i, block in enumerate(blocks, 1):
         for old, new in SMOKE.items():
             block = block.replace(old, new)
-        exec(compile(block, f"README.md, Usage in Python, block {i}", "exec"), ns)
+        where = (
+            "README.md, Usage in Python"
+            if i == 1
+            else f"docs/guide/python.md, {GUIDE_SECTIONS[i - 2]}"
+        )
+        exec(compile(block, where, "exec"), ns)
         yield ns
 
 
 def test_usage_in_python_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the example saves guide.pt and params.pt here
-    blocks = _python_blocks("Usage in Python")
+    blocks = _example_blocks()
     assert len(blocks) == 5  # quick start, own loop, pretrained, saving, mixing
     run = _run(blocks)
     quick = next(run)

@@ -19,12 +19,12 @@ from common import classification_data
 from pyro_ssvi import AutoSparseNormal
 from pyro_ssvi.app.cli import build_parser
 from pyro_ssvi.app.cli._parser import _given
-from pyro_ssvi.criteria import CRITERIA, removal_scores
-from pyro_ssvi.selection import top_k
 from pyro_ssvi.app.models import BayesianClassifier, mlp
+from pyro_ssvi.app.training import TrainConfig
+from pyro_ssvi.criteria import CRITERIA, removal_scores
 from pyro_ssvi.poutine import scale_kl
 from pyro_ssvi.reselection import likelihood_gradients
-from pyro_ssvi.app.training import TrainConfig
+from pyro_ssvi.selection import top_k
 
 ROOT = benchmark_scripts.ROOT
 
@@ -230,8 +230,8 @@ def _check_recipe(config) -> None:
 
 
 def _readme_recipe_argv() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### Paper-scale recipe") :]
+    """The recipe's command in the user guide (``docs/guide/cifar.md``)."""
+    section = (ROOT / "docs" / "guide" / "cifar.md").read_text()
     block = section[section.index("```bash\n") + 8 :]
     command = block[: block.index("```")].replace("\\\n", " ")
     argv = shlex.split(command)

@@ -28,8 +28,8 @@ from torch import nn
 
 from pyro_ssvi import AutoSparseNormal, SparseSVI
 from pyro_ssvi._step import Unsupported, direct_step
-from pyro_ssvi.elbo import TraceSparseMeanField_ELBO
 from pyro_ssvi.app.models import BayesianClassifier, lenet
+from pyro_ssvi.elbo import TraceSparseMeanField_ELBO
 from pyro_ssvi.poutine import local_reparameterization, scale_kl, sparse_weight_sampling
 from pyro_ssvi.reselection import likelihood_gradients
 

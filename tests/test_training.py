@@ -16,9 +16,6 @@ import torch
 from common import TINY_REGRESSION, TINY_TRAINING
 
 from pyro_ssvi.app.compare import compare
-from pyro_ssvi.guides import AutoSparseNormal
-from pyro_ssvi.poutine import scale_kl
-from pyro_ssvi.reselection import SubspaceScheduler
 from pyro_ssvi.app.training import (
     ConfigError,
     FixedSubspace,
@@ -30,6 +27,9 @@ from pyro_ssvi.app.training import (
     train_step,
 )
 from pyro_ssvi.app.training._loop import _check_finite
+from pyro_ssvi.guides import AutoSparseNormal
+from pyro_ssvi.poutine import scale_kl
+from pyro_ssvi.reselection import SubspaceScheduler
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Sequence
 
-from .checkpoint import atomic_write, write_json
 from ..distributed import is_main_process, process_group
+from .checkpoint import atomic_write, write_json
 
 __all__ = [
     "COLUMNS",

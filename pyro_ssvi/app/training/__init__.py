@@ -28,6 +28,7 @@ Example::
 """
 
 from ._choices import MODELS, dataset_tasks
+from ._components import FixedSubspace
 from ._config import TrainConfig
 from ._errors import (
     ConfigError,
@@ -45,7 +46,7 @@ from ._evaluate import (
 from ._lock import LOCK_FILE, RunDirInUse, own_directory, own_output_file
 from ._loop import train, train_step
 from ._recipes import RECIPES
-from ._run import FixedSubspace, Run, build_run, resolve_device
+from ._run import Run, build_run, resolve_device
 from ._rundir import (
     PLOTS,
     PLOTS_BY_TASK,

@@ -35,13 +35,13 @@ from ._config import TrainConfig
 from ._errors import RunInterrupted, RunStopped, TrainingDiverged
 from ._evaluate import final_evaluation, quick_eval
 from ._lock import own_on_rank_0
+from ._rng import python_and_numpy_rng_kept
 from ._run import (
     Run,
     build_run,
     checkpoint_state,
     density_of,
     progress_bar,
-    python_and_numpy_rng_kept,
     restore,
 )
 from ._rundir import (

@@ -30,6 +30,7 @@ from ._config import TrainConfig
 from ._errors import ConfigError, RunDirError
 from ._lock import LOCK_FILE, LOCK_FILES, holds, own_directory
 
+#: Files a run directory holds besides ``plots/`` (``metrics.json`` last).
 RUN_FILES = (
     "config.json",
     "metrics.jsonl",
