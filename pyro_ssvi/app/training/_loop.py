@@ -320,8 +320,9 @@ def _train(
     elif is_main_process():
         env = {**_environment(run), "world_size": world_size()}
         write_json(out / "config.json", {**config.to_dict(), "env": env})
-        save_active_start(run.guide, out)
     try:
+        if state is None and is_main_process():  # a stop here is in epoch 1
+            save_active_start(run.guide, out)
         return _epochs_and_evaluation(run, out, start, progress, stop_after_epoch)
     except KeyboardInterrupt as e:
         where = (
