@@ -100,7 +100,7 @@ def plot_active_set(
 ) -> Figure:
     """Active fraction per input unit of each weight site, at start and at end.
 
-    One panel per site (:data:`ACTIVE_SET_COLUMNS` to a row): the
+    One panel per site (``ACTIVE_SET_COLUMNS`` to a row): the
     :func:`column_fractions` of the starting set (grey) and of the final one,
     and the site's density as a dotted line (a set spread evenly over the
     inputs lies on it). The title gives the site, its shape and the

@@ -30,7 +30,7 @@ Example::
 """
 
 from ._choices import MODELS, dataset_tasks
-from ._components import FixedSubspace
+from ._components import FixedSubspace, kl_weight_at, lr_factor
 from ._config import TrainConfig
 from ._errors import (
     ConfigError,
@@ -79,7 +79,9 @@ __all__ = [
     "dataset_tasks",
     "evaluate_predictions",
     "evaluate_run",
+    "kl_weight_at",
     "load_run",
+    "lr_factor",
     "mi_auroc",
     "num_variational_params",
     "own_directory",
