@@ -19,6 +19,7 @@ coordinates that is reselected during training (Li, Miao, Qiu, Zhang,
 Inference*, ICLR 2024).
 """
 
+from . import kl  # noqa: F401 (registers kl_divergence(SparseNormal, ...))
 from ._version import __version__
 from .criteria import CRITERIA
 from .distributions import SparseNormal

@@ -16,11 +16,11 @@ the ELBO in use:
 * :class:`~pyro.infer.TraceMeanField_ELBO` and
   :class:`~pyro_ssvi.elbo.TraceSparseMeanField_ELBO` (``"analytic"``):
   ``kl_divergence(q, p)`` where one is registered (for a sparse site
-  :func:`~pyro_ssvi.distributions.sparse_normal_kl`), else the Monte Carlo
+  :func:`~pyro_ssvi.kl.sparse_normal_kl`), else the Monte Carlo
   term below, as Pyro falls back;
 * :class:`~pyro.infer.Trace_ELBO` (``"mc"``): :math:`\log q(\theta) - \log
   p(\theta)` of the same draw, with :math:`\log p(0)` at a sparse site's
-  inactive coordinates (:func:`~pyro_ssvi.distributions.monte_carlo_kl`,
+  inactive coordinates (:func:`~pyro_ssvi.kl.monte_carlo_kl`,
   ``O(k)`` for a constant Normal prior).
 
 :class:`DirectStep` computes exactly that from the objects the traced path
@@ -48,15 +48,9 @@ from torch.distributions import constraints, kl_divergence
 from ._pyro_compat import handler_stack, module_context, pyro_samples, tensor_version
 from ._sites import base_support
 from .background import BackgroundSparseNormal, background_kl
-from .distributions import (
-    SparseNormal,
-    constant_prior_kl,
-    monte_carlo_kl,
-    normal_log_prob,
-    scalar_normal_prior,
-    sparse_normal_kl,
-)
+from .distributions import SparseNormal, normal_log_prob
 from .guides import AutoSparseNormal
+from .kl import constant_prior_kl, monte_carlo_kl, scalar_normal_prior, sparse_normal_kl
 from .poutine import (
     LatentScaleMessenger,
     LazyWeight,

@@ -58,7 +58,8 @@ import torch.nn.functional as F
 from pyro.distributions import Independent, Normal
 from torch.distributions import register_kl
 
-from .distributions import SparseNormal, constant_prior_kl, scalar_normal_prior
+from .distributions import SparseNormal
+from .kl import constant_prior_kl, scalar_normal_prior
 from .layers.lrt import CONV_FUNCTIONS, JITTER
 
 __all__ = [

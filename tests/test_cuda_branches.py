@@ -19,7 +19,7 @@ from pyro import poutine
 from torch.distributions import kl_divergence, transform_to
 
 import pyro_ssvi.distributed as ssvi_distributed
-import pyro_ssvi.poutine as ssvi_poutine
+import pyro_ssvi.layers.lazy as ssvi_lazy
 from pyro_ssvi import AutoSparseNormal, SparseNormal
 from pyro_ssvi._softplus import MIN_NUMEL, softplus, softplus_positive
 from pyro_ssvi.app.flops import layer_costs
@@ -176,7 +176,7 @@ def test_auto_sparse_compute_is_timed_once_per_device(monkeypatch):
         timed.append(x.device.type)
         return (1.0, 0.5) if x.device.type == "cpu" else (1.0, 0.9)
 
-    monkeypatch.setattr(ssvi_poutine, "_time_paths", fake_time_paths)
+    monkeypatch.setattr(ssvi_lazy, "_time_paths", fake_time_paths)
     handler = LocalReparameterizationMessenger(sparse="auto")
     weight, _ = _lazy_weight(handler, shape=(256, 192), k=4800)  # timed: large
     x = torch.randn(8, 192)
@@ -199,7 +199,7 @@ def test_timing_synchronises_the_gpu_around_every_run(monkeypatch, lrt):
     with monkeypatch.context() as m:
         m.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
         m.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
-        dense, sparse = ssvi_poutine._time_paths(handler, post, x, lrt)
+        dense, sparse = ssvi_lazy._time_paths(handler, post, x, lrt)
     assert dense > 0 and sparse > 0
     assert synced == [x.device] * 12
 

@@ -197,7 +197,7 @@ def _learnable_case(k=6, n=20, seed=3):
 def test_constant_prior_kl_and_its_closed_form_gradient(dense):
     """The constant-prior KL (value and hand-written gradient, learnable prior
     included) against the general formula and finite differences."""
-    from pyro_ssvi.distributions import sparse_normal_kl
+    from pyro_ssvi.kl import sparse_normal_kl
 
     shape = torch.Size(SHAPE)
     loc, scale, m, s, idx = _learnable_case(k=20 if dense else 6)
@@ -229,7 +229,7 @@ def test_constant_prior_kl_and_its_closed_form_gradient(dense):
 def test_monte_carlo_kl_is_log_q_minus_log_p_of_the_draw():
     """log q(theta) - log p(theta), the prior scoring the zeros too, with the
     gradients autograd gives the plain formula (learnable prior included)."""
-    from pyro_ssvi.distributions import monte_carlo_kl, scalar_normal_prior
+    from pyro_ssvi.kl import monte_carlo_kl, scalar_normal_prior
 
     shape = torch.Size(SHAPE)
     loc, scale, m, s, idx = _learnable_case()

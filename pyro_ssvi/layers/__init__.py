@@ -1,4 +1,5 @@
-"""Layer-level computations for Bayesian networks: LRT moments, sparse kernels.
+"""Layer-level computations for Bayesian networks: LRT moments, sparse kernels
+(and, in :mod:`pyro_ssvi.layers.lazy`, what a layer makes of a lazy weight).
 
 Example::
 
