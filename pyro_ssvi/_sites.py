@@ -129,3 +129,35 @@ def posterior(
     if base_support(info.support) is constraints.real:
         return base
     return dist.TransformedDistribution(base, biject_to(info.support).with_cache())
+
+
+def check_site_choice(
+    sparse_sites: Any, dense_sites: Any, min_sparse_numel: Any
+) -> None:
+    """:class:`~pyro_ssvi.AutoSparseNormal`'s arguments that choose its sparse
+    sites, checked once at construction.
+
+    Raises:
+        TypeError, ValueError: Naming the argument and what it takes.
+    """
+    if not isinstance(min_sparse_numel, int) or min_sparse_numel < 1:
+        raise ValueError(
+            "AutoSparseNormal: min_sparse_numel must be a positive int, "
+            f"got {min_sparse_numel!r}."
+        )
+    if isinstance(dense_sites, str) or not isinstance(dense_sites, Collection):
+        raise TypeError(
+            "AutoSparseNormal: dense_sites must be a collection of site names, "
+            f"got {dense_sites!r}."
+        )
+    if isinstance(sparse_sites, str):
+        raise TypeError(
+            "AutoSparseNormal: sparse_sites must be a collection of site names "
+            f"or a predicate, not a string; write sparse_sites=[{sparse_sites!r}]."
+        )
+    if not (sparse_sites is None or callable(sparse_sites)):
+        if not isinstance(sparse_sites, Collection):
+            raise TypeError(
+                "AutoSparseNormal: sparse_sites must be None, a collection of site "
+                f"names or a predicate (name, site) -> bool, got {sparse_sites!r}."
+            )

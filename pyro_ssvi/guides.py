@@ -23,7 +23,6 @@ from contextlib import ExitStack
 from typing import Any, Callable, Collection
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoGuide
@@ -40,16 +39,18 @@ from ._pyro_compat import (
     module_context,
     periodic_repeat,
 )
-from ._sites import Site, is_weight, lrt_weight
+from ._sites import Site, check_site_choice, is_weight, lrt_weight
 from ._softplus import softplus_positive
 from ._storage import SubspaceParams, after_load, compact_indices
+from ._summaries import PosteriorSummaries
 from .background import BackgroundSparseNormal
-from .distributions import SparseNormal
+
 from .initialization import (
     DEFAULT_INIT_SCALE,
     DEFAULT_WEIGHT_INIT_SCALE,
     INIT_ACTIVE,
     active_floor,
+    check_start,
     init_to_kaiming,
     initial_active_set,
     initial_scales,
@@ -71,7 +72,9 @@ __all__ = [
 DEFAULT_MIN_SPARSE_NUMEL = 4096
 
 
-class AutoSparseNormal(BackgroundParams, BudgetAllocation, AutoGuide):
+class AutoSparseNormal(
+    PosteriorSummaries, BackgroundParams, BudgetAllocation, AutoGuide
+):
     r"""Mean-field Normal guide restricted to a fixed-size sparse subspace per site.
 
     Every *sparse* site keeps exactly
@@ -179,19 +182,10 @@ class AutoSparseNormal(BackgroundParams, BudgetAllocation, AutoGuide):
         background_init: float = DEFAULT_WEIGHT_INIT_SCALE,
         background_sites: Collection[str] | None = None,
     ) -> None:
-        _validate(density, init_loc_fn, init_scale, init_active, sparse_sites)
+        check_start(density, init_loc_fn, init_scale, init_active)
+        check_site_choice(sparse_sites, dense_sites, min_sparse_numel)
         self._init_background(background, background_init, background_sites)
         self._init_allocation(allocation, dense_below)
-        if not isinstance(min_sparse_numel, int) or min_sparse_numel < 1:
-            raise ValueError(
-                "AutoSparseNormal: min_sparse_numel must be a positive int, "
-                f"got {min_sparse_numel!r}."
-            )
-        if isinstance(dense_sites, str) or not isinstance(dense_sites, Collection):
-            raise TypeError(
-                "AutoSparseNormal: dense_sites must be a collection of site names, "
-                f"got {dense_sites!r}."
-            )
         self.target_density = float(density)
         self.init_loc_fn = init_loc_fn
         self._init_scale = (
@@ -344,35 +338,6 @@ class AutoSparseNormal(BackgroundParams, BudgetAllocation, AutoGuide):
         with module_context(self):
             return self._full_posterior(name)
 
-    def get_posterior(self, *args: Any, **kwargs: Any) -> SparseNormal:
-        """The joint posterior of the whole unconstrained latent vector.
-
-        As in Pyro's :class:`~pyro.infer.autoguide.AutoContinuous`: one
-        distribution over the concatenation, in model order, of every site's
-        unconstrained value flattened, here a ``SparseNormal`` whose active
-        set is every sparse site's active coordinates plus all coordinates of
-        dense sites. Sets the guide up from ``*args, **kwargs`` if needed.
-        """
-        self._require_setup(args, kwargs)
-        locs, scales, indices, offset = [], [], [], 0
-        with module_context(self):
-            for name, info in self._sites.items():
-                loc, scale = self._get_loc_and_scale(name)
-                if info.sparse:
-                    idx, numel = self._indices(name), info.shape.numel()
-                else:
-                    numel = loc.numel()
-                    idx = torch.arange(numel, device=loc.device)
-                locs.append(loc.reshape(-1))
-                scales.append(scale.reshape(-1))
-                indices.append(idx + offset)
-                offset += numel
-        if not locs:
-            raise RuntimeError("AutoSparseNormal: the model has no latent site.")
-        return SparseNormal(
-            torch.cat(locs), torch.cat(scales), torch.cat(indices), (offset,)
-        )
-
     # ----------------------------------------------------------- introspection
     def site_names(self) -> list[str]:
         """Names of all latent sites of the guide, in model order."""
@@ -417,125 +382,4 @@ class AutoSparseNormal(BackgroundParams, BudgetAllocation, AutoGuide):
             return sum(
                 loc.numel() + scale.numel()
                 for loc, scale in map(self._get_loc_and_scale, self._sites)
-            )
-
-    def _require_setup(self, args: tuple, kwargs: dict) -> None:
-        """Set up from the model's arguments if given, else insist it was done."""
-        if self.prototype_trace is None and not self._sites:
-            if not args and not kwargs:
-                self._require_params()
-            self.setup(*args, **kwargs)
-
-    def _check_verified(self, args: tuple, kwargs: dict, what: str) -> None:
-        if self._verified:
-            return
-        if not args and not kwargs:
-            raise ValueError(
-                f"AutoSparseNormal.{what}: this guide was loaded from a state dict "
-                "and not yet checked against its model; call guide.setup(*args) "
-                f"with the model's arguments first (or pass them to {what})."
-            )
-        self._check_against_model(*args, **kwargs)
-
-    @torch.no_grad()
-    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Posterior median of every site: dense tensors, zero off the active set."""
-        self._require_params()
-        self._check_verified(args, kwargs, "median")
-        result = {}
-        with module_context(self):
-            for name, info in self._sites.items():
-                loc, _ = self._get_loc_and_scale(name)
-                if info.sparse:
-                    result[name] = self._posterior(name).mean.detach()
-                    continue
-                med = biject_to(info.support)(loc)
-                result[name] = (med.clone() if med is loc else med).detach()
-        return result
-
-    @torch.no_grad()
-    def quantiles(
-        self, quantiles: list[float] | torch.Tensor, *args: Any, **kwargs: Any
-    ) -> dict[str, torch.Tensor]:
-        """Posterior quantiles of every site, with a leading quantile dimension
-        (inactive coordinates are zero for every quantile, a point mass, or
-        their background's quantiles)."""
-        self._require_params()
-        self._check_verified(args, kwargs, "quantiles")
-        result = {}
-        with module_context(self):
-            for name, info in self._sites.items():
-                loc, scale = self._get_loc_and_scale(name)
-                q = torch.as_tensor(quantiles, dtype=loc.dtype, device=loc.device)
-                values = dist.Normal(loc, scale).icdf(
-                    q.reshape((-1,) + (1,) * loc.dim())
-                )
-                if info.sparse:
-                    post: Any = self._full_posterior(name)
-                    result[name] = post.scatter(values)
-                    if isinstance(post, BackgroundSparseNormal):
-                        z = dist.Normal(0.0, 1.0).icdf(q)
-                        std = post.background_variance().detach().sqrt()
-                        result[name] = (
-                            result[name] + z.reshape((-1,) + (1,) * std.dim()) * std
-                        )
-                else:
-                    result[name] = biject_to(info.support)(values)
-        return result
-
-
-def _validate(
-    density: Any, init_loc_fn: Any, init_scale: Any, init_active: Any, sparse_sites: Any
-) -> None:
-    """Constructor arguments, checked once at the boundary."""
-    if isinstance(density, bool) or not isinstance(density, (int, float)):
-        raise TypeError(
-            f"AutoSparseNormal: density must be a float in (0, 1], got {density!r}."
-        )
-    if not 0.0 < float(density) <= 1.0:
-        raise ValueError(
-            f"AutoSparseNormal: density must be in (0, 1], got {density!r}; "
-            "use e.g. density=0.1 to keep 10% of each weight tensor."
-        )
-    values: tuple[Any, ...] = (
-        init_scale if isinstance(init_scale, tuple) else (init_scale,)
-    )
-    if init_scale is not None and (
-        len(values) not in (1, 2)
-        or isinstance(init_scale, tuple)
-        and len(values) != 2
-        or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
-        )
-    ):
-        raise TypeError(
-            "AutoSparseNormal: init_scale must be a float or a pair (mean, std), "
-            f"got {init_scale!r}."
-        )
-    if len(values) == 2 and not (min(values) >= 0 and sum(values) > 0):
-        raise ValueError(
-            "AutoSparseNormal: init_scale=(mean, std) needs mean >= 0, std >= 0 "
-            f"and not both 0, got {init_scale!r}; e.g. (6e-4, 5e-4)."
-        )
-    if init_scale is not None and len(values) == 1 and not values[0] > 0:
-        raise ValueError(
-            f"AutoSparseNormal: init_scale must be > 0, got {init_scale!r}."
-        )
-    if not callable(init_loc_fn):
-        raise TypeError("AutoSparseNormal: init_loc_fn must be callable.")
-    if init_active not in INIT_ACTIVE:
-        raise ValueError(
-            f"AutoSparseNormal: init_active must be one of {INIT_ACTIVE}, "
-            f"got {init_active!r}."
-        )
-    if isinstance(sparse_sites, str):
-        raise TypeError(
-            "AutoSparseNormal: sparse_sites must be a collection of site names "
-            f"or a predicate, not a string; write sparse_sites=[{sparse_sites!r}]."
-        )
-    if not (sparse_sites is None or callable(sparse_sites)):
-        if not isinstance(sparse_sites, Collection):
-            raise TypeError(
-                "AutoSparseNormal: sparse_sites must be None, a collection of site "
-                f"names or a predicate (name, site) -> bool, got {sparse_sites!r}."
             )

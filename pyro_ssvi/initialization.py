@@ -39,6 +39,7 @@ __all__ = [
     "INIT_ACTIVE",
     "active_floor",
     "allocate_densities",
+    "check_start",
     "init_gives_values",
     "init_to_kaiming",
     "initial_active_set",
@@ -280,3 +281,54 @@ def allocate_densities(
     return {
         name: 1.0 if name in capped else max(0.0, eps * raw[name]) for name in numel
     }
+
+
+def check_start(
+    density: Any, init_loc_fn: Any, init_scale: Any, init_active: Any
+) -> None:
+    """:class:`~pyro_ssvi.AutoSparseNormal`'s arguments of its start, checked
+    once at construction.
+
+    Raises:
+        TypeError, ValueError: Naming the argument and what it takes.
+    """
+    if isinstance(density, bool) or not isinstance(density, (int, float)):
+        raise TypeError(
+            f"AutoSparseNormal: density must be a float in (0, 1], got {density!r}."
+        )
+    if not 0.0 < float(density) <= 1.0:
+        raise ValueError(
+            f"AutoSparseNormal: density must be in (0, 1], got {density!r}; "
+            "use e.g. density=0.1 to keep 10% of each weight tensor."
+        )
+    values: tuple[Any, ...] = (
+        init_scale if isinstance(init_scale, tuple) else (init_scale,)
+    )
+    if init_scale is not None and (
+        len(values) not in (1, 2)
+        or isinstance(init_scale, tuple)
+        and len(values) != 2
+        or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        )
+    ):
+        raise TypeError(
+            "AutoSparseNormal: init_scale must be a float or a pair (mean, std), "
+            f"got {init_scale!r}."
+        )
+    if len(values) == 2 and not (min(values) >= 0 and sum(values) > 0):
+        raise ValueError(
+            "AutoSparseNormal: init_scale=(mean, std) needs mean >= 0, std >= 0 "
+            f"and not both 0, got {init_scale!r}; e.g. (6e-4, 5e-4)."
+        )
+    if init_scale is not None and len(values) == 1 and not values[0] > 0:
+        raise ValueError(
+            f"AutoSparseNormal: init_scale must be > 0, got {init_scale!r}."
+        )
+    if not callable(init_loc_fn):
+        raise TypeError("AutoSparseNormal: init_loc_fn must be callable.")
+    if init_active not in INIT_ACTIVE:
+        raise ValueError(
+            f"AutoSparseNormal: init_active must be one of {INIT_ACTIVE}, "
+            f"got {init_active!r}."
+        )

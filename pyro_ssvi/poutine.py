@@ -28,9 +28,9 @@ from .layers.lazy import MIN_TIMED_NUMEL, LayerKernels, LazyWeight
 __all__ = [
     "LatentScaleMessenger",
     "LazyWeight",
-    "MIN_TIMED_NUMEL",
     "LazyWeightMessenger",
     "LocalReparameterizationMessenger",
+    "MIN_TIMED_NUMEL",
     "SparseWeightSamplingMessenger",
     "background_sampling",
     "local_reparameterization",

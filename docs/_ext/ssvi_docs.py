@@ -164,9 +164,17 @@ def api_lines(module: str) -> list[str]:
         obj = getattr(mod, name)
         kind = _kind(obj)
         if kind == "class":
+            foreign = sorted(  # their members: Pyro's and torch's docs
+                {
+                    c.__name__
+                    for c in obj.__mro__
+                    if not c.__module__.startswith("pyro_ssvi")
+                }
+            )
             lines += [
                 f".. autoclass:: {module}.{name}",
                 "   :members:",
+                f"   :inherited-members: {', '.join(foreign)}",
                 "   :show-inheritance:",
                 "",
             ]
