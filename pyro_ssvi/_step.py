@@ -45,15 +45,14 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import constraints, kl_divergence
 
-from ._pyro_compat import handler_stack, module_context, pyro_samples, tensor_version
+from ._pyro_compat import handler_stack, module_context, pyro_samples
+from ._site_kl import Draw, PriorPlan, prior_plan, site_kl, versions
 from ._sites import base_support
-from .background import BackgroundSparseNormal, background_kl
-from .distributions import SparseNormal, normal_log_prob
+from .background import BackgroundSparseNormal
+from .distributions import SparseNormal
 from .guides import AutoSparseNormal
-from .kl import constant_prior_kl, monte_carlo_kl, scalar_normal_prior, sparse_normal_kl
 from .poutine import (
     LatentScaleMessenger,
-    LazyWeight,
     LazyWeightMessenger,
     background_sampling,
 )
@@ -143,21 +142,6 @@ class _Binding(NamedTuple):
     form: str  # the posterior: "sparse", "normal" (dense, real) or "other"
 
 
-class _PriorPlan(NamedTuple):
-    """How a site's KL term is computed, for one prior object."""
-
-    prior: Any
-    versions: tuple[int, int]  # of its Normal's loc and scale (in-place edits)
-    normal: tuple[torch.Tensor, torch.Tensor] | None  # a factorised Normal's
-    scalars: tuple[Any, Any] | None  # (m, s) of one Normal over the site
-
-
-class _Draw(NamedTuple):
-    q: Any  # the site's posterior
-    value: Any  # what the model sees: a tensor or a LazyWeight
-    active: Any  # a sparse site's active values (None: dense, or not drawn yet)
-
-
 def handler_context() -> tuple[float, LazyWeightMessenger | None] | None:
     """The KL weight and the weight handler around a step, or None when a
     handler other than pyro_ssvi's is active (then the step is traced)."""
@@ -191,7 +175,7 @@ class DirectStep:
             raise Unsupported("the guide is not an AutoSparseNormal used as is")
         self.model, self.guide, self.kind = model, guide, kind
         self.bindings = [self._bind(name) for name in guide.site_names()]
-        self._plans: list[_PriorPlan | None] = [None] * len(self.bindings)
+        self._plans: list[PriorPlan | None] = [None] * len(self.bindings)
 
     def _bind(self, name: str) -> _Binding:
         node = self.guide.prototype_trace.nodes[name]
@@ -277,21 +261,21 @@ class DirectStep:
         q: Any,
         lazy: LazyWeightMessenger | None,
         probes: dict[str, torch.Tensor] | None,
-    ) -> _Draw:
+    ) -> Draw:
         """One site's value, drawn as the guide's ``pyro.sample`` draws it."""
         probe = None if probes is None else probes.get(binding.name)
         if lazy is None and isinstance(q, BackgroundSparseNormal):
             lazy = background_sampling()  # as the guide's forward draws it
         if lazy is not None and binding.lrt and lazy.accepts(q):
-            return _Draw(q, lazy.wrap(q, binding.name, probe), None)
+            return Draw(q, lazy.wrap(q, binding.name, probe), None)
         if isinstance(q, SparseNormal):
             active = q.rsample_active()
             value = q.scatter(active)
-            return _Draw(q, value if probe is None else value + probe, active)
-        return _Draw(q, q.rsample(), None)
+            return Draw(q, value if probe is None else value + probe, active)
+        return Draw(q, q.rsample(), None)
 
     def _growth_kl(
-        self, draws: list[_Draw], probes: dict[str, torch.Tensor]
+        self, draws: list[Draw], probes: dict[str, torch.Tensor]
     ) -> torch.Tensor | float:
         terms = []
         for binding, draw in zip(self.bindings, draws):
@@ -306,7 +290,11 @@ class DirectStep:
             terms.append(kl_divergence(shifted, _prior(binding)).sum())
         return _sum(terms) if terms else 0.0
 
-    def _plan(self, i: int) -> _PriorPlan:
+    def _kl(self, i: int, draw: Draw) -> torch.Tensor:
+        """Site ``i``'s KL term: analytic, or the Monte Carlo one of the draw."""
+        return site_kl(self.kind, self._plan(i), self.bindings[i].form, draw)
+
+    def _plan(self, i: int) -> PriorPlan:
         """Site ``i``'s prior and how its KL is computed (made again when the
         prior object or its parameters change)."""
         binding, plan = self.bindings[i], self._plans[i]
@@ -314,46 +302,11 @@ class DirectStep:
         if (
             plan is not None
             and plan.prior is prior
-            and plan.versions == _versions(plan.normal)
+            and plan.versions == versions(plan.normal)
         ):
             return plan
-        shape = self.guide._sites[binding.name].shape
-        normal = _normal_prior(prior, shape)
-        scalars = None if normal is None else scalar_normal_prior(*normal, shape)
-        self._plans[i] = plan = _PriorPlan(prior, _versions(normal), normal, scalars)
+        self._plans[i] = plan = prior_plan(prior, self.guide._sites[binding.name].shape)
         return plan
-
-    def _kl(self, i: int, draw: _Draw) -> torch.Tensor:
-        """Site ``i``'s KL term: analytic, or the Monte Carlo one of the draw."""
-        plan, form, q = self._plan(i), self.bindings[i].form, draw.q
-        if isinstance(q, BackgroundSparseNormal):
-            if self.kind == "analytic" and plan.normal is not None:
-                try:
-                    return background_kl(q, *plan.normal)
-                except NotImplementedError:
-                    pass  # as TraceMeanField_ELBO: the Monte Carlo term
-            dense = _dense(draw)
-            return q.log_prob(dense).sum() - plan.prior.log_prob(dense).sum()
-        shape, moments = q.event_shape, _moments(q, form)
-        if self.kind == "analytic":
-            indices = q.indices if form == "sparse" else None
-            if moments is not None and plan.scalars is not None:
-                return constant_prior_kl(*moments, *plan.scalars, shape.numel())
-            if moments is not None and plan.normal is not None:
-                return sparse_normal_kl(*moments, indices, shape, *plan.normal)
-            try:
-                return kl_divergence(q, plan.prior).sum()
-            except NotImplementedError:
-                pass  # as TraceMeanField_ELBO: the Monte Carlo term
-        if moments is None:
-            return (
-                q.log_prob(_dense(draw)).sum() - plan.prior.log_prob(_dense(draw)).sum()
-            )
-        active: Any = _active(draw) if form == "sparse" else _dense(draw).reshape(-1)
-        if plan.scalars is not None:
-            return monte_carlo_kl(active, *moments, *plan.scalars, shape.numel())
-        log_q = normal_log_prob(active, *moments)
-        return log_q - plan.prior.log_prob(_dense(draw)).sum()
 
 
 def _prior(binding: _Binding) -> Any:
@@ -362,55 +315,8 @@ def _prior(binding: _Binding) -> Any:
     return prior if hasattr(prior, "sample") else prior(binding.module)
 
 
-def _active(draw: _Draw) -> torch.Tensor | None:
-    """A sparse site's drawn active values (None for a dense site)."""
-    value = draw.value
-    if isinstance(value, LazyWeight):
-        return value.values() if value.sparse else None
-    return draw.active
-
-
-def _dense(draw: _Draw) -> torch.Tensor:
-    """The drawn weight, full shape."""
-    value = draw.value
-    return value.sample() if isinstance(value, LazyWeight) else value
-
-
 def _sum(terms: list[torch.Tensor]) -> torch.Tensor:
     return sum(terms[1:], terms[0]) if terms else torch.zeros(())
-
-
-def _moments(q: Any, form: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The posterior's ``(loc, scale)``: active (sparse) or flattened (dense,
-    real); None for other sites."""
-    if form == "sparse":
-        return q.loc, q.scale
-    if form == "normal":
-        base = getattr(q, "base_dist", q)
-        return base.loc.reshape(-1), base.scale.reshape(-1)
-    return None
-
-
-def _versions(normal: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[int, int]:
-    if normal is None:
-        return -1, -1
-    return tensor_version(normal[0]), tensor_version(normal[1])
-
-
-def _normal_prior(
-    prior: Any, shape: torch.Size
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(loc, scale)`` of a factorised Normal prior of the site's shape."""
-    base = prior
-    while isinstance(base, torch.distributions.Independent):
-        base = base.base_dist
-    if not isinstance(base, torch.distributions.Normal):
-        return None
-    if tuple(prior.batch_shape) + tuple(prior.event_shape) != tuple(shape):
-        return None
-    if prior.event_shape not in (shape, torch.Size()):
-        return None  # the registered KL's condition too
-    return base.loc, base.scale
 
 
 def particles_loss(

@@ -44,7 +44,6 @@ from ._softplus import softplus_positive
 from ._storage import SubspaceParams, after_load, compact_indices
 from ._summaries import PosteriorSummaries
 from .background import BackgroundSparseNormal
-
 from .initialization import (
     DEFAULT_INIT_SCALE,
     DEFAULT_WEIGHT_INIT_SCALE,
