@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pyro
 import pytest
@@ -17,6 +18,7 @@ import torch
 from common import classification_data, tiny_classifier
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
+import pyro_ssvi
 from pyro_ssvi import AutoSparseNormal, SparseSVI
 
 
@@ -100,3 +102,14 @@ def test_a_step_with_an_update_calls_modules_top_down(loss, lrt):
     assert ("pyro_ssvi.svi", "pyro_ssvi.reselection") in edges
     assert _cycle(edges) is None, _cycle(edges)
     assert not any(a != "pyro_ssvi.svi" and b == "pyro_ssvi.svi" for a, b in edges)
+
+
+def test_no_module_is_over_400_lines():
+    """Each module does one thing: none in the package is over 400 lines."""
+    package = Path(pyro_ssvi.__file__).parent
+    lengths = {
+        str(path.relative_to(package)): len(path.read_text().splitlines())
+        for path in package.rglob("*.py")
+    }
+    assert len(lengths) > 50  # the library and the application
+    assert {k: n for k, n in lengths.items() if n > 400} == {}

@@ -28,11 +28,7 @@ from ..background import (
 from .lrt import CONV_FUNCTIONS, LINEAR, conv_moments, linear_moments, sample_moments
 from .sparse import SparseStructure, sparse_linear
 
-__all__ = [
-    "LayerKernels",
-    "LazyWeight",
-    "MIN_TIMED_NUMEL",
-]
+__all__ = ["LayerKernels", "LazyWeight", "MIN_TIMED_NUMEL"]
 
 _CONVS = {f: d for d, f in CONV_FUNCTIONS.items()}
 _CONV_ARGS = ("stride", "padding", "dilation", "groups")
