@@ -10,7 +10,10 @@ machine hits both alike; prints the median step times and their ratio::
 
 The step is ``benchmarks/run.py``'s ``ssvi`` variant: the MNIST MLP
 784-400-400-10, batch 128, Adam, density 0.1, default ``SparseSVI`` options,
-no subspace update inside the timed steps (``update_every`` huge).
+no subspace update inside the timed steps (``update_every`` huge). ``--paths``
+times other paths a user takes too, each against the same path of the base:
+``lrt`` (``local_reparameterization=True``), ``Trace_ELBO`` and
+``TraceMeanField_ELBO`` (passed as the loss).
 """
 
 from __future__ import annotations
@@ -41,17 +44,26 @@ def load_base(path: Path) -> Any:
     return module
 
 
+PATHS = ("default", "lrt", "Trace_ELBO", "TraceMeanField_ELBO")
+
+
 def ssvi_step(
-    pkg: Any, models: Any, density: float, x: Any, y: Any
+    pkg: Any, models: Any, density: float, x: Any, y: Any, path: str = "default"
 ) -> Callable[[], Any]:
-    """One SparseSVI training step of a fresh MLP, built with ``pkg``."""
+    """One SparseSVI training step of a fresh MLP, built with ``pkg``, on
+    ``path`` (one of :data:`PATHS`)."""
     net = models.mlp(784, [400, 400], 10)
     model = models.BayesianClassifier(net, num_data=50_000)
     guide = pkg.AutoSparseNormal(
         model, density=density, init_loc_fn=model.init_loc_fn()
     )
+    loss = getattr(pyro.infer, path)() if path.startswith("Trace") else None
     svi = pkg.SparseSVI(
-        model, guide, pyro.optim.Adam({"lr": 1e-3}), num_steps=10**9, update_every=10**9
+        *(model, guide, pyro.optim.Adam({"lr": 1e-3})),
+        *([loss] if loss is not None else []),
+        num_steps=10**9,
+        update_every=10**9,
+        local_reparameterization=path == "lrt",
     )
     svi.step(x, y)
     return lambda: svi.step(x, y)
@@ -64,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=["default"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     pyro.settings.set(module_local_params=True)
@@ -78,25 +91,27 @@ def main(argv: list[str] | None = None) -> None:
     )
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(128, 784, generator=g), torch.randint(0, 10, (128,), generator=g)
-    steps = {
-        "base": ssvi_step(base, base_models, args.density, x, y),
-        "this": ssvi_step(pyro_ssvi, pyro_ssvi.app.models, args.density, x, y),
-    }
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(args.reps):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            times[name].append((time.perf_counter() - start) / args.steps)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    print(
-        f"threads {args.threads}, density {args.density}, "
-        f"{args.reps} x {args.steps} steps"
-    )
-    for k, v in med.items():
-        print(f"  {k}: median {v:.2f} ms/step")
-    print(f"  this / base: {med['this'] / med['base']:.3f}")
+    print(f"threads {args.threads}, density {args.density}, ", end="")
+    print(f"{args.reps} x {args.steps} steps")
+    for path in args.paths:
+        steps = {
+            "base": ssvi_step(base, base_models, args.density, x, y, path),
+            "this": ssvi_step(
+                pyro_ssvi, pyro_ssvi.app.models, args.density, x, y, path
+            ),
+        }
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        for _ in range(args.reps):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    step()
+                times[name].append((time.perf_counter() - start) / args.steps)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        print(f"{path}:")
+        for k, v in med.items():
+            print(f"  {k}: median {v:.2f} ms/step")
+        print(f"  this / base: {med['this'] / med['base']:.3f}")
 
 
 if __name__ == "__main__":
