@@ -4,7 +4,7 @@ the joint posterior of the unconstrained latent vector, medians and quantiles
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import pyro.distributions as dist
 import torch
@@ -22,6 +22,14 @@ class PosteriorSummaries:
     _sites: dict[str, Any]
     _verified: bool
     prototype_trace: Any
+    # the guide's own methods (guides and _storage) that the summaries read
+    setup: Callable[..., Any]
+    _check_against_model: Callable[..., None]
+    _require_params: Callable[[], None]
+    _get_loc_and_scale: Callable[[str], tuple[torch.Tensor, torch.Tensor]]
+    _indices: Callable[..., torch.Tensor]
+    _posterior: Callable[..., SparseNormal]
+    _full_posterior: Callable[[str], Any]
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> SparseNormal:
         """The joint posterior of the whole unconstrained latent vector.
