@@ -23,7 +23,8 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Sequence
+import warnings
+from typing import Any, Sequence
 
 import torch
 from pyro.distributions import TorchDistribution
@@ -258,3 +259,27 @@ class ShiftedSparseNormal(TorchDistribution):
     @property
     def variance(self) -> torch.Tensor:
         return self.base.variance
+
+
+_MOVED_TO_KL = (
+    "constant_prior_kl",
+    "monte_carlo_kl",
+    "scalar_normal_prior",
+    "sparse_normal_kl",
+)
+
+
+def __getattr__(name: str) -> Any:
+    """The KL functions this module had in 0.1.0, now in :mod:`pyro_ssvi.kl`:
+    still importable from here, with a ``DeprecationWarning`` (until 0.2)."""
+    if name not in _MOVED_TO_KL:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"pyro_ssvi.distributions.{name} moved to pyro_ssvi.kl.{name} after 0.1.0; "
+        "import it from there (this path goes in 0.2).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from . import kl
+
+    return getattr(kl, name)

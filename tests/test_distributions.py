@@ -260,3 +260,19 @@ def test_monte_carlo_kl_is_log_q_minus_log_p_of_the_draw():
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
     per_coordinate = torch.ones(shape, dtype=torch.float64)
     assert scalar_normal_prior(per_coordinate, per_coordinate, shape) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["constant_prior_kl", "monte_carlo_kl", "scalar_normal_prior", "sparse_normal_kl"],
+)
+def test_the_kl_functions_of_0_1_0_still_import_from_distributions_with_a_warning(
+    name,
+):
+    import pyro_ssvi.distributions as distributions
+    import pyro_ssvi.kl as kl
+
+    with pytest.warns(DeprecationWarning, match=f"moved to pyro_ssvi.kl.{name}"):
+        assert getattr(distributions, name) is getattr(kl, name)
+    with pytest.raises(AttributeError, match="no attribute 'rsample_active'"):
+        distributions.rsample_active
