@@ -25,6 +25,8 @@ class PriorPlan(NamedTuple):
 
 
 class Draw(NamedTuple):
+    """One site's draw in a direct step."""
+
     q: Any  # the site's posterior
     value: Any  # what the model sees: a tensor or a LazyWeight
     active: Any  # a sparse site's active values (None: dense, or not drawn yet)
@@ -97,6 +99,8 @@ def _moments(q: Any, form: str) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 def versions(normal: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[int, int]:
+    """The in-place versions of a Normal prior's ``(loc, scale)``: a plan is
+    made again when they change."""
     if normal is None:
         return -1, -1
     return tensor_version(normal[0]), tensor_version(normal[1])
